@@ -1,0 +1,42 @@
+# Every target delegates to dvc or pytest; the pipeline itself lives in dvc.yaml.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(abspath $(VENV))/bin
+# Stage commands (`recap ...`) and dvc come from the project's virtual environment.
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: help setup repro test lint format clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-8s\033[0m %s\n", $$1, $$2}'
+
+setup: ## Create .venv and install recaption with everything the pipeline and tests need
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --progress-bar off -e '.[dev]'
+	$(BIN)/dvc config --local core.analytics false 2>/dev/null || true
+	@echo "ready: $(BIN)/recap --help"
+
+repro: ## Run the pipeline (dvc repro) on params.yaml
+	$(BIN)/dvc repro
+
+test: ## Run the test suite (offline; includes the slow end-to-end tests)
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+
+lint: ## Check style with ruff
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+clean: ## Remove pipeline outputs and caches (keeps .venv and the DVC cache)
+	rm -rf data/dataset data/rejects.parquet data/prompts data/subset data/annotations
+	rm -rf .pytest_cache .ruff_cache dvclive
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

@@ -1,0 +1,71 @@
+"""The two caption sets for the subset: short (the main subject) and descriptive.
+
+They come from dataset columns (the synthetic world's references, or columns a
+real source carried) or from a user's file of key -> caption. Every subset key
+must get a non-empty caption; otherwise the error says how many and which.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+ANNOTATION_SCHEMA = pa.schema([("key", pa.string()), ("caption", pa.string())])
+
+
+class AnnotationError(ValueError):
+    """A caption set does not cover the subset."""
+
+
+def read_caption_file(path: str | Path) -> dict[str, str]:
+    """A user's captions: parquet, CSV or JSONL with columns `key` and `caption`."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"captions file {str(path)!r} not found")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        table = pq.read_table(path)
+    elif suffix == ".csv":
+        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types={"key": pa.string(), "caption": pa.string()}))
+    elif suffix in (".jsonl", ".json"):
+        import pyarrow.json as pajson
+
+        table = pajson.read_json(path)
+    else:
+        raise AnnotationError(f"{path.name}: expected .parquet, .csv or .jsonl")
+    missing = {"key", "caption"} - set(table.column_names)
+    if missing:
+        raise AnnotationError(
+            f"{path.name}: missing column(s) {sorted(missing)}; found {table.column_names}"
+        )
+    keys = [str(k) for k in table.column("key").to_pylist()]
+    return dict(zip(keys, table.column("caption").to_pylist(), strict=True))
+
+
+def select(captions: dict[str, str | None], keys: list[str], what: str) -> pa.Table:
+    """Captions for exactly `keys`, ordered by key; an error if any is missing or empty.
+
+    Args:
+        what: names the caption set in the error ("short captions from annotate.short_file").
+    """
+    missing = [k for k in keys if not (captions.get(k) or "").strip()]
+    if missing:
+        examples = ", ".join(repr(k) for k in sorted(missing)[:5])
+        raise AnnotationError(
+            f"{what}: {len(missing)} of {len(keys)} subset keys have no caption "
+            f"(e.g. {examples})"
+        )
+    ordered = sorted(keys)
+    return pa.table(
+        {"key": ordered, "caption": [captions[k].strip() for k in ordered]},
+        schema=ANNOTATION_SCHEMA,
+    )
+
+
+def mean_words(table: pa.Table) -> float:
+    captions = table.column("caption").to_pylist()
+    return sum(len(c.split()) for c in captions) / len(captions) if captions else 0.0

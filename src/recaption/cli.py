@@ -1,0 +1,81 @@
+"""`recap`: one command per pipeline stage, plus helpers for people.
+
+Each stage command is what dvc.yaml runs; errors the user can fix (params,
+inputs) are printed as one clear message with exit status 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+
+from recaption import paths
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Recaption a text-to-image dataset and prove the gain.")
+ParamsOption = typer.Option(paths.PARAMS, "--params", "-p", help="params file to read.")
+
+
+def _run(stage: Callable[[Path], object], params: Path) -> None:
+    from recaption.annotations import AnnotationError
+    from recaption.params import ParamsError
+    from recaption.sampling import SampleError
+    from recaption.sources import SourceError
+    from recaption.stages.ingest import IngestError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        stage(params)
+    except (ParamsError, SourceError, IngestError, SampleError, AnnotationError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+@app.command()
+def ingest(params: Path = ParamsOption) -> None:
+    """Build data/dataset/ (the synthetic world or a real source) and data/rejects.parquet."""
+    from recaption.stages import ingest as stage
+
+    _run(stage.main, params)
+
+
+@app.command()
+def prompts(params: Path = ParamsOption) -> None:
+    """Write the evaluation prompt suite (GenEval categories) to data/prompts/."""
+    from recaption.stages import prompts as stage
+
+    _run(stage.main, params)
+
+
+@app.command()
+def sample(params: Path = ParamsOption) -> None:
+    """Pick the captioner-tuning subset, its two parts and the held-out split."""
+    from recaption.stages import sample as stage
+
+    _run(stage.main, params)
+
+
+@app.command()
+def annotate(params: Path = ParamsOption) -> None:
+    """Write the short and descriptive caption sets for the subset."""
+    from recaption.stages import annotate as stage
+
+    _run(stage.main, params)
+
+
+@app.command("check-params")
+def check_params(params: Path = ParamsOption) -> None:
+    """Validate params.yaml and print it with every default filled in."""
+    import yaml
+
+    from recaption.params import load_params
+
+    _run(lambda p: typer.echo(yaml.safe_dump(load_params(p).model_dump(), sort_keys=False)), params)
+
+
+if __name__ == "__main__":
+    app()

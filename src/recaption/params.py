@@ -1,0 +1,183 @@
+"""Typed, validated params.
+
+`params.yaml` has one section per stage plus a shared `seed`. It is loaded once,
+validated as a whole before any work starts, and handed to the stage layer as
+frozen models. Errors name the key, the value given and what is allowed; unknown
+keys (typos) are errors, with a did-you-mean suggestion.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from recaption import paths
+
+
+class ParamsError(ValueError):
+    """params.yaml is unreadable or does not validate; the message says what to fix."""
+
+
+class Section(BaseModel):
+    """Base of every params section: frozen, and strict about unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AltTextMix(Section):
+    """Proportions of the kinds of web alt-text the synthetic ground truth imitates."""
+
+    off_topic: float = Field(0.4, ge=0, le=1)
+    partial: float = Field(0.4, ge=0, le=1)
+    good: float = Field(0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> AltTextMix:
+        total = self.off_topic + self.partial + self.good
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"off_topic + partial + good must sum to 1, got {total:g}")
+        return self
+
+
+class SyntheticParams(Section):
+    """The built-in synthetic world (`data.source: synthetic`)."""
+
+    num_images: int = Field(8000, ge=1, le=10_000_000)
+    min_objects: int = Field(1, ge=1, le=4)
+    max_objects: int = Field(4, ge=1, le=4)
+    text_probability: float = Field(0.3, ge=0, le=1)
+    repeat_probability: float = Field(0.3, ge=0, le=1)
+    alt_text: AltTextMix = AltTextMix()
+
+    @model_validator(mode="after")
+    def _objects_range(self) -> SyntheticParams:
+        if self.min_objects > self.max_objects:
+            raise ValueError(
+                f"min_objects ({self.min_objects}) must not exceed max_objects ({self.max_objects})"
+            )
+        return self
+
+
+class Columns(Section):
+    """Where each field lives in a real source (CSV/JSONL columns, parquet columns, JSON keys)."""
+
+    key: str | None = None
+    file: str = "file"
+    image: str = "image"
+    caption: str = "caption"
+    short: str = "short"
+    descriptive: str = "descriptive"
+
+
+class DataParams(Section):
+    """ingest: where the dataset comes from and how images are normalised."""
+
+    source: Literal["synthetic", "folder", "parquet", "webdataset"] = "synthetic"
+    path: str = "data/raw"
+    captions_file: str = "captions.csv"
+    columns: Columns = Columns()
+    image_size: int = Field(32, ge=8, le=4096)
+    resize: Literal["center_crop", "none"] = "center_crop"
+    shard_size: int = Field(2500, ge=1, le=1_000_000)
+    max_reject_fraction: float = Field(0.05, ge=0, le=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    num_workers: int = Field(2, ge=0, le=256)
+    synthetic: SyntheticParams = SyntheticParams()
+
+
+class PromptsParams(Section):
+    """prompts: the evaluation prompt suite (GenEval categories), from its own seed."""
+
+    seed: int = Field(1234, ge=0)
+    per_category: int = Field(50, ge=1, le=10_000)
+
+
+class SampleParams(Section):
+    """sample: the captioner-tuning subset, its two parts, and the held-out split."""
+
+    size: int = Field(1000, ge=1)
+    overlap: float = Field(1.0, ge=0, le=1)
+    heldout_size: int = Field(500, ge=0)
+    stratify: str | None = None
+
+
+class AnnotateParams(Section):
+    """annotate: where the short and descriptive caption sets for the subset come from."""
+
+    source: Literal["synthetic", "column", "file"] = "synthetic"
+    short_column: str = "short"
+    descriptive_column: str = "descriptive"
+    short_file: str | None = None
+    descriptive_file: str | None = None
+
+    @model_validator(mode="after")
+    def _files_given(self) -> AnnotateParams:
+        if self.source == "file" and not (self.short_file and self.descriptive_file):
+            raise ValueError("source 'file' needs both short_file and descriptive_file")
+        return self
+
+
+class Params(Section):
+    """The whole params.yaml."""
+
+    seed: int = Field(0, ge=0)
+    data: DataParams = DataParams()
+    prompts: PromptsParams = PromptsParams()
+    sample: SampleParams = SampleParams()
+    annotate: AnnotateParams = AnnotateParams()
+
+
+def load_params(path: str | Path = paths.PARAMS) -> Params:
+    """Read and validate params.yaml; raise ParamsError with every problem found."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ParamsError(f"{path}: not found") from exc
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_params(raw if raw is not None else {}, source=str(path))
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    """Validate an already-parsed mapping (the content of params.yaml)."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(err, raw) for err in exc.errors()]
+        raise ParamsError(f"{source}: {len(lines)} invalid value(s)\n  " + "\n  ".join(lines))
+
+
+def _describe(err: dict, raw: dict) -> str:
+    """One line per error: the dotted key, the value given, and what is allowed."""
+    loc = [str(part) for part in err["loc"]]
+    key = ".".join(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        model = _model_at(Params, loc[:-1])
+        allowed = sorted(model.model_fields) if model else []
+        hint = difflib.get_close_matches(loc[-1], allowed, n=1)
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+        return f"{key}: unknown key{suggestion} (allowed: {', '.join(allowed)})"
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "{...}"
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{key} = {shown}: {message}"
+
+
+def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    """The params model that owns the keys at `loc` (a list of nested section names)."""
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model

@@ -1,0 +1,25 @@
+"""Where each stage reads and writes, relative to the project root.
+
+One place for every path: dvc.yaml names the same files, and the stages default
+to these constants so a path is never spelled twice in code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+
+DATA = Path("data")
+DATASET = DATA / "dataset"
+REJECTS = DATA / "rejects.parquet"
+PROMPTS = DATA / "prompts" / "suite.parquet"
+SPLITS = DATA / "subset" / "splits.parquet"
+ANNOTATIONS = DATA / "annotations"
+SHORT = ANNOTATIONS / "short.parquet"
+DESCRIPTIVE = ANNOTATIONS / "descriptive.parquet"
+
+REPORTS = Path("reports")
+INGEST_REPORT = REPORTS / "ingest.json"
+SAMPLE_REPORT = REPORTS / "sample.json"
+ANNOTATE_REPORT = REPORTS / "annotate.json"

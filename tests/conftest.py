@@ -1,0 +1,71 @@
+"""Shared fixtures: a temporary project directory with a tiny params.yaml, and image makers."""
+
+from __future__ import annotations
+
+import copy
+import io
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+TINY = {
+    "seed": 7,
+    "data": {
+        "image_size": 16,
+        "shard_size": 25,
+        "num_workers": 0,
+        "synthetic": {"num_images": 60},
+    },
+    "prompts": {"per_category": 3},
+    "sample": {"size": 10, "overlap": 0.5, "heldout_size": 8},
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Deep-merge `override` into a copy of `base`."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class Project:
+    """A temporary working directory holding a params.yaml; stages run inside it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def write_params(self, **overrides) -> Path:
+        path = self.root / "params.yaml"
+        path.write_text(yaml.safe_dump(merge(TINY, overrides), sort_keys=False))
+        return path
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Project:
+    monkeypatch.chdir(tmp_path)
+    proj = Project(tmp_path)
+    proj.write_params()
+    return proj
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def solid(colour=(200, 30, 30), size=(24, 20), mode="RGB") -> Image.Image:
+    return Image.new(mode, size, colour)
+
+
+def distinct_png(i: int, size: int = 20) -> bytes:
+    """A PNG whose pixels differ for every i (so no duplicate-image rejects)."""
+    img = Image.new("RGB", (size, size), (i % 256, (i * 7) % 256, (i * 13) % 256))
+    img.putpixel((0, 0), (i // 256 % 256, 1, 2))
+    return encode(img)

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+from conftest import encode, solid
+from PIL import Image
+
+from recaption import images
+from recaption.images import ImageRejected
+
+MAX = 10_000_000
+
+
+def reason_of(data: bytes, max_pixels: int = MAX) -> str:
+    with pytest.raises(ImageRejected) as err:
+        images.decode(data, max_pixels)
+    return err.value.reason
+
+
+@pytest.mark.parametrize(
+    ("img", "expected"),
+    [
+        (solid(128, mode="L"), (128, 128, 128)),
+        (solid((10, 20, 30), mode="RGB"), (10, 20, 30)),
+        (solid((0, 255, 0, 0), mode="RGBA"), (255, 255, 255)),  # transparent -> white
+        (solid((0, 255, 0, 255), mode="RGBA"), (0, 255, 0)),
+        (solid((0, 0, 0, 0), mode="CMYK"), (255, 255, 255)),
+        (solid((50, 255), mode="LA"), (50, 50, 50)),
+    ],
+)
+def test_modes_become_rgb(img, expected):
+    fmt = "JPEG" if img.mode == "CMYK" else "PNG"
+    out = images.decode(encode(img, fmt), MAX)
+    assert out.mode == "RGB"
+    assert out.getpixel((3, 3)) == pytest.approx(expected, abs=2)
+
+
+def test_palette_with_transparency_composites_on_white():
+    img = Image.new("P", (8, 8), 0)
+    img.putpalette([255, 0, 0] + [0, 0, 255] * 255)
+    img.info["transparency"] = 0
+    out = images.decode(encode(img, "PNG", transparency=0), MAX)
+    assert out.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped():
+    arr = np.full((6, 6), 32896, dtype=np.uint16)  # mid-grey in 16 bits
+    img = Image.fromarray(arr)
+    out = images.decode(encode(img, "PNG"), MAX)
+    assert out.mode == "RGB"
+    assert out.getpixel((1, 1)) == (128, 128, 128)
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (30, 10), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    out = images.decode(encode(img, "JPEG", exif=exif.tobytes()), MAX)
+    assert out.size == (10, 30)
+
+
+def test_fit_centre_crops_to_square():
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    img.paste((255, 0, 0), (10, 0, 30, 20))  # red centre, black sides
+    out = images.fit(img, 8)
+    assert out.size == (8, 8)
+    assert out.getpixel((0, 4))[0] > 200  # the black sides were cropped away
+
+
+def test_rejects_empty_not_image_truncated_corrupt():
+    assert reason_of(b"") == "empty_file"
+    assert reason_of(b"just some text, not pixels") == "not_image"
+    jpeg = encode(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")
+    assert reason_of(jpeg[: len(jpeg) // 2]) == "truncated"
+    png = bytearray(encode(Image.effect_noise((64, 64), 50).convert("RGB"), "PNG"))
+    png[60:160] = bytes(100)  # zero out part of the compressed data stream
+    assert reason_of(bytes(png)) in ("corrupt", "truncated")
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    # A 20000 x 20000 PNG compresses to a few hundred KB; decoding it would take 1.2 GB.
+    bomb = encode(Image.new("L", (20000, 20000)), "PNG")
+    assert reason_of(bomb, max_pixels=1_000_000) == "too_large"
+
+
+def test_pixel_hash_ignores_encoding_but_sees_pixels():
+    img = solid((1, 2, 3))
+    a = images.pixel_sha256(images.decode(encode(img, "PNG"), MAX))
+    b = images.pixel_sha256(images.decode(encode(img, "BMP"), MAX))
+    assert a == b
+    other = solid((1, 2, 4))
+    assert images.pixel_sha256(other) != a
+
+
+def test_png_encoding_is_deterministic():
+    img = Image.effect_noise((16, 16), 30).convert("RGB")
+    assert images.encode_png(img) == images.encode_png(img.copy())

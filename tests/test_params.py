@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+
+from recaption.params import Params, ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_params_validate():
+    params = load_params(ROOT / "params.yaml")
+    assert params.data.source == "synthetic"
+    assert params.sample.size > 0
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    (tmp_path / "p.yaml").write_text("")
+    assert load_params(tmp_path / "p.yaml") == Params()
+
+
+def test_wrong_type_names_key_and_value():
+    with pytest.raises(ParamsError) as err:
+        parse_params({"data": {"image_size": "big"}})
+    assert "data.image_size = 'big'" in str(err.value)
+    assert "integer" in str(err.value)
+
+
+def test_out_of_range_says_what_is_allowed():
+    with pytest.raises(ParamsError) as err:
+        parse_params({"sample": {"overlap": 1.5}})
+    assert "sample.overlap = 1.5" in str(err.value)
+    assert "less than or equal to 1" in str(err.value)
+
+
+def test_unknown_key_suggests_the_right_one():
+    with pytest.raises(ParamsError) as err:
+        parse_params({"data": {"imge_size": 32}})
+    message = str(err.value)
+    assert "data.imge_size: unknown key" in message
+    assert "did you mean 'image_size'?" in message
+
+
+def test_unknown_section_is_an_error():
+    with pytest.raises(ParamsError, match="sampel: unknown key; did you mean 'sample'"):
+        parse_params({"sampel": {"size": 3}})
+
+
+def test_enum_lists_its_choices():
+    with pytest.raises(ParamsError) as err:
+        parse_params({"data": {"source": "s3"}})
+    for choice in ("synthetic", "folder", "parquet", "webdataset"):
+        assert choice in str(err.value)
+
+
+def test_every_error_is_reported_at_once():
+    with pytest.raises(ParamsError, match="2 invalid value"):
+        parse_params({"seed": -1, "sample": {"size": 0}})
+
+
+def test_cross_field_rules():
+    with pytest.raises(ParamsError, match="must sum to 1"):
+        parse_params({"data": {"synthetic": {"alt_text": {"off_topic": 0.9}}}})
+    with pytest.raises(ParamsError, match="min_objects"):
+        parse_params({"data": {"synthetic": {"min_objects": 3, "max_objects": 2}}})
+    with pytest.raises(ParamsError, match="short_file and descriptive_file"):
+        parse_params({"annotate": {"source": "file"}})
+
+
+def test_not_a_mapping(tmp_path):
+    (tmp_path / "p.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        load_params(tmp_path / "p.yaml")
+
+
+def test_yaml_object_tags_are_refused(tmp_path):
+    (tmp_path / "p.yaml").write_text("seed: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(tmp_path / "p.yaml")
