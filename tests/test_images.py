@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
-from conftest import encode, solid
 from PIL import Image
 
 from recaption import images
 from recaption.images import ImageRejected
+
+from conftest import encode, solid
 
 MAX = 10_000_000
 

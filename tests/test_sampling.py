@@ -15,8 +15,14 @@ def test_sizes_overlap_and_disjoint_heldout():
     assert (len(first), len(second), len(heldout)) == (100, 100, 50)
     assert len(first & second) == 30
     assert not heldout & (first | second)
-    assert split.summary() == {"dataset": 1000, "first": 100, "second": 100, "both": 30,
-                               "subset": 170, "heldout": 50}
+    assert split.summary() == {
+        "dataset": 1000,
+        "first": 100,
+        "second": 100,
+        "both": 30,
+        "subset": 170,
+        "heldout": 50,
+    }
 
 
 @pytest.mark.parametrize(("overlap", "shared"), [(1.0, 100), (0.0, 0)])
@@ -35,8 +41,9 @@ def test_same_seed_same_split_other_seed_other_split():
 
 def test_choice_of_a_key_does_not_depend_on_the_others():
     small = draw_split(KEYS, seed=5, size=50, overlap=1.0, heldout_size=0)
-    grown = draw_split(KEYS + [f"new{i}" for i in range(10)], seed=5, size=50, overlap=1.0,
-                       heldout_size=0)
+    grown = draw_split(
+        KEYS + [f"new{i}" for i in range(10)], seed=5, size=50, overlap=1.0, heldout_size=0
+    )
     kept = members(small, "first") & members(grown, "first")
     assert len(kept) >= 45  # at most the few new keys that outrank old ones displace them
 

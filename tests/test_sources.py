@@ -7,10 +7,11 @@ import tarfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import distinct_png
 
 from recaption.params import Columns
 from recaption.sources import SourceError, read_source
+
+from conftest import distinct_png
 
 COLS = Columns()
 
@@ -68,17 +69,23 @@ def test_folder_missing_caption_column(tmp_path):
 
 
 def test_parquet_bytes_and_struct_columns(tmp_path):
-    pq.write_table(pa.table({
-        "image": [distinct_png(1), distinct_png(2)],
-        "caption": ["one", "two"],
-        "url": ["http://a", "http://b"],
-    }), tmp_path / "x.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "image": [distinct_png(1), distinct_png(2)],
+                "caption": ["one", "two"],
+                "url": ["http://a", "http://b"],
+            }
+        ),
+        tmp_path / "x.parquet",
+    )
     records = list(read_source("parquet", tmp_path / "x.parquet", COLS))
     assert [r.key for r in records] == ["x/00000000", "x/00000001"]
     assert records[1].meta == {"url": "http://b"}
     struct = pa.array([{"bytes": distinct_png(3), "path": "p.png"}])
-    pq.write_table(pa.table({"img": struct, "text": ["three"], "id": ["k3"]}),
-                   tmp_path / "y.parquet")
+    pq.write_table(
+        pa.table({"img": struct, "text": ["three"], "id": ["k3"]}), tmp_path / "y.parquet"
+    )
     cols = Columns(image="img", caption="text", key="id")
     (record,) = read_source("parquet", tmp_path / "y.parquet", cols)
     assert (record.key, record.caption, record.data) == ("k3", "three", distinct_png(3))
@@ -97,14 +104,17 @@ def test_parquet_wrong_types_and_missing_columns(tmp_path):
 
 
 def test_webdataset_shards(tmp_path):
-    write_tar(tmp_path / "00000.tar", {
-        "000000001.jpg": distinct_png(1),
-        "000000001.txt": b"a caption",
-        "000000001.json": json.dumps({"url": "http://x", "caption": "a caption"}).encode(),
-        "000000002.png": distinct_png(2),
-        "000000002.json": json.dumps({"caption": "from json", "short": "s"}).encode(),
-        "000000003.txt": b"no image",
-    })
+    write_tar(
+        tmp_path / "00000.tar",
+        {
+            "000000001.jpg": distinct_png(1),
+            "000000001.txt": b"a caption",
+            "000000001.json": json.dumps({"url": "http://x", "caption": "a caption"}).encode(),
+            "000000002.png": distinct_png(2),
+            "000000002.json": json.dumps({"caption": "from json", "short": "s"}).encode(),
+            "000000003.txt": b"no image",
+        },
+    )
     records = list(read_source("webdataset", tmp_path, COLS))
     assert [r.key for r in records] == ["000000001", "000000002", "000000003"]
     assert records[0].caption == b"a caption" and records[0].meta == {"url": "http://x"}

@@ -29,8 +29,12 @@ def read_caption_file(path: str | Path) -> dict[str, str]:
     if suffix == ".parquet":
         table = pq.read_table(path)
     elif suffix == ".csv":
-        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-            column_types={"key": pa.string(), "caption": pa.string()}))
+        table = pacsv.read_csv(
+            path,
+            convert_options=pacsv.ConvertOptions(
+                column_types={"key": pa.string(), "caption": pa.string()}
+            ),
+        )
     elif suffix in (".jsonl", ".json"):
         import pyarrow.json as pajson
 
@@ -56,8 +60,7 @@ def select(captions: dict[str, str | None], keys: list[str], what: str) -> pa.Ta
     if missing:
         examples = ", ".join(repr(k) for k in sorted(missing)[:5])
         raise AnnotationError(
-            f"{what}: {len(missing)} of {len(keys)} subset keys have no caption "
-            f"(e.g. {examples})"
+            f"{what}: {len(missing)} of {len(keys)} subset keys have no caption (e.g. {examples})"
         )
     ordered = sorted(keys)
     return pa.table(

@@ -15,8 +15,11 @@ import typer
 
 from recaption import paths
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Recaption a text-to-image dataset and prove the gain.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Recaption a text-to-image dataset and prove the gain.",
+)
 ParamsOption = typer.Option(paths.PARAMS, "--params", "-p", help="params file to read.")
 
 

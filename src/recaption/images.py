@@ -7,6 +7,7 @@ applied, every mode (greyscale, RGBA, palette, CMYK, 16-bit) brought to 8-bit RG
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import warnings
@@ -52,10 +53,9 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageRejected(reason, str(exc)) from exc
     except Exception as exc:
         raise ImageRejected("corrupt", f"{type(exc).__name__}: {exc}") from exc
-    try:
+    # A broken EXIF block is not worth losing the image over.
+    with contextlib.suppress(Exception):
         img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block is not worth losing the image over
-        pass
     return to_rgb(img)
 
 

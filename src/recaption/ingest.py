@@ -26,29 +26,42 @@ from tqdm import tqdm
 from recaption import images, io
 from recaption.sources import RawRecord
 
-DATASET_SCHEMA = pa.schema([
-    ("key", pa.string()),
-    ("image", pa.binary()),
-    ("sha256", pa.string()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("caption", pa.string()),
-    ("short", pa.string()),
-    ("descriptive", pa.string()),
-    ("source", pa.string()),
-    ("meta", pa.string()),
-])
-REJECT_SCHEMA = pa.schema([
-    ("key", pa.string()),
-    ("source", pa.string()),
-    ("reason", pa.string()),
-    ("detail", pa.string()),
-])
+DATASET_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("image", pa.binary()),
+        ("sha256", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("caption", pa.string()),
+        ("short", pa.string()),
+        ("descriptive", pa.string()),
+        ("source", pa.string()),
+        ("meta", pa.string()),
+    ]
+)
+REJECT_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("source", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
 # Every reason a record can be rejected for; reports count each of them, zero or not.
 REJECT_REASONS = (
-    "empty_file", "not_image", "truncated", "corrupt", "too_large", "missing_file",
-    "outside_root", "unsafe_member", "missing_caption", "caption_not_utf8",
-    "duplicate_key", "duplicate_image",
+    "empty_file",
+    "not_image",
+    "truncated",
+    "corrupt",
+    "too_large",
+    "missing_file",
+    "outside_root",
+    "unsafe_member",
+    "missing_caption",
+    "caption_not_utf8",
+    "duplicate_key",
+    "duplicate_image",
 )
 
 
@@ -88,9 +101,16 @@ def normalise(record: RawRecord, image_size: int | None, max_pixels: int) -> dic
     Returns:
         {"row": {...}} or {"reject": {...}}.
     """
+
     def reject(reason: str, detail: str) -> dict:
-        return {"reject": {"key": record.key, "source": record.source,
-                           "reason": reason, "detail": detail[:500]}}
+        return {
+            "reject": {
+                "key": record.key,
+                "source": record.source,
+                "reason": reason,
+                "detail": detail[:500],
+            }
+        }
 
     if record.reject:
         return reject(*record.reject)
@@ -106,13 +126,28 @@ def normalise(record: RawRecord, image_size: int | None, max_pixels: int) -> dic
         return reject(exc.reason, exc.detail)
     if image_size:
         img = images.fit(img, image_size)
-    return {"row": make_row(record.key, img, caption, record.source, record.meta,
-                            short=_optional_text(record.short),
-                            descriptive=_optional_text(record.descriptive))}
+    return {
+        "row": make_row(
+            record.key,
+            img,
+            caption,
+            record.source,
+            record.meta,
+            short=_optional_text(record.short),
+            descriptive=_optional_text(record.descriptive),
+        )
+    }
 
 
-def make_row(key: str, img, caption: str, source: str, meta: dict,
-             short: str | None = None, descriptive: str | None = None) -> dict:
+def make_row(
+    key: str,
+    img,
+    caption: str,
+    source: str,
+    meta: dict,
+    short: str | None = None,
+    descriptive: str | None = None,
+) -> dict:
     """A dataset row from a normalised RGB image."""
     return {
         "key": key,
@@ -166,15 +201,18 @@ def run(
     seen_keys: set[str] = set()
     seen_pixels: dict[str, str] = {}
     writer = SortedShardWriter(out_dir, shard_size)
-    for out in tqdm(_map(worker, items, num_workers), total=total, desc="ingest", unit="img",
-                    mininterval=1.0):
+    for out in tqdm(
+        _map(worker, items, num_workers), total=total, desc="ingest", unit="img", mininterval=1.0
+    ):
         if "reject" in out:
             result.rejects.append(out["reject"])
             continue
         row = out["row"]
         first = seen_pixels.get(row["sha256"])
         if row["key"] in seen_keys:
-            result.rejects.append(_dup(row, "duplicate_key", "key already taken by an earlier record"))
+            result.rejects.append(
+                _dup(row, "duplicate_key", "key already taken by an earlier record")
+            )
         elif first is not None:
             result.rejects.append(_dup(row, "duplicate_image", f"same pixels as {first}"))
         else:
@@ -290,8 +328,15 @@ def synthetic_row(index: int, seed: int, config) -> dict:
         "main_colour": main["colour"],
         "num_objects": len(scene["objects"]),
     }
-    row = make_row(synthetic_key(index), example.image, example.caption, "synthetic", meta,
-                   short=example.short, descriptive=example.descriptive)
+    row = make_row(
+        synthetic_key(index),
+        example.image,
+        example.caption,
+        "synthetic",
+        meta,
+        short=example.short,
+        descriptive=example.descriptive,
+    )
     return {"row": row}
 
 

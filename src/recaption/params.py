@@ -151,7 +151,8 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         return Params.model_validate(raw)
     except ValidationError as exc:
         lines = [_describe(err, raw) for err in exc.errors()]
-        raise ParamsError(f"{source}: {len(lines)} invalid value(s)\n  " + "\n  ".join(lines))
+        message = f"{source}: {len(lines)} invalid value(s)\n  " + "\n  ".join(lines)
+        raise ParamsError(message) from None
 
 
 def _describe(err: dict, raw: dict) -> str:

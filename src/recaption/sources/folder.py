@@ -1,4 +1,4 @@
-"""An image folder with a captions file (CSV or JSONL): file, caption, optional short/descriptive."""
+"""An image folder with a captions file (CSV, TSV or JSONL): file, caption, optional references."""
 
 from __future__ import annotations
 
@@ -66,7 +66,9 @@ def _json_line(line: str, path: Path, number: int) -> dict:
     except json.JSONDecodeError as exc:
         raise SourceError(f"{path.name} line {number}: not valid JSON ({exc.msg})") from exc
     if not isinstance(row, dict):
-        raise SourceError(f"{path.name} line {number}: expected an object, got {type(row).__name__}")
+        raise SourceError(
+            f"{path.name} line {number}: expected an object, got {type(row).__name__}"
+        )
     return row
 
 
@@ -85,8 +87,11 @@ def _text(value) -> str | None:
 def _record(root: Path, row: dict, columns) -> RawRecord:
     rel = _relative(row[columns.file])
     key = _text(row.get(columns.key)) if columns.key else None
-    meta = {k: v for k, v in row.items() if k not in (columns.caption, columns.short,
-                                                     columns.descriptive) and v not in (None, "")}
+    meta = {
+        k: v
+        for k, v in row.items()
+        if k not in (columns.caption, columns.short, columns.descriptive) and v not in (None, "")
+    }
     return RawRecord(
         key=key or _key(rel),
         source=rel,

@@ -43,7 +43,9 @@ def _check_schema(file: Path, schema: pa.Schema, columns) -> list[str]:
                 "(set data.columns.image / data.columns.caption)"
             )
     if columns.key and columns.key not in names:
-        raise SourceError(f"{file.name}: no key column {columns.key!r}; columns are {sorted(names)}")
+        raise SourceError(
+            f"{file.name}: no key column {columns.key!r}; columns are {sorted(names)}"
+        )
     image_type = schema.field(columns.image).type
     if not (_is_binary(image_type) or _is_image_struct(image_type)):
         raise SourceError(

@@ -39,8 +39,13 @@ def _read_shard(shard: Path, columns) -> Iterator[RawRecord]:
             where = f"{shard.name}:{member.name}"
             unsafe = _unsafe(member)
             if unsafe:
-                yield RawRecord(key=member.name, source=where, data=None, caption=None,
-                                reject=("unsafe_member", unsafe))
+                yield RawRecord(
+                    key=member.name,
+                    source=where,
+                    data=None,
+                    caption=None,
+                    reject=("unsafe_member", unsafe),
+                )
                 continue
             key, _, ext = PurePosixPath(member.name).name.partition(".")
             key = str(PurePosixPath(member.name).parent / key).removeprefix("./")
@@ -75,9 +80,12 @@ def _record(shard: Path, key: str, parts: dict[str, bytes], columns) -> RawRecor
         caption=caption,
         short=_str(meta.get(columns.short)),
         descriptive=_str(meta.get(columns.descriptive)),
-        meta={k: v for k, v in meta.items()
-              if k not in (columns.caption, columns.short, columns.descriptive)
-              and isinstance(v, (str, int, float, bool))},
+        meta={
+            k: v
+            for k, v in meta.items()
+            if k not in (columns.caption, columns.short, columns.descriptive)
+            and isinstance(v, (str, int, float, bool))
+        },
     )
     if ext is None:
         record.reject = ("missing_file", f"no image member among {sorted(parts)}")

@@ -24,9 +24,14 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     io.write_table(paths.DESCRIPTIVE, descriptive)
     report = {
         "source": params.annotate.source,
-        "short": {"captions": short.num_rows, "mean_words": round(annotations.mean_words(short), 3)},
-        "descriptive": {"captions": descriptive.num_rows,
-                        "mean_words": round(annotations.mean_words(descriptive), 3)},
+        "short": {
+            "captions": short.num_rows,
+            "mean_words": round(annotations.mean_words(short), 3),
+        },
+        "descriptive": {
+            "captions": descriptive.num_rows,
+            "mean_words": round(annotations.mean_words(descriptive), 3),
+        },
     }
     io.write_json(paths.ANNOTATE_REPORT, report)
     return report
@@ -37,9 +42,14 @@ def _sources(params: Params) -> tuple[tuple[dict, str], tuple[dict, str]]:
     ann = params.annotate
     if ann.source == "file":
         return (
-            (annotations.read_caption_file(ann.short_file), f"annotate.short_file {ann.short_file}"),
-            (annotations.read_caption_file(ann.descriptive_file),
-             f"annotate.descriptive_file {ann.descriptive_file}"),
+            (
+                annotations.read_caption_file(ann.short_file),
+                f"annotate.short_file {ann.short_file}",
+            ),
+            (
+                annotations.read_caption_file(ann.descriptive_file),
+                f"annotate.descriptive_file {ann.descriptive_file}",
+            ),
         )
     if ann.source == "synthetic":
         if params.data.source != "synthetic":
@@ -52,12 +62,15 @@ def _sources(params: Params) -> tuple[tuple[dict, str], tuple[dict, str]]:
         columns = (ann.short_column, ann.descriptive_column)
         unknown = [c for c in columns if c not in DATASET_SCHEMA.names]
         if unknown:
-            raise AnnotationError(f"annotate: no dataset column {unknown[0]!r}; "
-                                  f"columns are {DATASET_SCHEMA.names}")
+            raise AnnotationError(
+                f"annotate: no dataset column {unknown[0]!r}; columns are {DATASET_SCHEMA.names}"
+            )
     table = io.read_columns(paths.DATASET, ["key", *dict.fromkeys(columns)])
     keys = table.column("key").to_pylist()
     return tuple(
-        (dict(zip(keys, table.column(c).to_pylist(), strict=True)),
-         f"dataset column {c!r} (annotate.source {ann.source})")
+        (
+            dict(zip(keys, table.column(c).to_pylist(), strict=True)),
+            f"dataset column {c!r} (annotate.source {ann.source})",
+        )
         for c in columns
     )

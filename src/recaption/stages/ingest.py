@@ -28,7 +28,7 @@ def world_config(params: Params):
         max_objects=syn.max_objects,
         text_probability=syn.text_probability,
         repeat_probability=syn.repeat_probability,
-        alt_text=syn.alt_text.model_dump(),
+        alt_mix=syn.alt_text.model_dump(),
     )
 
 
@@ -50,15 +50,20 @@ def main(params_path: Path = paths.PARAMS) -> ingest.IngestResult:
         io.write_table(paths.REJECTS, ingest.reject_table(result.rejects))
         io.write_json(paths.INGEST_REPORT, {"source": data.source, **result.report()})
         _check(result, data.max_reject_fraction)
-    log.info("ingest: %d images in %d shards, %d rejected", result.accepted, result.shards,
-             len(result.rejects))
+    log.info(
+        "ingest: %d images in %d shards, %d rejected",
+        result.accepted,
+        result.shards,
+        len(result.rejects),
+    )
     return result
 
 
 def _check(result: ingest.IngestResult, max_fraction: float) -> None:
     if result.accepted == 0:
-        raise IngestError(f"ingest: no usable image among {result.seen} records; "
-                          f"see {paths.REJECTS}")
+        raise IngestError(
+            f"ingest: no usable image among {result.seen} records; see {paths.REJECTS}"
+        )
     if result.reject_fraction > max_fraction:
         reasons = result.report()["rejects_by_reason"]
         why = ", ".join(f"{reason} {n}" for reason, n in reasons.items() if n)

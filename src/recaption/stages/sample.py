@@ -11,9 +11,14 @@ from recaption import io, paths
 from recaption.params import load_params
 from recaption.sampling import SampleError, Split, draw_split
 
-SPLIT_SCHEMA = pa.schema([
-    ("key", pa.string()), ("first", pa.bool_()), ("second", pa.bool_()), ("heldout", pa.bool_()),
-])
+SPLIT_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("first", pa.bool_()),
+        ("second", pa.bool_()),
+        ("heldout", pa.bool_()),
+    ]
+)
 
 
 def main(params_path: Path = paths.PARAMS) -> Split:
@@ -26,9 +31,18 @@ def main(params_path: Path = paths.PARAMS) -> Split:
     keys = table.column("key").to_pylist()
     strata = _strata(table, sample.stratify) if sample.stratify else None
     split = draw_split(keys, params.seed, sample.size, sample.overlap, sample.heldout_size, strata)
-    io.write_table(paths.SPLITS, pa.table(
-        {"key": split.keys, "first": split.first, "second": split.second,
-         "heldout": split.heldout}, schema=SPLIT_SCHEMA))
+    io.write_table(
+        paths.SPLITS,
+        pa.table(
+            {
+                "key": split.keys,
+                "first": split.first,
+                "second": split.second,
+                "heldout": split.heldout,
+            },
+            schema=SPLIT_SCHEMA,
+        ),
+    )
     io.write_json(paths.SAMPLE_REPORT, {**split.summary(), "stratify": sample.stratify})
     return split
 
@@ -43,8 +57,9 @@ def _strata(table: pa.Table, name: str) -> dict[str, str]:
         value = json.loads(meta)
         for part in name.split("."):
             if not isinstance(value, dict) or part not in value:
-                raise SampleError(f"sample.stratify = {name!r}: key {key!r} has no such "
-                                  "column or meta field")
+                raise SampleError(
+                    f"sample.stratify = {name!r}: key {key!r} has no such column or meta field"
+                )
             value = value[part]
         strata[key] = json.dumps(value, sort_keys=True)
     return strata

@@ -1,0 +1,165 @@
+"""The ingest stage end to end, in-process: rejects with reasons, ordering, determinism."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from recaption import io, paths
+from recaption.ingest import REJECT_REASONS
+from recaption.stages import ingest as stage
+from recaption.stages.ingest import IngestError
+
+from conftest import distinct_png, encode
+
+
+def broken_folder(root):
+    """A folder source with 20 good images and one file or row for each reject reason."""
+    lines = ["file,caption"]
+    for i in range(20):
+        (root / f"good{i:02d}.png").write_bytes(distinct_png(i))
+        lines.append(f"good{i:02d}.png,a good caption {i}")
+    noise = Image.effect_noise((64, 64), 60).convert("RGB")
+    jpeg = encode(noise, "JPEG")
+    png = bytearray(encode(noise, "PNG"))
+    png[80:200] = bytes(120)
+    files = {
+        "empty.png": b"",
+        "text.png": b"hello, I am not an image",
+        "cut.jpg": jpeg[: len(jpeg) // 2],
+        "broken.png": bytes(png),
+        "bomb.png": encode(Image.new("L", (3000, 3000)), "PNG"),
+        "nocap.png": distinct_png(100),
+        "twin.png": distinct_png(3),  # same pixels as good03
+    }
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+        lines.append(f"{name},caption of {name}" if name != "nocap.png" else f"{name},  ")
+    (root / "latin1.png").write_bytes(distinct_png(101))
+    (root / "unlisted.png").write_bytes(distinct_png(102))
+    lines += ["gone.png,missing file", "good05.png,listed twice"]
+    text = ("\n".join(lines) + "\n").encode() + b"latin1.png,caf\xe9 au lait\n"
+    (root / "captions.csv").write_bytes(text)
+
+
+def test_every_reject_reason_from_real_broken_files(project):
+    raw = project.root / "raw"
+    raw.mkdir()
+    broken_folder(raw)
+    project.write_params(
+        data={
+            "source": "folder",
+            "path": "raw",
+            "max_reject_fraction": 1.0,
+            "max_image_pixels": 1_000_000,
+        }
+    )
+    result = stage.main()
+    rejects = pq.read_table(paths.REJECTS).to_pylist()
+    by_key = {r["key"]: r["reason"] for r in rejects}
+    assert by_key == {
+        "empty": "empty_file",
+        "text": "not_image",
+        "cut": "truncated",
+        "broken": by_key["broken"],
+        "bomb": "too_large",
+        "nocap": "missing_caption",
+        "twin": "duplicate_image",
+        "latin1": "caption_not_utf8",
+        "unlisted": "missing_caption",
+        "gone": "missing_file",
+        "good05": "duplicate_key",
+    }
+    assert by_key["broken"] in ("corrupt", "truncated")
+    assert result.accepted == 20
+    report = json.loads(paths.INGEST_REPORT.read_text())
+    assert report["images_seen"] == 31 and report["images_rejected"] == 11
+    assert set(report["rejects_by_reason"]) == set(REJECT_REASONS)
+    assert sum(report["rejects_by_reason"].values()) == 11
+    table = io.read_columns(paths.DATASET, ["key", "width", "height", "caption"])
+    assert table.column("key").to_pylist() == [f"good{i:02d}" for i in range(20)]
+    assert set(table.column("width").to_pylist()) == {16}
+    assert table.column("caption").to_pylist()[5] == "a good caption 5"  # first row wins
+
+
+def test_too_many_rejects_fail_with_how_many_and_why(project):
+    raw = project.root / "raw"
+    raw.mkdir()
+    broken_folder(raw)
+    project.write_params(
+        data={
+            "source": "folder",
+            "path": "raw",
+            "max_reject_fraction": 0.05,
+            "max_image_pixels": 1_000_000,
+        }
+    )
+    with pytest.raises(IngestError) as err:
+        stage.main()
+    message = str(err.value)
+    assert "11 of 31 records rejected" in message and "empty_file 1" in message
+    assert not paths.DATASET.exists()  # nothing that looks complete
+    assert pq.read_table(paths.REJECTS).num_rows == 11  # but the reasons are there to read
+
+
+def test_unordered_source_is_written_in_key_order(project):
+    keys = [f"k{i:03d}" for i in range(57)][::-1]
+    pq.write_table(
+        pa.table(
+            {
+                "id": keys,
+                "image": [distinct_png(i) for i in range(57)],
+                "caption": [f"caption {k}" for k in keys],
+            }
+        ),
+        project.root / "src.parquet",
+    )
+    project.write_params(
+        data={
+            "source": "parquet",
+            "path": "src.parquet",
+            "shard_size": 10,
+            "columns": {"key": "id"},
+        }
+    )
+    result = stage.main()
+    shards = io.shard_paths(paths.DATASET)
+    assert result.shards == len(shards) == 6
+    assert [pq.read_metadata(p).num_rows for p in shards] == [10] * 5 + [7]
+    table = io.read_columns(paths.DATASET, ["key", "caption"])
+    assert table.column("key").to_pylist() == sorted(keys)
+    assert table.column("caption").to_pylist()[0] == "caption k000"
+
+
+def shard_bytes():
+    return [p.read_bytes() for p in io.shard_paths(paths.DATASET)]
+
+
+def test_synthetic_ingest_is_byte_identical_across_runs_and_workers(project):
+    stage.main()
+    first = shard_bytes()
+    assert len(first) == 3  # 60 images in shards of 25
+    stage.main()
+    assert shard_bytes() == first
+    project.write_params(data={"num_workers": 2})
+    stage.main()
+    assert shard_bytes() == first
+    project.write_params(seed=8)
+    stage.main()
+    assert shard_bytes() != first
+
+
+def test_synthetic_rows_carry_scene_and_reference_captions(project):
+    stage.main()
+    table = io.read_columns(paths.DATASET, ["key", "caption", "short", "descriptive", "meta"])
+    rows = table.to_pylist()
+    assert [r["key"] for r in rows] == [f"{i:08d}" for i in range(60)]
+    for row in rows:
+        meta = json.loads(row["meta"])
+        assert 1 <= len(meta["scene"]["objects"]) <= 4
+        assert meta["main_colour"] in row["short"] and meta["main_shape"] in row["short"]
+        assert row["caption"] and row["descriptive"]
+    kinds = {json.loads(r["meta"])["alt_kind"] for r in rows}
+    assert kinds == {"off_topic", "partial", "good"}

@@ -1,0 +1,126 @@
+"""`dvc repro` end to end in a temporary git repository, and which stages an edit makes stale."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import TINY, merge
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.invalid",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    }
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def write_params(repo: Path, **overrides) -> None:
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), merge(TINY, overrides))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def stale(repo: Path) -> set[str]:
+    return set(json.loads(run(["dvc", "status", "--json"], repo)))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("repo")
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(ROOT / name, repo / name)
+    shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "data" / "raw").mkdir(parents=True)
+    shutil.copy(ROOT / "data" / "raw" / "README.md", repo / "data" / "raw" / "README.md")
+    write_params(repo)
+    run(["git", "init", "-q"], repo)
+    run(["dvc", "init", "-q"], repo)
+    run(["dvc", "config", "core.analytics", "false"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "tiny project"], repo)
+    run(["dvc", "repro"], repo)
+    return repo
+
+
+def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
+    for path in (
+        "data/dataset",
+        "data/rejects.parquet",
+        "data/prompts/suite.parquet",
+        "data/subset/splits.parquet",
+        "data/annotations/short.parquet",
+        "data/annotations/descriptive.parquet",
+        "reports/ingest.json",
+    ):
+        assert (repo / path).exists(), path
+    assert stale(repo) == set()
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"ingest", "prompts", "sample", "annotate"}
+    assert set(lock["stages"]["sample"]["params"]["params.yaml"]) == {"seed", "sample"}
+
+
+def would_run(repo: Path) -> set[str]:
+    """The stages `dvc status` reports plus every stage below them in `dvc dag`.
+
+    dvc status names only stages whose own deps changed; a stage below one is stale
+    through that stage's outputs, which change only once it reruns.
+    """
+    edges = [
+        tuple(part.strip().strip('";') for part in line.split("->"))
+        for line in run(["dvc", "dag", "--dot"], repo).splitlines()
+        if "->" in line
+    ]
+    todo, seen = list(stale(repo)), set()
+    while todo:
+        stage = todo.pop()
+        if stage not in seen:
+            seen.add(stage)
+            todo += [dst for src, dst in edges if src == stage]
+    return seen
+
+
+def test_sample_edit_makes_exactly_sample_and_annotate_stale(repo):
+    write_params(repo, sample={"size": 12})
+    # dvc status names the stage whose params changed; annotate is stale through its output.
+    assert stale(repo) == {"sample"}
+    assert would_run(repo) == {"sample", "annotate"}
+    run(["dvc", "repro", "--single-item", "sample"], repo)
+    assert stale(repo) == {"annotate"}
+    run(["dvc", "repro"], repo)
+    assert stale(repo) == set()
+
+
+def test_prompts_edit_touches_only_prompts(repo):
+    write_params(repo, sample={"size": 12}, prompts={"seed": 99})
+    assert stale(repo) == {"prompts"}
+    assert would_run(repo) == {"prompts"}
+
+
+def test_a_typo_in_params_fails_before_any_work(repo):
+    write_params(repo, sample={"size": 12, "overlapp": 0.5})
+    env_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    proc = subprocess.run(
+        ["recap", "sample"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": env_path},
+    )
+    assert proc.returncode == 2
+    assert "sample.overlapp: unknown key; did you mean 'overlap'?" in proc.stderr
