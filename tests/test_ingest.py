@@ -163,3 +163,29 @@ def test_synthetic_rows_carry_scene_and_reference_captions(project):
         assert row["caption"] and row["descriptive"]
     kinds = {json.loads(r["meta"])["alt_kind"] for r in rows}
     assert kinds == {"off_topic", "partial", "good"}
+
+
+def test_webdataset_ingest_rejects_unsafe_members_and_bad_captions(project):
+    from test_sources import write_tar
+
+    members = {}
+    for i in range(30):
+        members[f"{i:05d}.png"] = distinct_png(i)
+        members[f"{i:05d}.txt"] = f"caption {i}".encode()
+    members["00030.png"] = distinct_png(30)
+    members["00030.txt"] = b"caf\xe9"
+    members["../escape.jpg"] = distinct_png(31)
+    write_tar(project.root / "shard.tar", members)
+    project.write_params(
+        data={
+            "source": "webdataset",
+            "path": "shard.tar",
+            "max_reject_fraction": 0.1,
+            "num_workers": 2,
+        }
+    )
+    result = stage.main()
+    reasons = {r["key"]: r["reason"] for r in pq.read_table(paths.REJECTS).to_pylist()}
+    assert reasons == {"00030": "caption_not_utf8", "../escape.jpg": "unsafe_member"}
+    assert result.accepted == 30
+    assert not (project.root.parent / "escape.jpg").exists()

@@ -33,7 +33,14 @@ def _run(stage: Callable[[Path], object], params: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         stage(params)
-    except (ParamsError, SourceError, IngestError, SampleError, AnnotationError) as exc:
+    except (
+        ParamsError,
+        SourceError,
+        IngestError,
+        SampleError,
+        AnnotationError,
+        FileNotFoundError,
+    ) as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
 

@@ -10,6 +10,7 @@ bounded memory (sorted runs, merged only when the source was not in key order).
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import multiprocessing
 import os
@@ -228,15 +229,21 @@ def _dup(row: dict, reason: str, detail: str) -> dict:
     return {"key": row["key"], "source": row["source"], "reason": reason, "detail": detail}
 
 
-def _map(worker: Callable, items: Iterable, num_workers: int) -> Iterator[dict]:
-    """Ordered map over items, in a process pool when num_workers > 0."""
+def _map(worker: Callable, items: Iterable, num_workers: int, window: int = 512) -> Iterator[dict]:
+    """Ordered map over items, in a process pool when num_workers > 0.
+
+    Items are fed `window` at a time: Pool.imap alone would read the whole source
+    (image bytes included) into its task queue as fast as it can.
+    """
     if num_workers <= 0:
         yield from map(worker, items)
         return
     # fork is cheap and safe here: ingest imports no threaded library before the pool.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    items = iter(items)
     with multiprocessing.get_context(method).Pool(num_workers) as pool:
-        yield from pool.imap(worker, items, chunksize=32)
+        while chunk := list(itertools.islice(items, window * num_workers)):
+            yield from pool.imap(worker, chunk, chunksize=32)
 
 
 class SortedShardWriter:
