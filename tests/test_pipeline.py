@@ -31,8 +31,18 @@ def run(cmd: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
+FAST = {
+    "clip": {
+        "model": "configs/clip/tiny-clip-16.json",
+        "train": {"steps": 3, "batch_size": 16, "warmup_steps": 1},
+    },
+    "embed": {"num_workers": 0, "probe_train_size": 20},
+}
+
+
 def write_params(repo: Path, **overrides) -> None:
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), merge(TINY, overrides))
+    tiny = merge(merge(TINY, FAST), overrides)
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), tiny)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -46,6 +56,8 @@ def repo(tmp_path_factory) -> Path:
     for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(ROOT / name, repo / name)
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "configs", repo / "configs")
+    shutil.copy(ROOT / "tests" / "data" / "tiny-clip-16.json", repo / "configs" / "clip")
     (repo / "data" / "raw").mkdir(parents=True)
     shutil.copy(ROOT / "data" / "raw" / "README.md", repo / "data" / "raw" / "README.md")
     write_params(repo)
@@ -71,7 +83,15 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
         assert (repo / path).exists(), path
     assert stale(repo) == set()
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"ingest", "prompts", "sample", "annotate"}
+    assert set(lock["stages"]) == {
+        "ingest",
+        "prompts",
+        "sample",
+        "annotate",
+        "clip_pretrain",
+        "embed",
+        "embed_probe",
+    }
     assert set(lock["stages"]["sample"]["params"]["params.yaml"]) == {"seed", "sample"}
 
 
@@ -95,13 +115,14 @@ def would_run(repo: Path) -> set[str]:
     return seen
 
 
-def test_sample_edit_makes_exactly_sample_and_annotate_stale(repo):
+def test_sample_edit_makes_exactly_sample_and_what_is_below_it_stale(repo):
     write_params(repo, sample={"size": 12})
     # dvc status names the stage whose params changed; annotate is stale through its output.
     assert stale(repo) == {"sample"}
-    assert would_run(repo) == {"sample", "annotate"}
+    # The CLIP trains on the subset's annotations, and embed probes the held-out split.
+    assert would_run(repo) == {"sample", "annotate", "clip_pretrain", "embed", "embed_probe"}
     run(["dvc", "repro", "--single-item", "sample"], repo)
-    assert stale(repo) == {"annotate"}
+    assert stale(repo) == {"annotate", "clip_pretrain", "embed_probe"}
     run(["dvc", "repro"], repo)
     assert stale(repo) == set()
 
@@ -109,7 +130,15 @@ def test_sample_edit_makes_exactly_sample_and_annotate_stale(repo):
 def test_prompts_edit_touches_only_prompts(repo):
     write_params(repo, sample={"size": 12}, prompts={"seed": 99})
     assert stale(repo) == {"prompts"}
-    assert would_run(repo) == {"prompts"}
+    # embed reruns for the prompt embeddings, finds every image shard unchanged, and so
+    # leaves its image output as it was: nothing below it runs.
+    ran = {
+        line.split("'")[1]
+        for line in run(["dvc", "repro"], repo).splitlines()
+        if line.startswith("Running stage")
+    }
+    assert ran == {"prompts", "embed"}
+    assert stale(repo) == set()
 
 
 def test_a_typo_in_params_fails_before_any_work(repo):

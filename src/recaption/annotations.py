@@ -13,10 +13,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from recaption.errors import UserError
+
 ANNOTATION_SCHEMA = pa.schema([("key", pa.string()), ("caption", pa.string())])
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """A caption set does not cover the subset."""
 
 

@@ -24,23 +24,12 @@ ParamsOption = typer.Option(paths.PARAMS, "--params", "-p", help="params file to
 
 
 def _run(stage: Callable[[Path], object], params: Path) -> None:
-    from recaption.annotations import AnnotationError
-    from recaption.params import ParamsError
-    from recaption.sampling import SampleError
-    from recaption.sources import SourceError
-    from recaption.stages.ingest import IngestError
+    from recaption.errors import UserError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         stage(params)
-    except (
-        ParamsError,
-        SourceError,
-        IngestError,
-        SampleError,
-        AnnotationError,
-        FileNotFoundError,
-    ) as exc:
+    except (UserError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
 
@@ -73,6 +62,30 @@ def sample(params: Path = ParamsOption) -> None:
 def annotate(params: Path = ParamsOption) -> None:
     """Write the short and descriptive caption sets for the subset."""
     from recaption.stages import annotate as stage
+
+    _run(stage.main, params)
+
+
+@app.command("clip-pretrain")
+def clip_pretrain(params: Path = ParamsOption) -> None:
+    """Train the CLIP (clip.pretrained: none) or fetch a pretrained one into models/clip/."""
+    from recaption.stages import clip_pretrain as stage
+
+    _run(stage.main, params)
+
+
+@app.command()
+def embed(params: Path = ParamsOption) -> None:
+    """Cache CLIP embeddings of every image and prompt in data/embeddings/."""
+    from recaption.stages import embed as stage
+
+    _run(stage.main, params)
+
+
+@app.command("embed-probe")
+def embed_probe(params: Path = ParamsOption) -> None:
+    """Measure with linear probes what the cached embeddings carry (reports/embed.json)."""
+    from recaption.stages import embed_probe as stage
 
     _run(stage.main, params)
 

@@ -16,9 +16,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from recaption import paths
+from recaption.errors import UserError
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """params.yaml is unreadable or does not validate; the message says what to fix."""
 
 
@@ -121,6 +122,38 @@ class AnnotateParams(Section):
         return self
 
 
+class ClipTrainParams(Section):
+    """clip_pretrain: contrastive training when no pretrained CLIP is given."""
+
+    captions: Literal["ground_truth", "ground_truth+annotations"] = "ground_truth+annotations"
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(2e-3, gt=0, le=1)
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    eval_every: int = Field(200, ge=1)
+    precision: Literal["fp32", "bf16"] = "bf16"
+
+
+class ClipParams(Section):
+    """The CLIP whose image embeddings the captioner is conditioned on."""
+
+    model: str = "configs/clip/tiny-rn-32.json"
+    pretrained: str = "none"
+    train: ClipTrainParams = ClipTrainParams()
+
+
+class EmbedParams(Section):
+    """embed: cached CLIP embeddings of every image and of the prompt suite."""
+
+    batch_size: int = Field(256, ge=1)
+    num_workers: int = Field(1, ge=0, le=64)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    grid: int = Field(3, ge=0, le=16)
+    probe_train_size: int = Field(4000, ge=10)
+
+
 class Params(Section):
     """The whole params.yaml."""
 
@@ -129,6 +162,8 @@ class Params(Section):
     prompts: PromptsParams = PromptsParams()
     sample: SampleParams = SampleParams()
     annotate: AnnotateParams = AnnotateParams()
+    clip: ClipParams = ClipParams()
+    embed: EmbedParams = EmbedParams()
 
 
 def load_params(path: str | Path = paths.PARAMS) -> Params:

@@ -19,7 +19,18 @@ ANNOTATIONS = DATA / "annotations"
 SHORT = ANNOTATIONS / "short.parquet"
 DESCRIPTIVE = ANNOTATIONS / "descriptive.parquet"
 
+EMBEDDINGS = DATA / "embeddings"
+IMAGE_EMBEDDINGS = EMBEDDINGS / "images"  # one shard per dataset shard
+PROMPT_EMBEDDINGS = EMBEDDINGS / "prompts.parquet"
+
+MODELS = Path("models")
+CLIP = MODELS / "clip"
+
+DVCLIVE = Path("dvclive")
+
 REPORTS = Path("reports")
 INGEST_REPORT = REPORTS / "ingest.json"
 SAMPLE_REPORT = REPORTS / "sample.json"
 ANNOTATE_REPORT = REPORTS / "annotate.json"
+EMBED_CACHE_REPORT = REPORTS / "embed_cache.json"
+EMBED_REPORT = REPORTS / "embed.json"

@@ -13,8 +13,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from recaption.errors import UserError
 
-class SampleError(ValueError):
+
+class SampleError(UserError, ValueError):
     """The requested split cannot be drawn from this dataset."""
 
 

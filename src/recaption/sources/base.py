@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from recaption.errors import UserError
 
-class SourceError(ValueError):
+
+class SourceError(UserError, ValueError):
     """The source as a whole is unusable (missing path or column, wrong column type)."""
 
 

@@ -7,13 +7,14 @@ from functools import partial
 from pathlib import Path
 
 from recaption import ingest, io, paths
+from recaption.errors import UserError
 from recaption.params import Params, load_params
 from recaption.sources import read_source
 
 log = logging.getLogger(__name__)
 
 
-class IngestError(RuntimeError):
+class IngestError(UserError, RuntimeError):
     """Too many records were rejected, or none was accepted."""
 
 

@@ -1,0 +1,89 @@
+"""Shared by the benchmarks: a scratch git + DVC repo built from this checkout, and a timer
+that samples the peak memory of a command's whole process tree."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {
+    **os.environ,
+    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    "DVC_NO_ANALYTICS": "1",
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@example.invalid",
+}
+
+
+def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
+    """Run `cmd`; return (seconds, peak summed RSS of its process tree in MiB)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        parent = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                tree = [parent, *parent.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree))
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    _, err = proc.communicate()
+    done.set()
+    thread.join()
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-2000:]}")
+    return time.perf_counter() - start, peak / 2**20
+
+
+def make_repo(where: Path, overrides: dict) -> Path:
+    """A fresh git + DVC repo with this checkout's pipeline and params updated by `overrides`."""
+    repo = where / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(ROOT / name, repo / name)
+    for folder in ("src", "configs", "data/raw"):
+        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    write_params(repo, overrides)
+    for cmd in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "bench"],
+    ):
+        subprocess.run(cmd, cwd=repo, env=ENV, check=True, capture_output=True)
+    return repo
+
+
+def write_params(repo: Path, overrides: dict) -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in overrides.items():
+        target = params
+        *parents, last = section.split(".")
+        for part in parents:
+            target = target[part]
+        if isinstance(values, dict):
+            target[last].update(values)
+        else:
+            target[last] = values
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

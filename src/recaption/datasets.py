@@ -1,0 +1,57 @@
+"""Reading the pipeline's own datasets back: images as tensors, splits, caption sets."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from recaption import images as imaging
+from recaption import io
+
+# Holding images in memory is for small worlds; past this, stream or use a pretrained model.
+MAX_IN_MEMORY_BYTES = 4 << 30
+
+
+def read_splits(path: str | Path) -> dict[str, set[str]]:
+    """Keys of each split ("first", "second", "heldout") from splits.parquet."""
+    rows = pq.read_table(path).to_pylist()
+    return {name: {r["key"] for r in rows if r[name]} for name in ("first", "second", "heldout")}
+
+
+def read_captions(path: str | Path) -> dict[str, str]:
+    """key -> caption of an annotations (or captions) parquet file."""
+    table = pq.read_table(path, columns=["key", "caption"])
+    return dict(
+        zip(table.column("key").to_pylist(), table.column("caption").to_pylist(), strict=True)
+    )
+
+
+def load_rows(dataset_dir: str | Path, columns: list[str], keys: set[str] | None = None) -> list:
+    """Rows (dicts) of the dataset, in key order, optionally only those in `keys`."""
+    rows = []
+    for shard in io.iter_shards(dataset_dir, ["key", *columns]):
+        if keys is not None:
+            mask = np.isin(np.asarray(shard.column("key").to_pylist(), dtype=object), list(keys))
+            shard = shard.filter(mask)
+        rows += shard.to_pylist()
+    return rows
+
+
+def images_tensor(pngs: list[bytes], size: int) -> torch.Tensor:
+    """uint8 (N, 3, size, size) from encoded images, centre-cropped/resized when needed."""
+    if len(pngs) * 3 * size * size > MAX_IN_MEMORY_BYTES:
+        raise MemoryError(
+            f"{len(pngs)} images at {size} px do not fit in memory for in-pipeline training; "
+            "use a pretrained model or fewer images"
+        )
+    out = torch.empty((len(pngs), 3, size, size), dtype=torch.uint8)
+    for i, data in enumerate(pngs):
+        with Image.open(BytesIO(data)) as img:
+            arr = np.asarray(imaging.fit(img.convert("RGB"), size))  # (H, W, 3)
+        out[i] = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    return out

@@ -1,0 +1,330 @@
+"""CLIP embeddings of every dataset image, content-addressed, computed once per image.
+
+Images are decoded and preprocessed in DataLoader workers while the main process
+runs the forward pass. Embeddings are keyed by the pixel hash and the CLIP's
+fingerprint: a rerun reuses every vector whose (pixels, CLIP) pair it has seen
+and computes only the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from recaption import io
+from recaption.models.clip import Clip
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Embeddings:
+    """Rows of an embeddings file.
+
+    `vectors` is float16 (N, D): CLIP's pooled image embedding, L2-normalised.
+    `grid` is float16 (N, G*G*C) or None: the image's spatial feature map pooled to
+    G x G cells, each cell L2-normalised. CLIP's pooled vector carries little of
+    where things are; the cells keep the layout for the captioner.
+    """
+
+    keys: list[str]
+    shas: list[str]
+    clip: str
+    vectors: np.ndarray
+    grid: np.ndarray | None = None
+
+    def features(self) -> np.ndarray:
+        """(N, D [+ G*G*C]) float32: everything the embedding carries, side by side."""
+        parts = [self.vectors] if self.grid is None else [self.vectors, self.grid]
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def _fixed_list(array: np.ndarray) -> pa.FixedSizeListArray:
+    flat = pa.array(np.ascontiguousarray(array, dtype=np.float16).ravel(), pa.float16())
+    return pa.FixedSizeListArray.from_arrays(flat, array.shape[1])
+
+
+def _matrix(column: pa.ChunkedArray, rows: int) -> np.ndarray:
+    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(rows, -1).astype(np.float16)
+
+
+def to_table(emb: Embeddings) -> pa.Table:
+    """key, sha256, clip (fingerprint), embedding [, grid] as fixed-size float16 lists."""
+    columns = {
+        "key": pa.array(emb.keys, pa.string()),
+        "sha256": pa.array(emb.shas, pa.string()),
+        "clip": pa.array([emb.clip] * len(emb.keys), pa.string()),
+        "embedding": _fixed_list(emb.vectors),
+    }
+    if emb.grid is not None:
+        columns["grid"] = _fixed_list(emb.grid)
+    return pa.table(columns)
+
+
+def read(path: str | Path) -> Embeddings:
+    table = pq.read_table(path)
+    clips = table.column("clip").unique().to_pylist()
+    grid = table.column("grid") if "grid" in table.column_names else None
+    return Embeddings(
+        keys=table.column("key").to_pylist(),
+        shas=table.column("sha256").to_pylist(),
+        clip=clips[0] if clips else "",
+        vectors=_matrix(table.column("embedding"), len(table)),
+        grid=None if grid is None else _matrix(grid, len(table)),
+    )
+
+
+def image_transform(clip: Clip):
+    """The model's own eval preprocessing (resize, centre crop, normalise)."""
+    cfg = clip.preprocess_cfg
+    return open_clip.image_transform(
+        clip.image_size,
+        is_train=False,
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        resize_mode=cfg.get("resize_mode"),
+        interpolation=cfg.get("interpolation"),
+    )
+
+
+class ShardImages(Dataset):
+    """Images at (shard, row) positions of a sharded dataset, decoded in the worker.
+
+    Each worker keeps the image column of its current shard only; batches are
+    contiguous runs of positions, so a worker reads each shard about once.
+    """
+
+    def __init__(self, shards: Sequence[Path], positions: Sequence[tuple[int, int]], transform):
+        self.shards = list(shards)
+        self.positions = list(positions)
+        self.transform = transform
+        self._shard: int | None = None
+        self._column: pa.ChunkedArray | None = None
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        shard, row = self.positions[index]
+        if shard != self._shard:
+            self._column = pq.read_table(self.shards[shard], columns=["image"]).column("image")
+            self._shard = shard
+        data = self._column[row].as_py()
+        with Image.open(BytesIO(data)) as img:
+            return self.transform(img.convert("RGB"))  # (3, H, W)
+
+
+def encode(clip: Clip, batch: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, D [+ G*G*C]) float32: the pooled embedding, then the grid cells, each L2-normalised.
+
+    The grid comes from the deepest intermediate feature map that still has at
+    least G x G positions (a ViT's patch tokens, a ResNet's stage output).
+    """
+    if grid == 0:
+        return F.normalize(clip.model.encode_image(batch).float(), dim=-1)  # (B, D)
+    out = clip.model.visual.forward_intermediates(batch)
+    pooled = F.normalize(out["image_features"].float(), dim=-1)  # (B, D)
+    maps = [m for m in out["image_intermediates"] if min(m.shape[-2:]) >= grid]
+    if not maps:
+        raise ValueError(f"no feature map of this CLIP has {grid}x{grid} positions")
+    cells = F.adaptive_avg_pool2d(maps[-1].float(), grid).flatten(2)  # (B, C, G*G)
+    cells = F.normalize(cells, dim=1).transpose(1, 2).flatten(1)  # (B, G*G*C)
+    return torch.cat([pooled, cells], dim=1)
+
+
+def _forward(clip: Clip, batch: torch.Tensor, device: torch.device, grid: int) -> torch.Tensor:
+    if device.type == "cuda":
+        batch = batch.to(device, non_blocking=True).half()
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    return encode(clip, batch.to(device), grid).cpu()
+
+
+@torch.inference_mode()
+def embed_images(
+    clip: Clip,
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    device: str = "cpu",
+    grid: int = 0,
+) -> np.ndarray:
+    """float16 (N, D [+ G*G*C]) embeddings of every item of `dataset`, in order (see `encode`).
+
+    On CUDA the model runs in half precision, channels-last; an out-of-memory
+    error halves the batch and retries it (logged), and later batches keep the
+    smaller size.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        clip.model.half().to(dev, memory_format=torch.channels_last)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shuffle=False,
+        pin_memory=dev.type == "cuda",
+        persistent_workers=False,
+    )
+    out, chunk = [], batch_size
+    with tqdm(total=len(dataset), desc="embed", unit="img", mininterval=1) as bar:
+        for batch in loader:
+            start = 0
+            while start < len(batch):
+                try:
+                    out.append(_forward(clip, batch[start : start + chunk], dev, grid))
+                except torch.cuda.OutOfMemoryError:
+                    if chunk == 1:
+                        raise
+                    chunk //= 2
+                    torch.cuda.empty_cache()
+                    log.warning("CUDA out of memory: batch size halved to %d", chunk)
+                    continue
+                start += chunk
+            bar.update(len(batch))
+    if not out:
+        return np.zeros((0, 0), np.float16)
+    return torch.cat(out).numpy().astype(np.float16)
+
+
+@torch.inference_mode()
+def embed_texts(
+    clip: Clip, texts: Sequence[str], batch_size: int = 256, device: str = "cpu"
+) -> np.ndarray:
+    """float16 (N, D) L2-normalised text embeddings."""
+    dev = torch.device(device)
+    out = []
+    for start in range(0, len(texts), batch_size):
+        tokens = clip.tokenizer(list(texts[start : start + batch_size])).to(dev)
+        out.append(F.normalize(clip.model.encode_text(tokens).float(), dim=-1).cpu())
+    return torch.cat(out).numpy().astype(np.float16)
+
+
+@dataclass
+class EmbedResult:
+    images: int
+    computed: int
+    reused: int
+    shards_written: int
+
+
+def read_dir(folder: str | Path) -> Embeddings:
+    """All embedding shards of a folder, concatenated in key order."""
+    parts = [read(p) for p in io.shard_paths(folder)]
+    grids = [p.grid for p in parts]
+    return Embeddings(
+        keys=[k for p in parts for k in p.keys],
+        shas=[s for p in parts for s in p.shas],
+        clip=parts[0].clip,
+        vectors=np.concatenate([p.vectors for p in parts]),
+        grid=None if any(g is None for g in grids) else np.concatenate(grids),
+    )
+
+
+class _OldVectors:
+    """Where each previously embedded pixel hash lives; vectors are read per shard on demand."""
+
+    def __init__(self, folder: Path, fingerprint: str, grid: int):
+        self.where: dict[str, tuple[Path, int]] = {}
+        self._cache: dict[Path, np.ndarray] = {}
+        for path in sorted(folder.glob(io.SHARD_GLOB)) if folder.is_dir() else []:
+            meta = pq.read_table(path, columns=["sha256", "clip"])
+            names = pq.read_schema(path).names
+            if meta.num_rows == 0 or ("grid" in names) != (grid > 0):
+                continue
+            if meta.column("clip")[0].as_py() != fingerprint:
+                continue
+            for row, sha in enumerate(meta.column("sha256").to_pylist()):
+                self.where[sha] = (path, row)
+
+    def get(self, sha: str) -> np.ndarray:
+        path, row = self.where[sha]
+        if path not in self._cache:
+            self._cache = {path: read(path).features().astype(np.float16)}  # one shard at a time
+        return self._cache[path][row]
+
+
+def _unchanged(path: Path, keys: list[str], shas: list[str], fingerprint: str, grid: int) -> bool:
+    """Is the embedding shard at `path` already exactly what these rows need?"""
+    if not path.is_file():
+        return False
+    old = pq.read_table(path, columns=["key", "sha256", "clip"])
+    return (
+        old.column("key").to_pylist() == keys
+        and old.column("sha256").to_pylist() == shas
+        and set(old.column("clip").to_pylist()) <= {fingerprint}
+        and ("grid" in pq.read_schema(path).names) == (grid > 0)
+    )
+
+
+def embed_dataset(
+    clip: Clip,
+    fingerprint: str,
+    dataset_dir: str | Path,
+    out_dir: str | Path,
+    batch_size: int,
+    num_workers: int,
+    device: str = "cpu",
+    grid: int = 0,
+) -> EmbedResult:
+    """Bring `out_dir` (one embedding shard per dataset shard) up to date with the dataset.
+
+    A shard whose keys, pixel hashes and CLIP are unchanged is left alone; other
+    shards are rebuilt from vectors already computed for the same pixels and CLIP,
+    and only the remaining images go through the model.
+    """
+    out_dir = Path(out_dir)
+    shards = io.shard_paths(dataset_dir)
+    old = _OldVectors(out_dir, fingerprint, grid)
+    result = EmbedResult(0, 0, 0, 0)
+    dim = clip.model_cfg["embed_dim"]
+    for index, shard in enumerate(shards):
+        table = pq.read_table(shard, columns=["key", "sha256"])
+        keys, shas = table.column("key").to_pylist(), table.column("sha256").to_pylist()
+        result.images += len(keys)
+        target = out_dir / io.shard_name(index)
+        if _unchanged(target, keys, shas, fingerprint, grid):
+            result.reused += len(keys)
+            continue
+        todo = [row for row, sha in enumerate(shas) if sha not in old.where]
+        dataset = ShardImages(shards, [(index, row) for row in todo], image_transform(clip))
+        fresh = (
+            dict(
+                zip(
+                    todo,
+                    embed_images(clip, dataset, batch_size, num_workers, device, grid),
+                    strict=True,
+                )
+            )
+            if todo
+            else {}
+        )
+        rows = np.stack([fresh[r] if r in fresh else old.get(sha) for r, sha in enumerate(shas)])
+        emb = Embeddings(keys, shas, fingerprint, rows[:, :dim], rows[:, dim:] if grid else None)
+        io.write_table(target, to_table(emb))
+        result.computed += len(todo)
+        result.reused += len(keys) - len(todo)
+        result.shards_written += 1
+    for stale in sorted(out_dir.glob(io.SHARD_GLOB))[len(shards) :]:
+        stale.unlink()
+    log.info(
+        "embed: %d images, %d computed, %d reused, %d shards written",
+        result.images,
+        result.computed,
+        result.reused,
+        result.shards_written,
+    )
+    return result

@@ -1,0 +1,51 @@
+"""Content hashes of inputs and the `lineage.json` every model folder carries.
+
+A lineage records what a model was made from: the content hash of each input
+(dataset, caption sets, parent model) and the params used, so the chain
+"which captions trained which model" can be read back and checked against disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from recaption import io
+
+LINEAGE_NAME = "lineage.json"
+
+
+def tree_hash(path: str | Path) -> str:
+    """sha256 of a file, or of a folder's relative paths and file hashes (sorted).
+
+    Hidden files and folders are ignored, so an atomic writer's leftovers never count.
+    """
+    path = Path(path)
+    if path.is_file():
+        return io.sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        digest.update(f"{rel.as_posix()}\0{io.sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def write_lineage(
+    folder: str | Path,
+    stage: str,
+    inputs: dict[str, str | Path],
+    params: dict[str, Any],
+    **extra: Any,
+) -> dict:
+    """Write `folder/lineage.json`: the stage, each input's path and hash, the params."""
+    record = {
+        "stage": stage,
+        "inputs": {name: {"path": str(p), "sha256": tree_hash(p)} for name, p in inputs.items()},
+        "params": params,
+        **extra,
+    }
+    io.write_json(Path(folder) / LINEAGE_NAME, record)
+    return record

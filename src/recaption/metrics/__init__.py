@@ -1,0 +1,1 @@
+"""Metrics: representation probes, caption metrics, generation scores."""

@@ -1,0 +1,1 @@
+"""Model code: CLIP, captioner, generator. Library only: no DVC, no params.yaml."""

@@ -1,0 +1,117 @@
+"""Contrastive training of a CLIP on image-caption pairs (in memory, CPU- or GPU-sized).
+
+The images of the built-in world are tiny, so they are held as one uint8 tensor and
+normalised per batch; each step draws a batch without replacement within an epoch
+and one of each image's captions at random, all from one seeded generator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from open_clip import ClipLoss
+from tqdm import tqdm
+
+from recaption.models.clip import Clip
+
+
+@dataclass(frozen=True)
+class ClipTrainConfig:
+    steps: int = 1500
+    batch_size: int = 256
+    lr: float = 5e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    seed: int = 0
+    # bf16 autocast: about a third faster on CPUs with native bf16 (and on GPUs).
+    precision: str = "fp32"
+
+
+def normalise(images: torch.Tensor, clip: Clip) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float (B, 3, H, W) with the model's mean and std."""
+    mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in clip.mean_std)
+    return (images.float() / 255.0 - mean) / std
+
+
+def lr_at(step: int, config: ClipTrainConfig) -> float:
+    """Linear warm-up then cosine decay to zero (contrastive training from scratch
+    collapses without the warm-up)."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.5 * config.lr * (1 + math.cos(math.pi * progress))
+
+
+@torch.inference_mode()
+def retrieval_recall(clip: Clip, images: torch.Tensor, captions: Sequence[str]) -> dict:
+    """Image->text and text->image recall@1/@5 where image i matches caption i."""
+    clip.model.eval()
+    img = F.normalize(clip.model.encode_image(normalise(images, clip)), dim=-1)  # (N, D)
+    txt = F.normalize(clip.model.encode_text(clip.tokenizer(list(captions))), dim=-1)  # (N, D)
+    sim = img @ txt.T  # (N, N)
+    target = torch.arange(len(captions)).unsqueeze(1)
+    out = {}
+    for name, scores in (("i2t", sim), ("t2i", sim.T)):
+        top5 = scores.topk(min(5, len(captions)), dim=1).indices  # (N, 5)
+        out[f"{name}_recall@1"] = (top5[:, :1] == target).any(1).float().mean().item()
+        out[f"{name}_recall@5"] = (top5 == target).any(1).float().mean().item()
+    return out
+
+
+def train_clip(
+    clip: Clip,
+    images: torch.Tensor,
+    captions: Sequence[Sequence[str]],
+    config: ClipTrainConfig,
+    heldout: tuple[torch.Tensor, Sequence[str]] | None = None,
+    log: Callable[[int, dict], None] = lambda step, metrics: None,
+) -> dict:
+    """Train `clip` in place.
+
+    Args:
+        images: uint8 (N, 3, H, W) at the model's image size.
+        captions: for each image, one or more captions; each step picks one at random.
+        heldout: images and one caption each, for retrieval recall every `eval_every` steps.
+        log: called with (step, metrics) for loss and recall.
+    Returns:
+        The last logged metrics.
+    """
+    gen = torch.Generator().manual_seed(config.seed)
+    model = clip.model
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loss_fn = ClipLoss()
+    order, cursor, metrics = torch.randperm(len(images), generator=gen), 0, {}
+    batch_size = min(config.batch_size, len(images))
+    for step in tqdm(range(config.steps), desc="clip_pretrain", unit="step", mininterval=2):
+        if cursor + batch_size > len(order):
+            order, cursor = torch.randperm(len(images), generator=gen), 0
+        idx = order[cursor : cursor + batch_size]
+        cursor += batch_size
+        picks = torch.randint(0, 1 << 30, (batch_size,), generator=gen).tolist()
+        texts = [
+            captions[i][p % len(captions[i])] for i, p in zip(idx.tolist(), picks, strict=True)
+        ]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, config)
+        model.train()
+        device = next(model.parameters()).device
+        with torch.autocast(device.type, torch.bfloat16, enabled=config.precision == "bf16"):
+            img_feat, txt_feat, scale = model(normalise(images[idx], clip), clip.tokenizer(texts))
+        loss = loss_fn(img_feat.float(), txt_feat.float(), scale.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        opt.step()
+        metrics = {"loss": loss.item()}
+        last = step + 1 == config.steps
+        if heldout is not None and ((step + 1) % config.eval_every == 0 or last):
+            metrics.update(retrieval_recall(clip, *heldout))
+        log(step, metrics)
+    model.eval()
+    return metrics

@@ -1,0 +1,84 @@
+"""clip_pretrain: the CLIP the pipeline embeds with, trained here or taken pretrained.
+
+With `clip.pretrained: none` the architecture is trained contrastively on the
+dataset's image-caption pairs (the held-out split excluded); otherwise the
+pretrained weights (an open_clip tag or a local .safetensors) are loaded. Either
+way the model is saved to models/clip/ as safetensors with its lineage, and its
+held-out retrieval recall is logged through dvclive.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from dvclive import Live
+
+from recaption import datasets, io, lineage, paths
+from recaption.models import clip as clip_lib
+from recaption.models.clip_train import ClipTrainConfig, retrieval_recall, train_clip
+from recaption.params import Params, load_params
+
+log = logging.getLogger(__name__)
+LIVE_DIR = paths.DVCLIVE / "clip_pretrain"
+
+
+def training_pairs(params: Params) -> tuple[list[str], list[list[str]]]:
+    """Keys and caption lists (ground truth, plus annotations when configured), no held-out."""
+    splits = datasets.read_splits(paths.SPLITS)
+    extra: dict[str, list[str]] = {}
+    if params.clip.train.captions == "ground_truth+annotations":
+        for path in (paths.SHORT, paths.DESCRIPTIVE):
+            for key, caption in datasets.read_captions(path).items():
+                extra.setdefault(key, []).append(caption)
+    rows = datasets.load_rows(paths.DATASET, ["caption"])
+    rows = [r for r in rows if r["key"] not in splits["heldout"]]
+    return [r["key"] for r in rows], [[r["caption"], *extra.get(r["key"], [])] for r in rows]
+
+
+def heldout_set(size: int):
+    """Held-out images and one caption each: the reference descriptive caption where the
+    source has one (it names what the image shows), else the ground truth."""
+    keys = datasets.read_splits(paths.SPLITS)["heldout"]
+    rows = datasets.load_rows(paths.DATASET, ["image", "caption", "descriptive"], keys)
+    images = datasets.images_tensor([r["image"] for r in rows], size)
+    return images, [r["descriptive"] or r["caption"] for r in rows]
+
+
+def main(params_path: Path = paths.PARAMS) -> dict:
+    params = load_params(params_path)
+    cp = params.clip
+    pretrained = None if cp.pretrained == "none" else cp.pretrained
+    clip = clip_lib.create(cp.model, pretrained, seed=params.seed)
+    heldout = heldout_set(clip.image_size)
+    with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
+        if pretrained is None:
+            keys, captions = training_pairs(params)
+            pngs = [r["image"] for r in datasets.load_rows(paths.DATASET, ["image"], set(keys))]
+            images = datasets.images_tensor(pngs, clip.image_size)
+            config = ClipTrainConfig(seed=params.seed, **cp.train.model_dump(exclude={"captions"}))
+
+            def log_step(step: int, metrics: dict) -> None:
+                for name, value in metrics.items():
+                    live.log_metric(("train/" if name == "loss" else "heldout/") + name, value)
+                live.next_step()
+
+            metrics = train_clip(clip, images, captions, config, heldout, log_step)
+        else:
+            metrics = retrieval_recall(clip, *heldout)
+            for name, value in metrics.items():
+                live.log_metric("heldout/" + name, value)
+    with io.atomic_path(paths.CLIP) as tmp:
+        clip_lib.save(clip, tmp)
+        inputs = {"dataset": paths.DATASET, "splits": paths.SPLITS}
+        if pretrained is None and cp.train.captions == "ground_truth+annotations":
+            inputs.update(short=paths.SHORT, descriptive=paths.DESCRIPTIVE)
+        lineage.write_lineage(
+            tmp,
+            "clip_pretrain",
+            inputs,
+            {"seed": params.seed, "clip": cp.model_dump()},
+            metrics={k: round(v, 6) for k, v in metrics.items()},
+        )
+    log.info("clip_pretrain: %s", {k: round(v, 3) for k, v in metrics.items()})
+    return metrics

@@ -1,0 +1,64 @@
+"""embed: CLIP embeddings of every dataset image (computed once per pixels and CLIP) and
+of the evaluation prompts.
+
+data/embeddings/ is a persistent DVC output: its previous shards are the cache,
+so after the dataset grows only the new images go through the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from recaption import embed, io, paths
+from recaption.models import clip as clip_lib
+from recaption.params import load_params
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("embed.device is 'cuda' but no CUDA device is available")
+    return device
+
+
+def main(params_path: Path = paths.PARAMS) -> dict:
+    params = load_params(params_path)
+    ep = params.embed
+    device = resolve_device(ep.device)
+    clip = clip_lib.load(paths.CLIP)
+    fingerprint = clip_lib.fingerprint(paths.CLIP)
+    result = embed.embed_dataset(
+        clip,
+        fingerprint,
+        paths.DATASET,
+        paths.IMAGE_EMBEDDINGS,
+        ep.batch_size,
+        ep.num_workers,
+        device,
+        ep.grid,
+    )
+    io.write_table(paths.PROMPT_EMBEDDINGS, prompt_table(clip, fingerprint, device))
+    report = {**asdict(result), "clip": fingerprint, "grid": ep.grid}
+    io.write_json(paths.EMBED_CACHE_REPORT, report)
+    return report
+
+
+def prompt_table(clip: clip_lib.Clip, fingerprint: str, device: str) -> pa.Table:
+    """Text embeddings of each evaluation prompt, as written and in descriptive form."""
+    suite = pq.read_table(paths.PROMPTS, columns=["id", "prompt", "descriptive"]).to_pylist()
+    ids = [p["id"] for p in suite] * 2
+    kinds = ["prompt"] * len(suite) + ["descriptive"] * len(suite)
+    texts = [p["prompt"] for p in suite] + [p["descriptive"] for p in suite]
+    vectors = embed.embed_texts(clip, texts, device=device)
+    table = embed.to_table(embed.Embeddings(ids, texts, fingerprint, vectors))
+    table = table.rename_columns(["id", "text", "clip", "embedding"])
+    return table.add_column(1, "kind", pa.array(kinds, pa.string()))

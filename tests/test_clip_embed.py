@@ -1,0 +1,180 @@
+"""CLIP creation, training, pretrained loading, and the content-addressed embed stage."""
+
+import json
+import logging
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from recaption import embed, paths
+from recaption.models import clip as clip_lib
+from recaption.models.clip_train import ClipTrainConfig, train_clip
+from recaption.stages import annotate, clip_pretrain, embed_probe, ingest, prompts, sample
+from recaption.stages import embed as embed_stage
+
+TINY_ARCH = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 4},
+    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+TRAIN = {"steps": 3, "batch_size": 16, "warmup_steps": 1, "eval_every": 2}
+
+
+@pytest.fixture
+def arch(project):
+    path = project.root / "tiny-clip.json"
+    path.write_text(json.dumps(TINY_ARCH))
+    project.write_params(
+        clip={"model": str(path), "train": TRAIN},
+        embed={"num_workers": 0, "batch_size": 8, "probe_train_size": 20},
+    )
+    return path
+
+
+def test_training_lowers_the_contrastive_loss(arch):
+    clip = clip_lib.create(str(arch), None, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (32, 3, 16, 16), generator=gen, dtype=torch.uint8)
+    captions = [[f"image number {i}"] for i in range(32)]
+    losses = []
+    config = ClipTrainConfig(steps=40, batch_size=32, lr=2e-3, warmup_steps=5, eval_every=100)
+    train_clip(clip, images, captions, config, log=lambda step, m: losses.append(m["loss"]))
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])  # from ln(32) = 3.47 at chance
+
+
+def test_save_and_load_give_the_same_model(arch, tmp_path):
+    clip = clip_lib.create(str(arch), None, seed=3)
+    clip_lib.save(clip, tmp_path / "clip")
+    again = clip_lib.load(tmp_path / "clip")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.inference_mode():
+        assert torch.equal(clip.model.encode_image(x), again.model.encode_image(x))
+    clip_lib.save(again, tmp_path / "clip2")
+    assert clip_lib.fingerprint(tmp_path / "clip") == clip_lib.fingerprint(tmp_path / "clip2")
+
+
+def test_pickled_checkpoints_and_unknown_architectures_are_refused(arch, tmp_path):
+    (tmp_path / "weights.pt").write_bytes(b"not even a pickle")
+    with pytest.raises(clip_lib.ClipError, match="run code when unpickled"):
+        clip_lib.create(str(arch), str(tmp_path / "weights.pt"))
+    with pytest.raises(clip_lib.ClipError, match="unknown open_clip architecture"):
+        clip_lib.create("ViT-Nonexistent-7", None)
+
+
+def prepare(project):
+    ingest.main()
+    prompts.main()
+    sample.main()
+    annotate.main()
+
+
+def test_pretrained_local_checkpoint_is_loaded_by_the_stage(project, arch):
+    prepare(project)
+    donor = clip_lib.create(str(arch), None, seed=42)
+    state = {k: v.contiguous() for k, v in donor.model.state_dict().items()}
+    save_file(state, project.root / "donor.safetensors")
+    project.write_params(clip={"model": str(arch), "pretrained": "donor.safetensors"})
+    metrics = clip_pretrain.main()
+    assert set(metrics) == {"i2t_recall@1", "i2t_recall@5", "t2i_recall@1", "t2i_recall@5"}
+    loaded = clip_lib.load(paths.CLIP)
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+    lineage = json.loads((paths.CLIP / "lineage.json").read_text())
+    assert lineage["params"]["clip"]["pretrained"] == "donor.safetensors"
+
+
+class CountingForward:
+    """Wraps embed._forward to count the images that go through the model."""
+
+    def __init__(self, monkeypatch):
+        self.images = 0
+        self.inner = embed._forward
+        monkeypatch.setattr(embed, "_forward", self)
+
+    def __call__(self, clip, batch, device, grid):
+        self.images += len(batch)
+        return self.inner(clip, batch, device, grid)
+
+
+def test_embed_computes_only_new_images_and_all_after_a_clip_change(project, arch, monkeypatch):
+    prepare(project)
+    clip_pretrain.main()
+    counter = CountingForward(monkeypatch)
+    report = embed_stage.main()
+    assert counter.images == report["computed"] == 60 and report["reused"] == 0
+    first = embed.read_dir(paths.IMAGE_EMBEDDINGS)
+    assert first.keys == [f"{i:08d}" for i in range(60)]
+    assert first.vectors.dtype == np.float16 and first.vectors.shape == (60, 32)
+    assert first.grid.shape == (60, 9 * 32)  # 3 x 3 cells of the 32-wide ViT tokens
+    norms = np.linalg.norm(first.vectors.astype(np.float32), axis=1)
+    assert np.allclose(norms, 1.0, atol=2e-3)
+    stamp = [p.stat().st_mtime_ns for p in sorted(paths.IMAGE_EMBEDDINGS.iterdir())]
+
+    # The dataset grows by 7 images: exactly 7 go through the model, and only the
+    # last shard (10 -> 17 rows) is rewritten.
+    project.write_params(
+        data={"synthetic": {"num_images": 67}},
+        clip={"model": str(arch), "train": TRAIN},
+        embed={"num_workers": 0, "batch_size": 8, "probe_train_size": 20},
+    )
+    ingest.main()
+    counter.images = 0
+    report = embed_stage.main()
+    assert counter.images == report["computed"] == 7 and report["reused"] == 60
+    assert report["shards_written"] == 1
+    assert [p.stat().st_mtime_ns for p in sorted(paths.IMAGE_EMBEDDINGS.iterdir())][:2] == stamp[:2]
+    grown = embed.read_dir(paths.IMAGE_EMBEDDINGS)
+    assert grown.keys[:60] == first.keys
+    assert np.array_equal(grown.vectors[:60], first.vectors)
+    assert np.array_equal(grown.grid[:60], first.grid)
+
+    # A different CLIP: every image is embedded again.
+    project.write_params(
+        data={"synthetic": {"num_images": 67}},
+        clip={"model": str(arch), "train": {**TRAIN, "steps": 4}},
+        embed={"num_workers": 0, "batch_size": 8, "probe_train_size": 20},
+    )
+    clip_pretrain.main()
+    counter.images = 0
+    report = embed_stage.main()
+    assert counter.images == 67 and report["reused"] == 0
+
+
+def test_probe_reports_each_attribute(project, arch):
+    prepare(project)
+    clip_pretrain.main()
+    embed_stage.main()
+    report = embed_probe.main()
+    for name in ("probe", "probe_pooled_only"):
+        assert set(report[name]) == {"colour", "shape", "position", "background"}
+        assert all(0.0 <= v <= 1.0 for v in report[name].values())
+
+
+def test_prompt_embeddings_cover_both_phrasings(project, arch):
+    prepare(project)
+    clip_pretrain.main()
+    embed_stage.main()
+    table = pq.read_table(paths.PROMPT_EMBEDDINGS)
+    assert table.column_names == ["id", "kind", "text", "clip", "embedding"]
+    assert table.num_rows == 2 * 18  # 6 categories x 3 prompts, two phrasings each
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_vectors(arch, monkeypatch, caplog):
+    clip = clip_lib.create(str(arch), None, seed=0)
+    data = [torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(10)]
+    expected = embed.embed_images(clip, data, batch_size=8, num_workers=0)
+    inner = embed._forward
+
+    def tight(clip, batch, device, grid):
+        if len(batch) > 2:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return inner(clip, batch, device, grid)
+
+    monkeypatch.setattr(embed, "_forward", tight)
+    with caplog.at_level(logging.WARNING):
+        got = embed.embed_images(clip, data, batch_size=8, num_workers=0)
+    assert np.array_equal(got, expected)
+    assert "batch size halved to 2" in caplog.text
