@@ -164,7 +164,8 @@ def test_prompt_embeddings_cover_both_phrasings(project, arch):
 
 def test_out_of_memory_halves_the_batch_and_gives_the_same_vectors(arch, monkeypatch, caplog):
     clip = clip_lib.create(str(arch), None, seed=0)
-    data = [torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(10)]
+    gen = torch.Generator().manual_seed(0)
+    data = [torch.randint(0, 256, (3, 16, 16), generator=gen, dtype=torch.uint8) for _ in range(10)]
     expected = embed.embed_images(clip, data, batch_size=8, num_workers=0)
     inner = embed._forward
 
@@ -176,5 +177,6 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_vectors(arch, monkeyp
     monkeypatch.setattr(embed, "_forward", tight)
     with caplog.at_level(logging.WARNING):
         got = embed.embed_images(clip, data, batch_size=8, num_workers=0)
-    assert np.array_equal(got, expected)
+    # Smaller batches may change the last bit of a float16 (the kernels differ), no more.
+    assert np.allclose(got.astype(np.float32), expected.astype(np.float32), atol=2e-3)
     assert "batch size halved to 2" in caplog.text

@@ -44,7 +44,7 @@ def broken_folder(root):
     (root / "captions.csv").write_bytes(text)
 
 
-def test_every_reject_reason_from_real_broken_files(project):
+def use_broken_folder(project, max_reject_fraction: float) -> None:
     raw = project.root / "raw"
     raw.mkdir()
     broken_folder(raw)
@@ -52,10 +52,14 @@ def test_every_reject_reason_from_real_broken_files(project):
         data={
             "source": "folder",
             "path": "raw",
-            "max_reject_fraction": 1.0,
+            "max_reject_fraction": max_reject_fraction,
             "max_image_pixels": 1_000_000,
         }
     )
+
+
+def test_every_reject_reason_from_real_broken_files(project):
+    use_broken_folder(project, max_reject_fraction=1.0)
     result = stage.main()
     rejects = pq.read_table(paths.REJECTS).to_pylist()
     by_key = {r["key"]: r["reason"] for r in rejects}
@@ -85,17 +89,7 @@ def test_every_reject_reason_from_real_broken_files(project):
 
 
 def test_too_many_rejects_fail_with_how_many_and_why(project):
-    raw = project.root / "raw"
-    raw.mkdir()
-    broken_folder(raw)
-    project.write_params(
-        data={
-            "source": "folder",
-            "path": "raw",
-            "max_reject_fraction": 0.05,
-            "max_image_pixels": 1_000_000,
-        }
-    )
+    use_broken_folder(project, max_reject_fraction=0.05)
     with pytest.raises(IngestError) as err:
         stage.main()
     message = str(err.value)

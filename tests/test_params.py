@@ -76,3 +76,12 @@ def test_yaml_object_tags_are_refused(tmp_path):
     (tmp_path / "p.yaml").write_text("seed: !!python/object/apply:os.system ['true']\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(tmp_path / "p.yaml")
+
+
+def test_union_values_give_one_message_naming_both_choices():
+    with pytest.raises(ParamsError) as err:
+        parse_params({"embed": {"num_workers": "many"}})
+    message = str(err.value)
+    assert "1 invalid value" in message
+    assert "embed.num_workers = 'many'" in message and "'auto'" in message
+    assert parse_params({"embed": {"num_workers": 3}}).embed.num_workers == 3

@@ -15,7 +15,6 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -24,6 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from recaption import images as imaging
 from recaption import io
 from recaption.models.clip import Clip
 
@@ -88,44 +88,47 @@ def read(path: str | Path) -> Embeddings:
     )
 
 
-def image_transform(clip: Clip):
-    """The model's own eval preprocessing (resize, centre crop, normalise)."""
-    cfg = clip.preprocess_cfg
-    return open_clip.image_transform(
-        clip.image_size,
-        is_train=False,
-        mean=tuple(cfg["mean"]),
-        std=tuple(cfg["std"]),
-        resize_mode=cfg.get("resize_mode"),
-        interpolation=cfg.get("interpolation"),
-    )
-
-
 class ShardImages(Dataset):
-    """Images at (shard, row) positions of a sharded dataset, decoded in the worker.
+    """uint8 (3, size, size) images at (shard, row) positions of a sharded dataset.
 
-    Each worker keeps the image column of its current shard only; batches are
-    contiguous runs of positions, so a worker reads each shard about once.
+    Workers only decode (and fit to `size` when the image is not already that
+    size); normalisation happens per batch in the main process. Each worker keeps
+    the image column of its current shard only; batches are contiguous runs of
+    positions, so a worker reads each shard about once.
     """
 
-    def __init__(self, shards: Sequence[Path], positions: Sequence[tuple[int, int]], transform):
+    def __init__(self, shards: Sequence[Path], positions: Sequence[tuple[int, int]], size: int):
         self.shards = list(shards)
         self.positions = list(positions)
-        self.transform = transform
+        self.size = size
         self._shard: int | None = None
-        self._column: pa.ChunkedArray | None = None
+        self._images: list[bytes] = []
 
     def __len__(self) -> int:
         return len(self.positions)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def _decode(self, index: int) -> np.ndarray:
         shard, row = self.positions[index]
         if shard != self._shard:
-            self._column = pq.read_table(self.shards[shard], columns=["image"]).column("image")
-            self._shard = shard
-        data = self._column[row].as_py()
-        with Image.open(BytesIO(data)) as img:
-            return self.transform(img.convert("RGB"))  # (3, H, W)
+            table = pq.read_table(self.shards[shard], columns=["image"])
+            self._images, self._shard = table.column("image").to_pylist(), shard
+        with Image.open(BytesIO(self._images[row])) as img:
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            return np.asarray(imaging.fit(img, self.size))  # (H, W, 3)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(self._decode(index)).permute(2, 0, 1)  # (3, H, W)
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        # DataLoader fetches a whole batch at once: one stacked array, no per-item collate.
+        batch = np.stack([self._decode(i) for i in indices])  # (B, H, W, 3)
+        return torch.from_numpy(batch).permute(0, 3, 1, 2)  # (B, 3, H, W)
+
+
+def _batched(batch):
+    """collate_fn for datasets whose __getitems__ already returns the batch."""
+    return batch if isinstance(batch, torch.Tensor) else torch.stack(batch)
 
 
 def encode(clip: Clip, batch: torch.Tensor, grid: int) -> torch.Tensor:
@@ -147,10 +150,11 @@ def encode(clip: Clip, batch: torch.Tensor, grid: int) -> torch.Tensor:
 
 
 def _forward(clip: Clip, batch: torch.Tensor, device: torch.device, grid: int) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> (B, D [+ G*G*C]) float32 on the CPU."""
+    x = clip.normalise(batch.to(device, non_blocking=True))
     if device.type == "cuda":
-        batch = batch.to(device, non_blocking=True).half()
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    return encode(clip, batch.to(device), grid).cpu()
+        x = x.half().contiguous(memory_format=torch.channels_last)
+    return encode(clip, x, grid).cpu()
 
 
 @torch.inference_mode()
@@ -176,8 +180,8 @@ def embed_images(
         batch_size=batch_size,
         num_workers=num_workers,
         shuffle=False,
+        collate_fn=_batched,
         pin_memory=dev.type == "cuda",
-        persistent_workers=False,
     )
     out, chunk = [], batch_size
     with tqdm(total=len(dataset), desc="embed", unit="img", mininterval=1) as bar:
@@ -300,7 +304,7 @@ def embed_dataset(
             result.reused += len(keys)
             continue
         todo = [row for row, sha in enumerate(shas) if sha not in old.where]
-        dataset = ShardImages(shards, [(index, row) for row in todo], image_transform(clip))
+        dataset = ShardImages(shards, [(index, row) for row in todo], clip.image_size)
         fresh = (
             dict(
                 zip(

@@ -45,6 +45,14 @@ class Clip:
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return tuple(self.preprocess_cfg["mean"]), tuple(self.preprocess_cfg["std"])
 
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> float (B, 3, H, W) scaled by the model's mean and std.
+
+        Done per batch, on the model's device: far cheaper than per-image transforms.
+        """
+        mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in self.mean_std)
+        return (images.float() / 255.0 - mean) / std
+
 
 def architecture(model: str) -> tuple[str, dict[str, Any]]:
     """(name, model_cfg) of an open_clip architecture name or a JSON file of one."""

@@ -33,12 +33,6 @@ class ClipTrainConfig:
     precision: str = "fp32"
 
 
-def normalise(images: torch.Tensor, clip: Clip) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float (B, 3, H, W) with the model's mean and std."""
-    mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in clip.mean_std)
-    return (images.float() / 255.0 - mean) / std
-
-
 def lr_at(step: int, config: ClipTrainConfig) -> float:
     """Linear warm-up then cosine decay to zero (contrastive training from scratch
     collapses without the warm-up)."""
@@ -52,7 +46,7 @@ def lr_at(step: int, config: ClipTrainConfig) -> float:
 def retrieval_recall(clip: Clip, images: torch.Tensor, captions: Sequence[str]) -> dict:
     """Image->text and text->image recall@1/@5 where image i matches caption i."""
     clip.model.eval()
-    img = F.normalize(clip.model.encode_image(normalise(images, clip)), dim=-1)  # (N, D)
+    img = F.normalize(clip.model.encode_image(clip.normalise(images)), dim=-1)  # (N, D)
     txt = F.normalize(clip.model.encode_text(clip.tokenizer(list(captions))), dim=-1)  # (N, D)
     sim = img @ txt.T  # (N, N)
     target = torch.arange(len(captions)).unsqueeze(1)
@@ -102,7 +96,7 @@ def train_clip(
         model.train()
         device = next(model.parameters()).device
         with torch.autocast(device.type, torch.bfloat16, enabled=config.precision == "bf16"):
-            img_feat, txt_feat, scale = model(normalise(images[idx], clip), clip.tokenizer(texts))
+            img_feat, txt_feat, scale = model(clip.normalise(images[idx]), clip.tokenizer(texts))
         loss = loss_fn(img_feat.float(), txt_feat.float(), scale.float())
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -8,6 +8,7 @@ so after the dataset grows only the new images go through the model.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -36,13 +37,16 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     device = resolve_device(ep.device)
     clip = clip_lib.load(paths.CLIP)
     fingerprint = clip_lib.fingerprint(paths.CLIP)
+    workers = ep.num_workers
+    if workers == "auto":
+        workers = 0 if device == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
     result = embed.embed_dataset(
         clip,
         fingerprint,
         paths.DATASET,
         paths.IMAGE_EMBEDDINGS,
         ep.batch_size,
-        ep.num_workers,
+        workers,
         device,
         ep.grid,
     )
