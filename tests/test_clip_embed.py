@@ -180,3 +180,13 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_vectors(arch, monkeyp
     # Smaller batches may change the last bit of a float16 (the kernels differ), no more.
     assert np.allclose(got.astype(np.float32), expected.astype(np.float32), atol=2e-3)
     assert "batch size halved to 2" in caplog.text
+
+
+def test_a_new_embedding_procedure_recomputes_everything(project, arch, monkeypatch):
+    prepare(project)
+    clip_pretrain.main()
+    embed_stage.main()
+    monkeypatch.setattr(embed, "PROCEDURE_VERSION", embed.PROCEDURE_VERSION + 1)
+    counter = CountingForward(monkeypatch)
+    report = embed_stage.main()
+    assert counter.images == report["computed"] == 60 and report["reused"] == 0

@@ -28,6 +28,14 @@ from recaption import io
 from recaption.models.clip import Clip
 
 log = logging.getLogger(__name__)
+# Part of every cache key: bump it whenever decoding, preprocessing or `encode` changes,
+# so vectors made the old way are never reused as if they were current.
+PROCEDURE_VERSION = 2
+
+
+def cache_fingerprint(clip_fingerprint: str, grid: int) -> str:
+    """The key cached vectors are valid under: the CLIP, the grid and this procedure."""
+    return io.sha256_bytes(f"{clip_fingerprint}:{grid}:{PROCEDURE_VERSION}".encode())
 
 
 @dataclass

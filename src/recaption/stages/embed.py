@@ -36,7 +36,8 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     ep = params.embed
     device = resolve_device(ep.device)
     clip = clip_lib.load(paths.CLIP)
-    fingerprint = clip_lib.fingerprint(paths.CLIP)
+    # Shards record the CLIP and the embedding procedure: a change to either recomputes all.
+    fingerprint = embed.cache_fingerprint(clip_lib.fingerprint(paths.CLIP), ep.grid)
     workers = ep.num_workers
     if workers == "auto":
         workers = 0 if device == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
