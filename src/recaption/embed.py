@@ -313,17 +313,8 @@ def embed_dataset(
             continue
         todo = [row for row, sha in enumerate(shas) if sha not in old.where]
         dataset = ShardImages(shards, [(index, row) for row in todo], clip.image_size)
-        fresh = (
-            dict(
-                zip(
-                    todo,
-                    embed_images(clip, dataset, batch_size, num_workers, device, grid),
-                    strict=True,
-                )
-            )
-            if todo
-            else {}
-        )
+        vectors = embed_images(clip, dataset, batch_size, num_workers, device, grid) if todo else []
+        fresh = dict(zip(todo, vectors, strict=True))
         rows = np.stack([fresh[r] if r in fresh else old.get(sha) for r, sha in enumerate(shas)])
         emb = Embeddings(keys, shas, fingerprint, rows[:, :dim], rows[:, dim:] if grid else None)
         io.write_table(target, to_table(emb))
