@@ -126,7 +126,8 @@ class ClipTrainParams(Section):
     """clip_pretrain: contrastive training when no pretrained CLIP is given."""
 
     captions: Literal["ground_truth", "ground_truth+annotations"] = "ground_truth+annotations"
-    steps: int = Field(600, ge=1)
+    annotated_repeat: int = Field(5, ge=1, le=1000)
+    steps: int = Field(1200, ge=1)
     batch_size: int = Field(128, ge=2)
     lr: float = Field(2e-3, gt=0, le=1)
     warmup_steps: int = Field(50, ge=0)

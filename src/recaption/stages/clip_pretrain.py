@@ -33,6 +33,10 @@ def training_pairs(params: Params) -> tuple[list[str], list[list[str]]]:
                 extra.setdefault(key, []).append(caption)
     rows = datasets.load_rows(paths.DATASET, ["caption"])
     rows = [r for r in rows if r["key"] not in splits["heldout"]]
+    # Annotated images carry the subset's careful captions, which name shapes and
+    # positions that alt-text rarely does: show them more often.
+    repeat = params.clip.train.annotated_repeat
+    rows = [r for r in rows for _ in range(repeat if r["key"] in extra else 1)]
     return [r["key"] for r in rows], [[r["caption"], *extra.get(r["key"], [])] for r in rows]
 
 
@@ -54,9 +58,11 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
         if pretrained is None:
             keys, captions = training_pairs(params)
-            pngs = [r["image"] for r in datasets.load_rows(paths.DATASET, ["image"], set(keys))]
-            images = datasets.images_tensor(pngs, clip.image_size)
-            config = ClipTrainConfig(seed=params.seed, **cp.train.model_dump(exclude={"captions"}))
+            rows = datasets.load_rows(paths.DATASET, ["image"], set(keys))
+            pngs = {r["key"]: r["image"] for r in rows}
+            images = datasets.images_tensor([pngs[k] for k in keys], clip.image_size)
+            train = cp.train.model_dump(exclude={"captions", "annotated_repeat"})
+            config = ClipTrainConfig(seed=params.seed, **train)
 
             def log_step(step: int, metrics: dict) -> None:
                 for name, value in metrics.items():
