@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from recaption import io, paths
+from recaption.ingest import DATASET_SCHEMA
 from recaption.params import load_params
 from recaption.sampling import SampleError, Split, draw_split
 
@@ -25,7 +26,7 @@ def main(params_path: Path = paths.PARAMS) -> Split:
     params = load_params(params_path)
     sample = params.sample
     columns = ["key", "meta"]
-    if sample.stratify in ("caption", "short", "descriptive", "source"):
+    if sample.stratify in DATASET_SCHEMA.names and sample.stratify not in columns:
         columns.append(sample.stratify)
     table = io.read_columns(paths.DATASET, columns)
     keys = table.column("key").to_pylist()
