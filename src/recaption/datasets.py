@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
 
 from recaption import images as imaging
 from recaption import io
@@ -51,7 +49,5 @@ def images_tensor(pngs: list[bytes], size: int) -> torch.Tensor:
         )
     out = torch.empty((len(pngs), 3, size, size), dtype=torch.uint8)
     for i, data in enumerate(pngs):
-        with Image.open(BytesIO(data)) as img:
-            arr = np.asarray(imaging.fit(img.convert("RGB"), size))  # (H, W, 3)
-        out[i] = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        out[i] = torch.from_numpy(imaging.fitted_array(data, size)).permute(2, 0, 1)
     return out

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -120,10 +118,7 @@ class ShardImages(Dataset):
         if shard != self._shard:
             table = pq.read_table(self.shards[shard], columns=["image"])
             self._images, self._shard = table.column("image").to_pylist(), shard
-        with Image.open(BytesIO(self._images[row])) as img:
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            return np.asarray(imaging.fit(img, self.size))  # (H, W, 3)
+        return imaging.fitted_array(self._images[row], self.size)  # (H, W, 3)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return torch.from_numpy(self._decode(index)).permute(2, 0, 1)  # (3, H, W)

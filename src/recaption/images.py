@@ -83,6 +83,15 @@ def fit(img: Image.Image, size: int) -> Image.Image:
     return ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
 
 
+def fitted_array(data: bytes, size: int) -> np.ndarray:
+    """uint8 (size, size, 3) of an image already in the dataset (normalised at ingest),
+    fitted to `size` when it is not that size already."""
+    with Image.open(io.BytesIO(data)) as img:
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return np.array(fit(img, size))  # a writable copy, ready for torch.from_numpy
+
+
 def encode_png(img: Image.Image) -> bytes:
     """Lossless, deterministic PNG bytes (no metadata chunks)."""
     buf = io.BytesIO()
