@@ -242,39 +242,32 @@ def read_dir(folder: str | Path) -> Embeddings:
 
 
 class _OldVectors:
-    """Where each previously embedded pixel hash lives; vectors are read per shard on demand."""
+    """The previous run's shards that are still valid (same CLIP, procedure and grid):
+    the rows each holds, and where each pixel hash's vector lives, read on demand."""
 
     def __init__(self, folder: Path, fingerprint: str, grid: int):
+        self.rows: dict[Path, tuple[list[str], list[str]]] = {}  # shard -> (keys, shas)
         self.where: dict[str, tuple[Path, int]] = {}
         self._cache: dict[Path, np.ndarray] = {}
         for path in sorted(folder.glob(io.SHARD_GLOB)) if folder.is_dir() else []:
-            meta = pq.read_table(path, columns=["sha256", "clip"])
-            names = pq.read_schema(path).names
-            if meta.num_rows == 0 or ("grid" in names) != (grid > 0):
+            meta = pq.read_table(path, columns=["key", "sha256", "clip"])
+            has_grid = "grid" in pq.read_schema(path).names
+            if has_grid != (grid > 0) or set(meta.column("clip").to_pylist()) != {fingerprint}:
                 continue
-            if meta.column("clip")[0].as_py() != fingerprint:
-                continue
-            for row, sha in enumerate(meta.column("sha256").to_pylist()):
+            shas = meta.column("sha256").to_pylist()
+            self.rows[path] = (meta.column("key").to_pylist(), shas)
+            for row, sha in enumerate(shas):
                 self.where[sha] = (path, row)
+
+    def unchanged(self, path: Path, keys: list[str], shas: list[str]) -> bool:
+        """Is the shard at `path` already exactly what these rows need?"""
+        return self.rows.get(path) == (keys, shas)
 
     def get(self, sha: str) -> np.ndarray:
         path, row = self.where[sha]
         if path not in self._cache:
             self._cache = {path: read(path).features().astype(np.float16)}  # one shard at a time
         return self._cache[path][row]
-
-
-def _unchanged(path: Path, keys: list[str], shas: list[str], fingerprint: str, grid: int) -> bool:
-    """Is the embedding shard at `path` already exactly what these rows need?"""
-    if not path.is_file():
-        return False
-    old = pq.read_table(path, columns=["key", "sha256", "clip"])
-    return (
-        old.column("key").to_pylist() == keys
-        and old.column("sha256").to_pylist() == shas
-        and set(old.column("clip").to_pylist()) <= {fingerprint}
-        and ("grid" in pq.read_schema(path).names) == (grid > 0)
-    )
 
 
 def embed_dataset(
@@ -303,7 +296,7 @@ def embed_dataset(
         keys, shas = table.column("key").to_pylist(), table.column("sha256").to_pylist()
         result.images += len(keys)
         target = out_dir / io.shard_name(index)
-        if _unchanged(target, keys, shas, fingerprint, grid):
+        if old.unchanged(target, keys, shas):
             result.reused += len(keys)
             continue
         todo = [row for row, sha in enumerate(shas) if sha not in old.where]
