@@ -196,13 +196,14 @@ def test_a_new_embedding_procedure_recomputes_everything(project, arch, monkeypa
 def test_annotated_images_are_repeated_in_clip_training(project, arch):
     prepare(project)
     project.write_params(clip={"model": str(arch), "train": {**TRAIN, "annotated_repeat": 3}})
-    keys, captions = clip_pretrain.training_pairs(load_params())
+    keys, pngs, captions = clip_pretrain.training_pairs(load_params())
     short = set(pq.read_table(paths.SHORT).column("key").to_pylist())
     descriptive = set(pq.read_table(paths.DESCRIPTIVE).column("key").to_pylist())
     splits = pq.read_table(paths.SPLITS).to_pylist()
     heldout = {r["key"] for r in splits if r["heldout"]}
     assert len(short | descriptive) == 15  # two parts of 10 sharing 5
     assert len(keys) == (60 - len(heldout)) + 2 * 15
+    assert len(pngs) == len(keys) and pngs[0] != pngs[-1]
     for key, caps in zip(keys, captions, strict=True):
         assert keys.count(key) == (3 if key in short | descriptive else 1)
         assert len(caps) == 1 + (key in short) + (key in descriptive)

@@ -23,21 +23,23 @@ log = logging.getLogger(__name__)
 LIVE_DIR = paths.DVCLIVE / "clip_pretrain"
 
 
-def training_pairs(params: Params) -> tuple[list[str], list[list[str]]]:
-    """Keys and caption lists (ground truth, plus annotations when configured), no held-out."""
+def training_pairs(params: Params) -> tuple[list[str], list[bytes], list[list[str]]]:
+    """Keys, images and caption lists (ground truth, plus annotations when configured) of
+    every image outside the held-out split, annotated ones repeated."""
     splits = datasets.read_splits(paths.SPLITS)
     extra: dict[str, list[str]] = {}
     if params.clip.train.captions == "ground_truth+annotations":
         for path in (paths.SHORT, paths.DESCRIPTIVE):
             for key, caption in datasets.read_captions(path).items():
                 extra.setdefault(key, []).append(caption)
-    rows = datasets.load_rows(paths.DATASET, ["caption"])
+    rows = datasets.load_rows(paths.DATASET, ["image", "caption"])
     rows = [r for r in rows if r["key"] not in splits["heldout"]]
     # Annotated images carry the subset's careful captions, which name shapes and
     # positions that alt-text rarely does: show them more often.
     repeat = params.clip.train.annotated_repeat
     rows = [r for r in rows for _ in range(repeat if r["key"] in extra else 1)]
-    return [r["key"] for r in rows], [[r["caption"], *extra.get(r["key"], [])] for r in rows]
+    captions = [[r["caption"], *extra.get(r["key"], [])] for r in rows]
+    return [r["key"] for r in rows], [r["image"] for r in rows], captions
 
 
 def heldout_set(size: int):
@@ -57,10 +59,8 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     heldout = heldout_set(clip.image_size)
     with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
         if pretrained is None:
-            keys, captions = training_pairs(params)
-            rows = datasets.load_rows(paths.DATASET, ["image"], set(keys))
-            pngs = {r["key"]: r["image"] for r in rows}
-            images = datasets.images_tensor([pngs[k] for k in keys], clip.image_size)
+            _, pngs, captions = training_pairs(params)
+            images = datasets.images_tensor(pngs, clip.image_size)
             train = cp.train.model_dump(exclude={"captions", "annotated_repeat"})
             config = ClipTrainConfig(seed=params.seed, **train)
 
