@@ -14,27 +14,18 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
-from recaption import embed, io, paths
+from recaption import devices, embed, io, paths
 from recaption.models import clip as clip_lib
 from recaption.params import load_params
 
 log = logging.getLogger(__name__)
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("embed.device is 'cuda' but no CUDA device is available")
-    return device
-
-
 def main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     ep = params.embed
-    device = resolve_device(ep.device)
+    device = devices.resolve(ep.device, "embed.device")
     clip = clip_lib.load(paths.CLIP)
     # Shards record the CLIP and the embedding procedure: a change to either recomputes all.
     fingerprint = embed.cache_fingerprint(clip_lib.fingerprint(paths.CLIP), ep.grid)
