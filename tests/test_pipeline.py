@@ -37,6 +37,29 @@ FAST = {
         "train": {"steps": 3, "batch_size": 16, "warmup_steps": 1},
     },
     "embed": {"num_workers": 0, "probe_train_size": 20},
+    "captioner": {
+        "lm": "configs/captioner/tiny-gpt2.json",
+        "vocab_size": 300,
+        "mapper_hidden": 16,
+        "val_fraction": 0.2,
+        **{
+            stage: {"steps": 3, "batch_size": 8, "warmup_steps": 1, "eval_every": 2}
+            for stage in ("pretrain", "stage1")
+        },
+        "stage2": {
+            "steps": 3,
+            "batch_size": 8,
+            "warmup_steps": 1,
+            "eval_every": 2,
+            "max_tokens": 40,
+        },  # fmt: skip
+    },
+    "recaption": {
+        "batch_size": 16,
+        "chunk_size": 25,
+        "short": {"max_new_tokens": 6},
+        "descriptive": {"max_new_tokens": 12},
+    },
 }
 
 
@@ -58,6 +81,7 @@ def repo(tmp_path_factory) -> Path:
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "configs", repo / "configs")
     shutil.copy(ROOT / "tests" / "data" / "tiny-clip-16.json", repo / "configs" / "clip")
+    shutil.copy(ROOT / "tests" / "data" / "tiny-gpt2.json", repo / "configs" / "captioner")
     (repo / "data" / "raw").mkdir(parents=True)
     shutil.copy(ROOT / "data" / "raw" / "README.md", repo / "data" / "raw" / "README.md")
     write_params(repo)
@@ -79,6 +103,10 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
         "data/annotations/short.parquet",
         "data/annotations/descriptive.parquet",
         "reports/ingest.json",
+        "models/captioner/stage2/model.safetensors",
+        "data/captions/synthetic.parquet",
+        "reports/captions.json",
+        "reports/captions.html",
     ):
         assert (repo / path).exists(), path
     assert stale(repo) == set()
@@ -91,6 +119,11 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
         "clip_pretrain",
         "embed",
         "embed_probe",
+        "captioner_pretrain",
+        "captioner_stage1",
+        "captioner_stage2",
+        "recaption",
+        "caption_report",
     }
     assert set(lock["stages"]["sample"]["params"]["params.yaml"]) == {"seed", "sample"}
 
@@ -120,11 +153,27 @@ def test_sample_edit_makes_exactly_sample_and_what_is_below_it_stale(repo):
     # dvc status names the stage whose params changed; annotate is stale through its output.
     assert stale(repo) == {"sample"}
     # The CLIP trains on the subset's annotations, and embed probes the held-out split.
-    assert would_run(repo) == {"sample", "annotate", "clip_pretrain", "embed", "embed_probe"}
+    assert would_run(repo) == {"sample", "annotate", "clip_pretrain", "embed", "embed_probe",
+                               *CAPTIONER_AND_BELOW}  # fmt: skip
     run(["dvc", "repro", "--single-item", "sample"], repo)
-    assert stale(repo) == {"annotate", "clip_pretrain", "embed_probe"}
+    assert stale(repo) == {
+        "annotate", "clip_pretrain", "embed_probe", "captioner_pretrain", "caption_report"
+    }  # fmt: skip
     run(["dvc", "repro"], repo)
     assert stale(repo) == set()
+
+
+CAPTIONER_AND_BELOW = {
+    "captioner_pretrain", "captioner_stage1", "captioner_stage2", "recaption", "caption_report"
+}  # fmt: skip
+
+
+def test_a_stage2_edit_retrains_only_stage2_and_recaptions(repo):
+    write_params(repo, sample={"size": 12}, captioner={"stage2": {"lr": 0.002}})
+    assert stale(repo) == {"captioner_stage2"}
+    assert would_run(repo) == {"captioner_stage2", "recaption", "caption_report"}
+    write_params(repo, sample={"size": 12}, recaption={"descriptive": {"max_new_tokens": 9}})
+    assert would_run(repo) == {"recaption", "caption_report"}
 
 
 def test_prompts_edit_touches_only_prompts(repo):

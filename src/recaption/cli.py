@@ -90,6 +90,41 @@ def embed_probe(params: Path = ParamsOption) -> None:
     _run(stage.main, params)
 
 
+def _captioner_command(stage: str, help_text: str) -> None:
+    def command(params: Path = ParamsOption) -> None:
+        from recaption.stages import captioner
+
+        _run(lambda p: captioner.main(stage, p), params)
+
+    command.__doc__ = help_text
+    app.command(f"captioner-{stage}")(command)
+
+
+_captioner_command(
+    "pretrain", "Train the captioner on ground-truth captions (models/captioner/pretrain/)."
+)
+_captioner_command(
+    "stage1", "Tune the captioner on the short caption set (models/captioner/stage1/)."
+)
+_captioner_command("stage2", "Tune it on the descriptive caption set (models/captioner/stage2/).")
+
+
+@app.command()
+def recaption(params: Path = ParamsOption) -> None:
+    """Caption every image with the tuned captioners: data/captions/synthetic.parquet."""
+    from recaption.stages import recaption as stage
+
+    _run(stage.main, params)
+
+
+@app.command("caption-report")
+def caption_report(params: Path = ParamsOption) -> None:
+    """Score ground-truth and synthetic captions on the held-out split (reports/captions.*)."""
+    from recaption.stages import caption_report as stage
+
+    _run(stage.main, params)
+
+
 @app.command("check-params")
 def check_params(params: Path = ParamsOption) -> None:
     """Validate params.yaml and print it with every default filled in."""

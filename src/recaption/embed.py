@@ -57,6 +57,16 @@ class Embeddings:
         parts = [self.vectors] if self.grid is None else [self.vectors, self.grid]
         return np.concatenate(parts, axis=1).astype(np.float32)
 
+    def features_of(self, keys: Sequence[str]) -> np.ndarray:
+        """(len(keys), D [+ G*G*C]) float32: `features()` of the given keys, in their order."""
+        index = {k: i for i, k in enumerate(self.keys)}
+        missing = [k for k in keys if k not in index]
+        if missing:
+            raise KeyError(f"{len(missing)} keys have no cached embedding (first: {missing[0]})")
+        rows = [index[k] for k in keys]
+        parts = [self.vectors[rows]] + ([] if self.grid is None else [self.grid[rows]])
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
 
 def _fixed_list(array: np.ndarray) -> pa.FixedSizeListArray:
     flat = pa.array(np.ascontiguousarray(array, dtype=np.float16).ravel(), pa.float16())

@@ -9,6 +9,7 @@ keys (typos) are errors, with a did-you-mean suggestion.
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -157,6 +158,71 @@ class EmbedParams(Section):
     probe_train_size: int = Field(4000, ge=10)
 
 
+class CaptionerStageParams(Section):
+    """One captioner training stage (pretrain, stage1 or stage2): same loop, own knobs."""
+
+    enabled: bool = True  # False: the stage passes its starting weights on untrained
+    steps: int | None = Field(None, ge=0)  # give steps or epochs, not both
+    epochs: float | None = Field(None, gt=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0, le=1)
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    train_lm: bool = True  # False: only the mapping network learns
+    eval_every: int = Field(100, ge=1)
+    patience: int = Field(3, ge=1)  # evaluations without a better val loss before stopping
+    max_tokens: int = Field(64, ge=2)  # caption tokens kept, EOS included
+    precision: Literal["fp32", "bf16"] = "bf16"
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> CaptionerStageParams:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of steps and epochs")
+        return self
+
+    def total_steps(self, examples: int) -> int:
+        """Optimizer steps this stage runs on `examples` training pairs."""
+        if not self.enabled:
+            return 0
+        if self.steps is not None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * examples / self.batch_size))
+
+
+class CaptionerParams(Section):
+    """The captioner: an LM conditioned on CLIP embeddings, and its three training stages."""
+
+    lm: str = "configs/captioner/tiny-gpt2.json"  # GPT-2 config JSON, model id, or folder
+    vocab_size: int = Field(1024, ge=64)  # built-in tokenizer (trained on the captions)
+    prefix_length: int = Field(4, ge=1, le=64)  # vectors from the pooled embedding
+    mapper_hidden: int = Field(512, ge=1)
+    val_fraction: float = Field(0.05, gt=0, lt=1)  # of each stage's pairs, for early stopping
+    pretrain: CaptionerStageParams = CaptionerStageParams(steps=600, max_tokens=32)
+    stage1: CaptionerStageParams = CaptionerStageParams(steps=200, max_tokens=24)
+    stage2: CaptionerStageParams = CaptionerStageParams(steps=400, max_tokens=80)
+
+
+class DecodingParams(Section):
+    """How one kind of caption is decoded."""
+
+    strategy: Literal["greedy", "beam", "sample"] = "greedy"
+    max_new_tokens: int = Field(32, ge=1, le=1024)
+    num_beams: int = Field(3, ge=1, le=64)  # beam
+    top_p: float = Field(0.9, gt=0, le=1)  # sample
+    temperature: float = Field(1.0, gt=0)  # sample
+
+
+class RecaptionParams(Section):
+    """recaption: short and descriptive synthetic captions for every dataset image."""
+
+    batch_size: int = Field(256, ge=1)
+    chunk_size: int = Field(2000, ge=1)  # images per resumable unit of work
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    short: DecodingParams = DecodingParams(max_new_tokens=24)
+    descriptive: DecodingParams = DecodingParams(max_new_tokens=80)
+
+
 class Params(Section):
     """The whole params.yaml."""
 
@@ -167,6 +233,8 @@ class Params(Section):
     annotate: AnnotateParams = AnnotateParams()
     clip: ClipParams = ClipParams()
     embed: EmbedParams = EmbedParams()
+    captioner: CaptionerParams = CaptionerParams()
+    recaption: RecaptionParams = RecaptionParams()
 
 
 def load_params(path: str | Path = paths.PARAMS) -> Params:

@@ -25,6 +25,11 @@ PROMPT_EMBEDDINGS = EMBEDDINGS / "prompts.parquet"
 
 MODELS = Path("models")
 CLIP = MODELS / "clip"
+CAPTIONER = MODELS / "captioner"  # pretrain/, stage1/, stage2/
+
+CAPTIONS = DATA / "captions"
+SYNTHETIC_CAPTIONS = CAPTIONS / "synthetic.parquet"
+WORK = DATA / ".work"  # resumable stages' finished chunks (not outputs; git-ignored)
 
 DVCLIVE = Path("dvclive")
 
@@ -34,3 +39,5 @@ SAMPLE_REPORT = REPORTS / "sample.json"
 ANNOTATE_REPORT = REPORTS / "annotate.json"
 EMBED_CACHE_REPORT = REPORTS / "embed_cache.json"
 EMBED_REPORT = REPORTS / "embed.json"
+CAPTIONS_REPORT = REPORTS / "captions.json"
+CAPTIONS_HTML = REPORTS / "captions.html"

@@ -1,0 +1,131 @@
+"""captioner_pretrain, captioner_stage1, captioner_stage2: one routine, three stages.
+
+    pretrain  ground-truth captions of every image outside the held-out split,
+              starting from `captioner.lm` (built-in: fresh GPT-2, tokenizer trained here)
+    stage1    the short caption set (main subject), from the pretrained weights
+    stage2    the descriptive caption set, from the stage-1 weights
+
+Each stage holds out a seeded `captioner.val_fraction` of its pairs for early
+stopping, logs its curves through dvclive, and saves a `save_pretrained` folder
+with the mapper and a lineage.json under models/captioner/<stage>/.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from dvclive import Live
+
+from recaption import datasets, embed, io, lineage, paths, sampling
+from recaption.errors import UserError
+from recaption.models import captioner as captioner_lib
+from recaption.models.captioner_train import CaptionTrainConfig, train_captioner
+from recaption.params import CaptionerStageParams, Params, load_params
+
+log = logging.getLogger(__name__)
+STAGES = ("pretrain", "stage1", "stage2")
+PARENT = {"stage1": "pretrain", "stage2": "stage1"}
+CAPTION_SETS = {"stage1": paths.SHORT, "stage2": paths.DESCRIPTIVE}
+
+
+def folder(stage: str) -> Path:
+    return paths.CAPTIONER / stage
+
+
+def stage_pairs(stage: str) -> dict[str, str]:
+    """key -> caption this stage trains on."""
+    if stage in CAPTION_SETS:
+        return datasets.read_captions(CAPTION_SETS[stage])
+    heldout = datasets.read_splits(paths.SPLITS)["heldout"]
+    rows = datasets.load_rows(paths.DATASET, ["caption"])
+    return {r["key"]: r["caption"] for r in rows if r["key"] not in heldout}
+
+
+def features_of(emb: embed.Embeddings, keys: list[str]) -> torch.Tensor:
+    try:
+        return torch.from_numpy(emb.features_of(keys))
+    except KeyError as err:
+        raise UserError(f"{err.args[0]}: rerun embed") from err
+
+
+def feature_dims(emb: embed.Embeddings, grid: int) -> tuple[int, int, int]:
+    """(pooled_dim, grid_cells, cell_dim) of the cached embeddings."""
+    if emb.grid is None:
+        return emb.vectors.shape[1], 0, 0
+    cells = grid * grid
+    return emb.vectors.shape[1], cells, emb.grid.shape[1] // cells
+
+
+def start_model(stage: str, params: Params, emb: embed.Embeddings, pairs: dict[str, str]):
+    """The weights a stage starts from: its parent stage's, or a new captioner for pretrain."""
+    if stage in PARENT:
+        return captioner_lib.load(folder(PARENT[stage]))
+    cp = params.captioner
+    texts = list(pairs.values())
+    for path in CAPTION_SETS.values():  # the tokenizer must also know the tuning captions
+        texts += list(datasets.read_captions(path).values())
+    return captioner_lib.create(
+        cp.lm,
+        texts,
+        cp.vocab_size,
+        feature_dims(emb, params.embed.grid),
+        cp.prefix_length,
+        cp.mapper_hidden,
+        params.seed,
+    )
+
+
+def train_config(sp: CaptionerStageParams, examples: int, seed: int) -> CaptionTrainConfig:
+    fields = sp.model_dump(exclude={"enabled", "steps", "epochs"})
+    return CaptionTrainConfig(steps=sp.total_steps(examples), seed=seed, **fields)
+
+
+def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
+    params = load_params(params_path)
+    sp: CaptionerStageParams = getattr(params.captioner, stage)
+    pairs = stage_pairs(stage)
+    keys = sorted(pairs)
+    n_val = max(1, round(len(keys) * params.captioner.val_fraction))
+    val_keys = sorted(sampling.pick(keys, n_val, params.seed, f"captioner-{stage}-val"))
+    train_keys = sorted(set(keys) - set(val_keys))
+    emb = embed.read_dir(paths.IMAGE_EMBEDDINGS)
+    model = start_model(stage, params, emb, pairs)
+    config = train_config(sp, len(train_keys), params.seed)
+    log.info(
+        "captioner %s: %d train / %d val pairs, %d steps",
+        stage,
+        len(train_keys),
+        len(val_keys),
+        config.steps,
+    )
+    with Live(str(paths.DVCLIVE / f"captioner_{stage}"), dvcyaml=False, save_dvc_exp=False) as live:
+
+        def log_step(step: int, metrics: dict) -> None:
+            live.step = step
+            for name, value in metrics.items():
+                live.log_metric(name, value)
+            live.next_step()
+
+        metrics = train_captioner(
+            model,
+            (features_of(emb, train_keys), [pairs[k] for k in train_keys]),
+            (features_of(emb, val_keys), [pairs[k] for k in val_keys]),
+            config,
+            log_step,
+        )
+        live.summary = {k: v for k, v in metrics.items() if v is not None}
+    with io.atomic_path(folder(stage)) as tmp:
+        model.save(tmp)
+        inputs = {"embeddings": paths.IMAGE_EMBEDDINGS}
+        if stage in PARENT:
+            inputs.update(captions=CAPTION_SETS[stage], parent=folder(PARENT[stage]))
+        else:
+            inputs.update(dataset=paths.DATASET, splits=paths.SPLITS)
+        stage_params = {"seed": params.seed, stage: sp.model_dump()}
+        if stage == "pretrain":
+            stage_params["captioner"] = params.captioner.model_dump(exclude=set(STAGES))
+        lineage.write_lineage(tmp, f"captioner_{stage}", inputs, stage_params, metrics=metrics)
+    log.info("captioner %s: %s", stage, metrics)
+    return metrics
