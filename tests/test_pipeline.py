@@ -107,6 +107,8 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
         "data/captions/synthetic.parquet",
         "reports/captions.json",
         "reports/captions.html",
+        "data/relabeled/captions.parquet",
+        "reports/blend.json",
     ):
         assert (repo / path).exists(), path
     assert stale(repo) == set()
@@ -124,6 +126,7 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
         "captioner_stage2",
         "recaption",
         "caption_report",
+        "blend",
     }
     assert set(lock["stages"]["sample"]["params"]["params.yaml"]) == {"seed", "sample"}
 
@@ -164,16 +167,19 @@ def test_sample_edit_makes_exactly_sample_and_what_is_below_it_stale(repo):
 
 
 CAPTIONER_AND_BELOW = {
-    "captioner_pretrain", "captioner_stage1", "captioner_stage2", "recaption", "caption_report"
+    "captioner_pretrain", "captioner_stage1", "captioner_stage2", "recaption", "caption_report",
+    "blend",
 }  # fmt: skip
 
 
 def test_a_stage2_edit_retrains_only_stage2_and_recaptions(repo):
     write_params(repo, sample={"size": 12}, captioner={"stage2": {"lr": 0.002}})
     assert stale(repo) == {"captioner_stage2"}
-    assert would_run(repo) == {"captioner_stage2", "recaption", "caption_report"}
+    assert would_run(repo) == {"captioner_stage2", "recaption", "caption_report", "blend"}
     write_params(repo, sample={"size": 12}, recaption={"descriptive": {"max_new_tokens": 9}})
-    assert would_run(repo) == {"recaption", "caption_report"}
+    assert would_run(repo) == {"recaption", "caption_report", "blend"}
+    write_params(repo, sample={"size": 12}, blend={"synthetic_ratio": 0.8})
+    assert would_run(repo) == {"blend"}
 
 
 def test_prompts_edit_touches_only_prompts(repo):

@@ -125,6 +125,14 @@ def caption_report(params: Path = ParamsOption) -> None:
     _run(stage.main, params)
 
 
+@app.command()
+def blend(params: Path = ParamsOption) -> None:
+    """Relabel every image with a synthetic or ground-truth caption: data/relabeled/."""
+    from recaption.stages import blend as stage
+
+    _run(stage.main, params)
+
+
 @app.command("check-params")
 def check_params(params: Path = ParamsOption) -> None:
     """Validate params.yaml and print it with every default filled in."""

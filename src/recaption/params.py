@@ -224,6 +224,15 @@ class RecaptionParams(Section):
     descriptive: DecodingParams = DecodingParams(max_new_tokens=80)
 
 
+class BlendParams(Section):
+    """blend: which caption each image trains the generator with."""
+
+    synthetic_ratio: float = Field(0.95, ge=0, le=1)  # chance of a synthetic caption
+    synthetic_kind: Literal["descriptive", "short", "mixed"] = "descriptive"
+    short_fraction: float = Field(0.5, ge=0, le=1)  # mixed: share of synthetic that is short
+    mode: Literal["static", "per_epoch"] = "static"  # per_epoch: redrawn every epoch
+
+
 class Params(Section):
     """The whole params.yaml."""
 
@@ -236,6 +245,7 @@ class Params(Section):
     embed: EmbedParams = EmbedParams()
     captioner: CaptionerParams = CaptionerParams()
     recaption: RecaptionParams = RecaptionParams()
+    blend: BlendParams = BlendParams()
 
 
 def load_params(path: str | Path = paths.PARAMS) -> Params:

@@ -29,6 +29,9 @@ CAPTIONER = MODELS / "captioner"  # pretrain/, stage1/, stage2/
 
 CAPTIONS = DATA / "captions"
 SYNTHETIC_CAPTIONS = CAPTIONS / "synthetic.parquet"
+RELABELED = DATA / "relabeled"  # the blend: one caption per image, and its config
+RELABELED_CAPTIONS = RELABELED / "captions.parquet"
+BLEND_CONFIG = RELABELED / "blend.json"
 WORK = DATA / ".work"  # resumable stages' finished chunks (not outputs; git-ignored)
 
 DVCLIVE = Path("dvclive")
@@ -41,3 +44,4 @@ EMBED_CACHE_REPORT = REPORTS / "embed_cache.json"
 EMBED_REPORT = REPORTS / "embed.json"
 CAPTIONS_REPORT = REPORTS / "captions.json"
 CAPTIONS_HTML = REPORTS / "captions.html"
+BLEND_REPORT = REPORTS / "blend.json"
