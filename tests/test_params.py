@@ -85,3 +85,14 @@ def test_union_values_give_one_message_naming_both_choices():
     assert "1 invalid value" in message
     assert "embed.num_workers = 'many'" in message and "'auto'" in message
     assert parse_params({"embed": {"num_workers": 3}}).embed.num_workers == 3
+
+
+def test_a_stage_given_in_part_keeps_its_own_defaults():
+    params = parse_params({"captioner": {"stage2": {"lr": 0.002}, "stage1": {"epochs": 3}},
+                           "recaption": {"descriptive": {"strategy": "beam"}}})  # fmt: skip
+    assert (params.captioner.stage2.steps, params.captioner.stage2.max_tokens) == (400, 80)
+    assert (params.captioner.stage1.steps, params.captioner.stage1.epochs) == (None, 3)
+    assert params.captioner.stage1.max_tokens == 24
+    assert params.recaption.descriptive.max_new_tokens == 80
+    with pytest.raises(ParamsError, match="give exactly one of steps and epochs"):
+        parse_params({"captioner": {"stage1": {"steps": 5, "epochs": 3}}})

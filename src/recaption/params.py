@@ -190,6 +190,30 @@ class CaptionerStageParams(Section):
         return max(1, math.ceil(self.epochs * examples / self.batch_size))
 
 
+def _with_defaults(data: Any, defaults: dict[str, dict[str, Any]]) -> Any:
+    """Fill a section's sub-sections given in part with *their* defaults, not the class's.
+
+    The three captioner stages share one class but not every default (steps,
+    max_tokens); a stage written as `stage2: {lr: 0.002}` keeps stage 2's own.
+    """
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for name, base in defaults.items():
+        given = data.get(name)
+        if isinstance(given, dict):
+            base = {k: v for k, v in base.items() if not (k == "steps" and "epochs" in given)}
+            data[name] = {**base, **given}
+    return data
+
+
+_STAGE_DEFAULTS = {
+    "pretrain": {"steps": 600, "max_tokens": 32},
+    "stage1": {"steps": 200, "max_tokens": 24},
+    "stage2": {"steps": 400, "max_tokens": 80},
+}
+
+
 class CaptionerParams(Section):
     """The captioner: an LM conditioned on CLIP embeddings, and its three training stages."""
 
@@ -198,9 +222,14 @@ class CaptionerParams(Section):
     prefix_length: int = Field(4, ge=1, le=64)  # vectors from the pooled embedding
     mapper_hidden: int = Field(512, ge=1)
     val_fraction: float = Field(0.05, gt=0, lt=1)  # of each stage's pairs, for early stopping
-    pretrain: CaptionerStageParams = CaptionerStageParams(steps=600, max_tokens=32)
-    stage1: CaptionerStageParams = CaptionerStageParams(steps=200, max_tokens=24)
-    stage2: CaptionerStageParams = CaptionerStageParams(steps=400, max_tokens=80)
+    pretrain: CaptionerStageParams = CaptionerStageParams(**_STAGE_DEFAULTS["pretrain"])
+    stage1: CaptionerStageParams = CaptionerStageParams(**_STAGE_DEFAULTS["stage1"])
+    stage2: CaptionerStageParams = CaptionerStageParams(**_STAGE_DEFAULTS["stage2"])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_defaults(cls, data: Any) -> Any:
+        return _with_defaults(data, _STAGE_DEFAULTS)
 
 
 class DecodingParams(Section):
@@ -213,6 +242,9 @@ class DecodingParams(Section):
     temperature: float = Field(1.0, gt=0)  # sample
 
 
+_DECODING_DEFAULTS = {"short": {"max_new_tokens": 24}, "descriptive": {"max_new_tokens": 80}}
+
+
 class RecaptionParams(Section):
     """recaption: short and descriptive synthetic captions for every dataset image."""
 
@@ -220,8 +252,13 @@ class RecaptionParams(Section):
     chunk_size: int = Field(2000, ge=1)  # images per resumable unit of work
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast: ~1.8x faster on the CPU
-    short: DecodingParams = DecodingParams(max_new_tokens=24)
-    descriptive: DecodingParams = DecodingParams(max_new_tokens=80)
+    short: DecodingParams = DecodingParams(**_DECODING_DEFAULTS["short"])
+    descriptive: DecodingParams = DecodingParams(**_DECODING_DEFAULTS["descriptive"])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        return _with_defaults(data, _DECODING_DEFAULTS)
 
 
 class BlendParams(Section):

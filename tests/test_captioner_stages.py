@@ -1,0 +1,94 @@
+"""The three captioner stages in-process on a tiny project: switches, epochs, lineage, real LMs."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from recaption import lineage, paths
+from recaption.models import captioner as cap
+from recaption.stages import captioner as stages
+from recaption.stages import clip_pretrain
+from recaption.stages import embed as embed_stage
+from test_captioner import save_local_lm
+from test_clip_embed import TINY_ARCH, TRAIN, prepare
+
+TINY_LM = str(Path(__file__).parent / "data" / "tiny-gpt2.json")
+STAGE = {"batch_size": 4, "warmup_steps": 1, "eval_every": 2}
+
+
+@pytest.fixture
+def arch(project) -> Path:
+    path = project.root / "tiny-clip.json"
+    path.write_text(json.dumps(TINY_ARCH))
+    return path
+
+
+@pytest.fixture
+def embedded(project, arch):
+    write(project, arch)
+    prepare(project)
+    clip_pretrain.main()
+    embed_stage.main()
+    return project
+
+
+def captioner_params(**stages_overrides) -> dict:
+    return {
+        "lm": TINY_LM,
+        "vocab_size": 300,
+        "mapper_hidden": 16,
+        "val_fraction": 0.2,
+        "pretrain": {**STAGE, "steps": 3},
+        "stage1": {**STAGE, "steps": 3},
+        "stage2": {**STAGE, "steps": 3, "max_tokens": 40},
+        **stages_overrides,
+    }
+
+
+def write(project, arch, **captioner) -> None:
+    project.write_params(
+        clip={"model": str(arch), "train": TRAIN},
+        embed={"num_workers": 0, "batch_size": 8, "probe_train_size": 20},
+        captioner=captioner_params(**captioner),
+    )
+
+
+def read_lineage(stage: str) -> dict:
+    return json.loads((paths.CAPTIONER / stage / "lineage.json").read_text())
+
+
+def test_stages_chain_with_pretraining_off_and_epochs(embedded, arch):
+    write(embedded, arch, pretrain={**STAGE, "steps": 3, "enabled": False},
+          stage1={**STAGE, "epochs": 2})  # fmt: skip
+    for stage in stages.STAGES:
+        stages.main(stage)
+    assert read_lineage("pretrain")["metrics"]["steps"] == 0  # passed on untrained
+    stage1 = read_lineage("stage1")
+    n_train = 10 - 2  # sample.size 10, val_fraction 0.2
+    assert stage1["metrics"]["steps"] == math.ceil(2 * n_train / 4)
+    stage2 = read_lineage("stage2")
+    assert stage2["inputs"]["parent"]["sha256"] == lineage.tree_hash(paths.CAPTIONER / "stage1")
+    assert stage2["inputs"]["captions"]["path"] == str(paths.DESCRIPTIVE)
+    assert (paths.DVCLIVE / "captioner_stage2" / "metrics.json").is_file()
+    model = cap.load(paths.CAPTIONER / "stage2")
+    assert model.mapper.config.grid_cells == 9  # the embeddings' 3x3 grid reaches the mapper
+
+
+def test_a_local_lm_folder_named_in_params_is_trained_with_its_own_tokenizer(
+    embedded, arch, tmp_path
+):
+    save_local_lm(tmp_path / "lm")
+    write(embedded, arch, lm=str(tmp_path / "lm"))
+    stages.main("pretrain")
+    model = cap.load(paths.CAPTIONER / "pretrain")
+    assert model.mapper.config.d_model == 24  # the local LM's width, not the built-in's
+    assert model.tokenizer.eos_token == "<eos>"  # its own tokenizer, not one trained here
+    assert read_lineage("pretrain")["params"]["captioner"]["lm"] == str(tmp_path / "lm")
+
+
+def test_an_lm_spec_that_does_not_exist_is_a_clear_error(embedded, arch, tmp_path):
+    write(embedded, arch, lm=str(tmp_path / "missing.json"))
+    with pytest.raises(cap.CaptionerError, match="does not exist"):
+        stages.main("pretrain")
