@@ -54,6 +54,14 @@ FAST = {
             "max_tokens": 40,
         },  # fmt: skip
     },
+    "generator": {
+        "model": "configs/generator/tiny-unet-16.json",
+        "vocab_size": 300,
+        "steps": 3,
+        "batch_size": 8,
+        "warmup_steps": 1,
+        "checkpoint_every": 2,
+    },
     "recaption": {
         "batch_size": 16,
         "chunk_size": 25,
@@ -82,6 +90,7 @@ def repo(tmp_path_factory) -> Path:
     shutil.copytree(ROOT / "configs", repo / "configs")
     shutil.copy(ROOT / "tests" / "data" / "tiny-clip-16.json", repo / "configs" / "clip")
     shutil.copy(ROOT / "tests" / "data" / "tiny-gpt2.json", repo / "configs" / "captioner")
+    shutil.copy(ROOT / "tests" / "data" / "tiny-unet-16.json", repo / "configs" / "generator")
     (repo / "data" / "raw").mkdir(parents=True)
     shutil.copy(ROOT / "data" / "raw" / "README.md", repo / "data" / "raw" / "README.md")
     write_params(repo)
@@ -109,6 +118,7 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
         "reports/captions.html",
         "data/relabeled/captions.parquet",
         "reports/blend.json",
+        "models/generator/model_index.json",
     ):
         assert (repo / path).exists(), path
     assert stale(repo) == set()
@@ -127,7 +137,12 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
         "recaption",
         "caption_report",
         "blend",
+        "train_generator",
     }
+    trained_on = json.loads((repo / "models/generator/lineage.json").read_text())
+    blend = json.loads((repo / "reports/blend.json").read_text())
+    assert trained_on["caption_version"] == blend["caption_version"]
+    assert not (repo / "data/.work/train_generator").exists()  # checkpoints cleared
     assert set(lock["stages"]["sample"]["params"]["params.yaml"]) == {"seed", "sample"}
 
 
@@ -160,7 +175,8 @@ def test_sample_edit_makes_exactly_sample_and_what_is_below_it_stale(repo):
                                *CAPTIONER_AND_BELOW}  # fmt: skip
     run(["dvc", "repro", "--single-item", "sample"], repo)
     assert stale(repo) == {
-        "annotate", "clip_pretrain", "embed_probe", "captioner_pretrain", "caption_report"
+        "annotate", "clip_pretrain", "embed_probe", "captioner_pretrain", "caption_report",
+        "train_generator",  # it trains on every image outside the held-out split
     }  # fmt: skip
     run(["dvc", "repro"], repo)
     assert stale(repo) == set()
@@ -168,18 +184,20 @@ def test_sample_edit_makes_exactly_sample_and_what_is_below_it_stale(repo):
 
 CAPTIONER_AND_BELOW = {
     "captioner_pretrain", "captioner_stage1", "captioner_stage2", "recaption", "caption_report",
-    "blend",
+    "blend", "train_generator",
 }  # fmt: skip
 
 
 def test_a_stage2_edit_retrains_only_stage2_and_recaptions(repo):
     write_params(repo, sample={"size": 12}, captioner={"stage2": {"lr": 0.002}})
     assert stale(repo) == {"captioner_stage2"}
-    assert would_run(repo) == {"captioner_stage2", "recaption", "caption_report", "blend"}
+    assert would_run(repo) == {
+        "captioner_stage2", "recaption", "caption_report", "blend", "train_generator"
+    }  # fmt: skip
     write_params(repo, sample={"size": 12}, recaption={"descriptive": {"max_new_tokens": 9}})
-    assert would_run(repo) == {"recaption", "caption_report", "blend"}
+    assert would_run(repo) == {"recaption", "caption_report", "blend", "train_generator"}
     write_params(repo, sample={"size": 12}, blend={"synthetic_ratio": 0.8})
-    assert would_run(repo) == {"blend"}
+    assert would_run(repo) == {"blend", "train_generator"}
 
 
 def test_prompts_edit_touches_only_prompts(repo):
@@ -208,3 +226,11 @@ def test_a_typo_in_params_fails_before_any_work(repo):
     )
     assert proc.returncode == 2
     assert "sample.overlapp: unknown key; did you mean 'overlap'?" in proc.stderr
+
+
+def test_recap_generate_draws_with_the_trained_generator(repo):
+    out = run(["recap", "generate", "a red circle on the left", "--n", "2", "--steps", "2",
+               "--out", "drawn/circle.png"], repo)  # fmt: skip
+    written = [repo / line for line in out.split()]
+    assert [p.name for p in written] == ["circle-0.png", "circle-1.png", "circle-grid.png"]
+    assert all(p.is_file() for p in written)

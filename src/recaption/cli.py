@@ -21,6 +21,8 @@ app = typer.Typer(
     help="Recaption a text-to-image dataset and prove the gain.",
 )
 ParamsOption = typer.Option(paths.PARAMS, "--params", "-p", help="params file to read.")
+OutOption = typer.Option(Path("generated.png"), "--out", help="PNG path (n > 1: a stem)")
+ModelOption = typer.Option(paths.GENERATOR, "--model", help="a saved generator pipeline")
 
 
 def _run(stage: Callable[[Path], object], params: Path) -> None:
@@ -131,6 +133,35 @@ def blend(params: Path = ParamsOption) -> None:
     from recaption.stages import blend as stage
 
     _run(stage.main, params)
+
+
+@app.command("train-generator")
+def train_generator(params: Path = ParamsOption) -> None:
+    """Train the text-to-image generator on the blend: models/generator/."""
+    from recaption.stages import train_generator as stage
+
+    _run(stage.main, params)
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="what to draw"),
+    n: int = typer.Option(1, "--n", min=1, help="images to draw (a grid too when > 1)"),
+    seed: int = typer.Option(0, "--seed", help="the same seed draws the same images"),
+    steps: int = typer.Option(25, "--steps", min=1, help="denoising steps (DDIM)"),
+    guidance: float = typer.Option(3.0, "--guidance", help="classifier-free guidance scale"),
+    out: Path = OutOption,
+    scale: int = typer.Option(4, "--scale", min=1, help="upscale factor (nearest) for viewing"),
+    model: Path = ModelOption,
+) -> None:
+    """Draw PROMPT with a trained generator and write PNGs."""
+    from recaption.generate import write_images
+
+    def run(_: Path) -> None:
+        for path in write_images(model, prompt, n, seed, steps, guidance, out, scale):
+            typer.echo(str(path))
+
+    _run(run, paths.PARAMS)
 
 
 @app.command("check-params")

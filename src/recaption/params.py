@@ -270,6 +270,24 @@ class BlendParams(Section):
     mode: Literal["static", "per_epoch"] = "static"  # per_epoch: redrawn every epoch
 
 
+class GeneratorParams(Section):
+    """train_generator: the text-to-image model trained on the blend."""
+
+    model: str = "configs/generator/tiny-unet-32.json"  # architecture JSON, or a saved pipeline
+    vocab_size: int = Field(1024, ge=64)  # built-in text encoder's tokenizer
+    steps: int = Field(1200, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0, le=1)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    cond_dropout: float = Field(0.1, ge=0, lt=1)  # captions dropped, for classifier-free guidance
+    ema_decay: float = Field(0.995, ge=0, lt=1)
+    checkpoint_every: int = Field(200, ge=0)  # steps between resumable checkpoints (0: none)
+    train_text_encoder: bool = True  # built-in: trained jointly; false keeps it frozen
+    precision: Literal["fp32", "bf16"] = "bf16"
+
+
 class Params(Section):
     """The whole params.yaml."""
 
@@ -283,6 +301,7 @@ class Params(Section):
     captioner: CaptionerParams = CaptionerParams()
     recaption: RecaptionParams = RecaptionParams()
     blend: BlendParams = BlendParams()
+    generator: GeneratorParams = GeneratorParams()
 
 
 def load_params(path: str | Path = paths.PARAMS) -> Params:

@@ -26,6 +26,7 @@ PROMPT_EMBEDDINGS = EMBEDDINGS / "prompts.parquet"
 MODELS = Path("models")
 CLIP = MODELS / "clip"
 CAPTIONER = MODELS / "captioner"  # pretrain/, stage1/, stage2/
+GENERATOR = MODELS / "generator"
 
 CAPTIONS = DATA / "captions"
 SYNTHETIC_CAPTIONS = CAPTIONS / "synthetic.parquet"

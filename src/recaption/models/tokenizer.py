@@ -9,17 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, wrap: bool = False
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `texts` (deterministic for the same texts in the same order).
 
-    No special token is added on encoding: the captioner appends EOS itself, the same
-    way for this tokenizer and for a pretrained LM's own.
+    Without `wrap` no special token is added on encoding: the captioner appends EOS
+    itself, the same way for this tokenizer and for a pretrained LM's own. With
+    `wrap`, every text is encoded as BOS ... EOS, as CLIP's tokenizer does for a text
+    encoder (so even the empty caption has tokens).
     """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
@@ -31,6 +35,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    if wrap:
+        ids = [(t, tok.token_to_id(t)) for t in (BOS, EOS)]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A {EOS}", special_tokens=ids
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS
     )

@@ -1,0 +1,149 @@
+"""The text-to-image generator: a diffusers pipeline the recaptioned dataset trains.
+
+`GeneratorPipeline` packages a `UNet2DConditionModel`, a DDIM scheduler, a text
+encoder and its tokenizer (and optionally a VAE, for latent space) as a
+`DiffusionPipeline`, so `save_pretrained` / `from_pretrained` work as for any
+diffusers pipeline. Sampling uses classifier-free guidance: the empty caption is
+the unconditional input, which caption dropout in training teaches.
+
+Built in, the UNet works in pixel space at the dataset's image size and the text
+encoder is a small transformers `CLIPTextModel` over a tokenizer trained on the
+captions, both trained from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from PIL import Image
+from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
+
+from recaption.errors import UserError
+
+
+class GeneratorError(UserError):
+    """A generator folder or config that cannot be used; the message says why."""
+
+
+class GeneratorPipeline(DiffusionPipeline):
+    """UNet + scheduler + text encoder + tokenizer (+ optional VAE), saved as one folder."""
+
+    _optional_components = ["vae"]
+
+    def __init__(self, unet, scheduler, text_encoder, tokenizer, vae=None):
+        super().__init__()
+        self.register_modules(
+            unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae
+        )
+
+    @property
+    def max_tokens(self) -> int:
+        return self.text_encoder.config.max_position_embeddings
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(B, T, d) text-encoder states of the prompts, padded to the longest."""
+        tokens = self.tokenizer(
+            list(prompts), padding=True, truncation=True, max_length=self.max_tokens,
+            return_tensors="pt",
+        )  # fmt: skip
+        device = self.text_encoder.device
+        return self.text_encoder(
+            tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device)
+        ).last_hidden_state
+
+    def to_images(self, latents: torch.Tensor) -> torch.Tensor:
+        """Model space -> pixels in [-1, 1] (a VAE decodes; in pixel space, identity)."""
+        if self.vae is None:
+            return latents
+        return self.vae.decode(latents / self.vae.config.scaling_factor).sample
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompts: str | Sequence[str],
+        num_inference_steps: int = 25,
+        guidance_scale: float = 3.0,
+        num_images_per_prompt: int = 1,
+        seed: int = 0,
+    ) -> list[Image.Image]:
+        """Generate images: one list, `num_images_per_prompt` per prompt, in prompt order."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        cond = self.encode_prompts(prompts)
+        uncond = self.encode_prompts([""] * len(prompts))
+        width = max(cond.shape[1], uncond.shape[1])
+        states = torch.cat([_pad_to(uncond, width), _pad_to(cond, width)])  # (2B, T, d)
+        size = self.unet.config.sample_size
+        shape = (len(prompts), self.unet.config.in_channels, size, size)
+        generator = torch.Generator().manual_seed(seed)
+        latents = torch.randn(shape, generator=generator).to(self.unet.device)
+        self.scheduler.set_timesteps(num_inference_steps)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            eps = self.unet(torch.cat([latents, latents]), t, encoder_hidden_states=states).sample
+            eps_uncond, eps_cond = eps.chunk(2)
+            eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            latents = self.scheduler.step(eps, t, latents).prev_sample
+        pixels = self.to_images(latents).clamp(-1, 1)
+        array = ((pixels + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(a) for a in array]
+
+
+def _pad_to(states: torch.Tensor, width: int) -> torch.Tensor:
+    """Pad (B, T, d) states to (B, width, d) by repeating the last position."""
+    if states.shape[1] == width:
+        return states
+    tail = states[:, -1:].expand(-1, width - states.shape[1], -1)
+    return torch.cat([states, tail], dim=1)
+
+
+def create_builtin(
+    config_path: str | Path, tokenizer: PreTrainedTokenizerBase, image_size: int, seed: int
+) -> GeneratorPipeline:
+    """A fresh pixel-space pipeline from an architecture JSON (unet, text_encoder, scheduler)."""
+    path = Path(config_path)
+    if not path.is_file():
+        raise GeneratorError(f"generator.model: {config_path} does not exist")
+    config = json.loads(path.read_text())
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            **config["text_encoder"],
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    unet = UNet2DConditionModel(
+        **config["unet"],
+        sample_size=image_size,
+        in_channels=3,
+        out_channels=3,
+        cross_attention_dim=text_encoder.config.hidden_size,
+    )
+    scheduler = DDIMScheduler(**config["scheduler"])
+    return GeneratorPipeline(unet, scheduler, text_encoder, tokenizer)
+
+
+def load(folder: str | Path) -> GeneratorPipeline:
+    """A pipeline saved by `save_pretrained`; weights are read from safetensors only."""
+    folder = Path(folder)
+    if not (folder / "model_index.json").is_file():
+        raise GeneratorError(f"{folder} is not a generator folder: model_index.json is missing")
+    return GeneratorPipeline.from_pretrained(folder, use_safetensors=True)
+
+
+def image_grid(images: Sequence[Image.Image], columns: int | None = None) -> Image.Image:
+    """Images side by side in a grid (as square as possible), 2 px apart."""
+    columns = columns or int(np.ceil(np.sqrt(len(images))))
+    rows = int(np.ceil(len(images) / columns))
+    w, h = images[0].size
+    grid = Image.new("RGB", (columns * (w + 2) - 2, rows * (h + 2) - 2), "white")
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % columns) * (w + 2), (i // columns) * (h + 2)))
+    return grid

@@ -1,0 +1,231 @@
+"""Training the generator: denoising loss, caption dropout, EMA, checkpoints that resume.
+
+Every random choice of step s (the epoch's image order, the noise, the timesteps,
+which captions are dropped) comes from generators seeded by (seed, epoch) and
+(seed, s), so a run resumed from a checkpoint at step s continues exactly as the
+uninterrupted run would have, with no RNG state to save.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from recaption import io
+from recaption.models.generator import GeneratorPipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GeneratorTrainConfig:
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    weight_decay: float
+    grad_clip: float
+    cond_dropout: float  # share of captions replaced by "" (what guidance contrasts with)
+    ema_decay: float
+    checkpoint_every: int  # steps between checkpoints (0: none)
+    train_text_encoder: bool  # built-in: trained jointly; a pretrained one stays frozen
+    precision: str  # "bf16" | "fp32"
+    seed: int
+    log_every: int = 50
+
+
+class EMA:
+    """An exponential moving average of a module's trainable weights."""
+
+    def __init__(self, named: dict[str, torch.nn.Parameter], decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().clone() for n, p in named.items()}
+
+    @torch.no_grad()
+    def update(self, named: dict[str, torch.nn.Parameter]) -> None:
+        for n, p in named.items():
+            self.shadow[n].lerp_(p.detach(), 1 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, named: dict[str, torch.nn.Parameter]) -> None:
+        for n, p in named.items():
+            p.copy_(self.shadow[n])
+
+
+def lr_at(step: int, config: GeneratorTrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(1, config.steps - config.warmup_steps)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * (step - config.warmup_steps) / span))
+
+
+def _trainable(pipe: GeneratorPipeline, config: GeneratorTrainConfig) -> dict:
+    pipe.text_encoder.requires_grad_(config.train_text_encoder)
+    if pipe.vae is not None:
+        pipe.vae.requires_grad_(False)
+    named = {f"unet.{n}": p for n, p in pipe.unet.named_parameters()}
+    if config.train_text_encoder:
+        named.update({f"text_encoder.{n}": p for n, p in pipe.text_encoder.named_parameters()})
+    return named
+
+
+def to_model_space(pipe: GeneratorPipeline, images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> what the UNet denoises: pixels in [-1, 1], or VAE latents."""
+    x = images.float() / 127.5 - 1
+    if pipe.vae is None:
+        return x
+    with torch.no_grad():
+        return pipe.vae.encode(x).latent_dist.mode() * pipe.vae.config.scaling_factor
+
+
+def denoising_loss(
+    pipe: GeneratorPipeline, x0: torch.Tensor, captions: list[str], gen: torch.Generator
+) -> torch.Tensor:
+    """MSE between the noise added at random timesteps and the UNet's prediction of it."""
+    noise = torch.randn(x0.shape, generator=gen)
+    steps = pipe.scheduler.config.num_train_timesteps
+    t = torch.randint(0, steps, (len(x0),), generator=gen)
+    noisy = pipe.scheduler.add_noise(x0, noise, t)
+    states = pipe.encode_prompts(captions)
+    pred = pipe.unet(noisy, t, encoder_hidden_states=states).sample
+    return F.mse_loss(pred.float(), noise)
+
+
+def _batch(config: GeneratorTrainConfig, n: int, step: int) -> list[int]:
+    """The image indices of `step`: slices of a per-epoch permutation seeded by the epoch."""
+    per_epoch = max(1, n // config.batch_size)
+    epoch, index = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))
+    return order[index * config.batch_size : (index + 1) * config.batch_size].tolist()
+
+
+def epoch_of(config: GeneratorTrainConfig, n: int, step: int) -> int:
+    return step // max(1, n // config.batch_size)
+
+
+def train_generator(
+    pipe: GeneratorPipeline,
+    images: torch.Tensor,
+    captions_for_epoch: Callable[[int], list[str]],
+    config: GeneratorTrainConfig,
+    checkpoint_dir: Path | None = None,
+    log_step: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Train `pipe` in place, then load the EMA weights into it.
+
+    Args:
+        images: uint8 (N, 3, H, W), the training images.
+        captions_for_epoch: the N captions of an epoch (a per-epoch blend redraws them).
+        checkpoint_dir: where a checkpoint is kept every `checkpoint_every` steps; a
+            run finding one there resumes from it.
+    Returns:
+        {"steps", "resumed_from", "loss" (last window), "images_per_s"}.
+    """
+    named = _trainable(pipe, config)
+    params = list(named.values())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    ema = EMA(named, config.ema_decay)
+    start = resume(checkpoint_dir, config, named, ema, optimizer) if checkpoint_dir else 0
+    window: list[float] = []
+    captions, epoch, tick = None, -1, time.perf_counter()
+    bar = tqdm(total=config.steps * config.batch_size, initial=start * config.batch_size,
+               desc="train_generator", unit="img", unit_scale=True, mininterval=2)  # fmt: skip
+    pipe.unet.train()
+    pipe.text_encoder.train(config.train_text_encoder)
+    for step in range(start, config.steps):
+        if epoch_of(config, len(images), step) != epoch:
+            epoch = epoch_of(config, len(images), step)
+            captions = captions_for_epoch(epoch)
+        idx = _batch(config, len(images), step)
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        dropped = torch.rand(len(idx), generator=gen) < config.cond_dropout
+        texts = ["" if d else captions[i] for i, d in zip(idx, dropped.tolist(), strict=True)]
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            loss = denoising_loss(pipe, to_model_space(pipe, images[idx]), texts, gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        ema.update(named)
+        window = [*window[-49:], loss.item()]
+        bar.update(len(idx))
+        done = step + 1
+        if log_step is not None and (done % config.log_every == 0 or done == config.steps):
+            log_step(done, {"loss": sum(window) / len(window)})
+        if checkpoint_dir and config.checkpoint_every and done % config.checkpoint_every == 0:
+            save_checkpoint(checkpoint_dir, config, done, named, ema, optimizer)
+    bar.close()
+    seconds = time.perf_counter() - tick
+    ema.copy_to(named)
+    pipe.unet.eval()
+    pipe.text_encoder.eval()
+    return {
+        "steps": config.steps,
+        "resumed_from": start,
+        "loss": sum(window) / len(window) if window else None,
+        "images_per_s": (config.steps - start) * config.batch_size / max(seconds, 1e-9),
+    }
+
+
+# --- checkpoints: safetensors for tensors, JSON for the rest -----------------------------
+
+
+def _fingerprint(config: GeneratorTrainConfig) -> str:
+    fields = {k: v for k, v in asdict(config).items() if k not in ("checkpoint_every", "log_every")}
+    return io.sha256_bytes(json.dumps(fields, sort_keys=True).encode())
+
+
+def save_checkpoint(folder, config, step, named, ema, optimizer) -> None:
+    """Weights, EMA, optimizer moments and the step, written atomically."""
+    state = optimizer.state_dict()
+    moments = {
+        f"{i}.{k}": v.contiguous()
+        for i, s in state["state"].items()
+        for k, v in s.items()
+        if torch.is_tensor(v)
+    }
+    with io.atomic_path(folder) as tmp:
+        tmp.mkdir()
+        save_file(
+            {n: p.detach().contiguous() for n, p in named.items()}, tmp / "weights.safetensors"
+        )
+        save_file({n: t.contiguous() for n, t in ema.shadow.items()}, tmp / "ema.safetensors")
+        save_file(moments, tmp / "optimizer.safetensors")
+        io.write_json(tmp / "state.json", {"step": step, "fingerprint": _fingerprint(config),
+                                           "param_groups": state["param_groups"]})  # fmt: skip
+
+
+def resume(folder, config, named, ema, optimizer) -> int:
+    """Load a checkpoint written for this config; return the step to continue from (0: none)."""
+    folder = Path(folder)
+    if not (folder / "state.json").is_file():
+        return 0
+    meta = json.loads((folder / "state.json").read_text())
+    if meta["fingerprint"] != _fingerprint(config):
+        log.info("checkpoint in %s is from other params; starting afresh", folder)
+        return 0
+    weights = load_file(folder / "weights.safetensors")
+    with torch.no_grad():
+        for n, p in named.items():
+            p.copy_(weights[n])
+    ema.shadow = load_file(folder / "ema.safetensors")
+    moments = load_file(folder / "optimizer.safetensors")
+    state: dict = {}
+    for key, tensor in moments.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = tensor
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    log.info("resuming generator training at step %d", meta["step"])
+    return meta["step"]

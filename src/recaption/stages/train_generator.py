@@ -1,0 +1,107 @@
+"""train_generator: the text-to-image model, trained on the blended captions.
+
+Trains on every image outside the held-out split with the caption the blend gave
+it (redrawn each epoch when `blend.mode` is per_epoch). Built in, a fresh
+pixel-space pipeline from an architecture JSON whose tokenizer is trained on the
+blend's captions; otherwise a saved pipeline folder is fine-tuned. A checkpoint
+every `generator.checkpoint_every` steps under data/.work/ lets a killed run
+resume. Output: models/generator/ (save_pretrained, EMA weights) with a
+lineage.json naming the caption version it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from dvclive import Live
+
+from recaption import datasets, io, lineage, paths
+from recaption.models import generator as gen_lib
+from recaption.models.generator_train import GeneratorTrainConfig, train_generator
+from recaption.models.tokenizer import train_tokenizer
+from recaption.params import Params, load_params
+from recaption.stages.blend import blend_of
+
+log = logging.getLogger(__name__)
+CHECKPOINTS = paths.WORK / "train_generator"
+
+
+def start_pipeline(params: Params, texts: list[str]) -> gen_lib.GeneratorPipeline:
+    gp = params.generator
+    if Path(gp.model).suffix == ".json":
+        tokenizer = train_tokenizer(texts, gp.vocab_size, wrap=True)
+        return gen_lib.create_builtin(gp.model, tokenizer, params.data.image_size, params.seed)
+    return gen_lib.load(gp.model)
+
+
+def checkpoint_dir(params: Params, caption_version: str) -> Path:
+    """Where this run's checkpoints live: named by everything training depends on, so a
+    run never resumes another's (and other runs' leftovers are removed)."""
+    key = {
+        "captions": caption_version,
+        "dataset": lineage.tree_hash(paths.DATASET),
+        "splits": lineage.tree_hash(paths.SPLITS),
+        "generator": params.generator.model_dump(),
+        "blend": params.blend.model_dump(),
+        "seed": params.seed,
+    }
+    folder = CHECKPOINTS / io.sha256_bytes(json.dumps(key, sort_keys=True).encode())[:16]
+    if CHECKPOINTS.is_dir():
+        for other in CHECKPOINTS.iterdir():
+            if other != folder:
+                shutil.rmtree(other, ignore_errors=True)
+    return folder
+
+
+def main(params_path: Path = paths.PARAMS) -> dict:
+    params = load_params(params_path)
+    heldout = datasets.read_splits(paths.SPLITS)["heldout"]
+    table = pq.read_table(paths.RELABELED_CAPTIONS).to_pylist()
+    table = [r for r in table if r["key"] not in heldout]
+    keys = [r["key"] for r in table]
+    candidates = {s: [r[s] for r in table] for s in ("ground_truth", "short", "descriptive")}
+    blend = blend_of(params)
+    rows = datasets.load_rows(paths.DATASET, ["image"], set(keys))
+    pipe = start_pipeline(params, [r["caption"] for r in table])
+    images = datasets.images_tensor([r["image"] for r in rows], pipe.unet.config.sample_size)
+    fields = params.generator.model_dump(exclude={"model", "vocab_size"})
+    config = GeneratorTrainConfig(seed=params.seed, **fields)
+    caption_version = lineage.tree_hash(paths.RELABELED)
+    checkpoints = checkpoint_dir(params, caption_version)
+    with Live(str(paths.DVCLIVE / "train_generator"), dvcyaml=False, save_dvc_exp=False) as live:
+
+        def log_step(step: int, metrics: dict) -> None:
+            live.step = step
+            for name, value in metrics.items():
+                live.log_metric(name, value)
+            live.next_step()
+
+        metrics = train_generator(
+            pipe,
+            images,
+            lambda epoch: blend.captions(keys, candidates, epoch)[0],
+            config,
+            checkpoints,
+            log_step,
+        )
+    with io.atomic_path(paths.GENERATOR) as tmp:
+        pipe.save_pretrained(tmp)
+        lineage.write_lineage(
+            tmp,
+            "train_generator",
+            {"captions": paths.RELABELED, "dataset": paths.DATASET, "splits": paths.SPLITS},
+            {
+                "seed": params.seed,
+                "generator": params.generator.model_dump(),
+                "blend": params.blend.model_dump(),
+            },  # fmt: skip
+            caption_version=caption_version,
+            metrics={"loss": metrics["loss"], "steps": metrics["steps"]},
+        )
+    shutil.rmtree(CHECKPOINTS, ignore_errors=True)
+    log.info("train_generator: %s", metrics)
+    return metrics
