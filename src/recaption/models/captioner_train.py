@@ -9,7 +9,6 @@ best weights restored at the end.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from recaption.models.captioner import Captioner
+from recaption.models.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,6 @@ class CaptionTrainConfig:
     max_tokens: int
     precision: str  # "bf16" | "fp32"
     seed: int
-
-
-def lr_at(step: int, config: CaptionTrainConfig) -> float:
-    """Linear warm-up to `lr`, then cosine decay to zero at `steps`."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    span = max(1, config.steps - config.warmup_steps)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * (step - config.warmup_steps) / span))
 
 
 class _Batches:
@@ -121,7 +113,7 @@ def train_captioner(
     for step in bar:
         model.train()
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config)
+            group["lr"] = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
         features, chunk = batches.next()
         tokens, mask = model.pad(chunk)
         with _autocast(config.precision):

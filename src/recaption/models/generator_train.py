@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from recaption import io
 from recaption.models.generator import GeneratorPipeline
+from recaption.models.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,6 @@ class EMA:
     def copy_to(self, named: dict[str, torch.nn.Parameter]) -> None:
         for n, p in named.items():
             p.copy_(self.shadow[n])
-
-
-def lr_at(step: int, config: GeneratorTrainConfig) -> float:
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    span = max(1, config.steps - config.warmup_steps)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * (step - config.warmup_steps) / span))
 
 
 def _trainable(pipe: GeneratorPipeline, config: GeneratorTrainConfig) -> dict:
@@ -151,7 +144,7 @@ def train_generator(
         dropped = torch.rand(len(idx), generator=gen) < config.cond_dropout
         texts = ["" if d else captions[i] for i, d in zip(idx, dropped.tolist(), strict=True)]
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config)
+            group["lr"] = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
             loss = denoising_loss(pipe, to_model_space(pipe, images[idx]), texts, gen)
         optimizer.zero_grad(set_to_none=True)

@@ -23,6 +23,7 @@ from recaption.errors import UserError
 from recaption.models import captioner as captioner_lib
 from recaption.models.captioner_train import CaptionTrainConfig, train_captioner
 from recaption.params import CaptionerStageParams, Params, load_params
+from recaption.stages.live import step_logger
 
 log = logging.getLogger(__name__)
 STAGES = ("pretrain", "stage1", "stage2")
@@ -101,19 +102,12 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
         config.steps,
     )
     with Live(str(paths.DVCLIVE / f"captioner_{stage}"), dvcyaml=False, save_dvc_exp=False) as live:
-
-        def log_step(step: int, metrics: dict) -> None:
-            live.step = step
-            for name, value in metrics.items():
-                live.log_metric(name, value)
-            live.next_step()
-
         metrics = train_captioner(
             model,
             (features_of(emb, train_keys), [pairs[k] for k in train_keys]),
             (features_of(emb, val_keys), [pairs[k] for k in val_keys]),
             config,
-            log_step,
+            step_logger(live),
         )
         live.summary = {k: v for k, v in metrics.items() if v is not None}
     with io.atomic_path(folder(stage)) as tmp:

@@ -25,6 +25,7 @@ from recaption.models.generator_train import GeneratorTrainConfig, train_generat
 from recaption.models.tokenizer import train_tokenizer
 from recaption.params import Params, load_params
 from recaption.stages.blend import blend_of
+from recaption.stages.live import step_logger
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = paths.WORK / "train_generator"
@@ -73,20 +74,13 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     caption_version = lineage.tree_hash(paths.RELABELED)
     checkpoints = checkpoint_dir(params, caption_version)
     with Live(str(paths.DVCLIVE / "train_generator"), dvcyaml=False, save_dvc_exp=False) as live:
-
-        def log_step(step: int, metrics: dict) -> None:
-            live.step = step
-            for name, value in metrics.items():
-                live.log_metric(name, value)
-            live.next_step()
-
         metrics = train_generator(
             pipe,
             images,
             lambda epoch: blend.captions(keys, candidates, epoch)[0],
             config,
             checkpoints,
-            log_step,
+            step_logger(live),
         )
     with io.atomic_path(paths.GENERATOR) as tmp:
         pipe.save_pretrained(tmp)
