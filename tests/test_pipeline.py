@@ -62,6 +62,30 @@ FAST = {
         "warmup_steps": 1,
         "checkpoint_every": 2,
     },
+    "evaluate": {
+        "images_per_prompt": 1,
+        "heldout_prompts": 3,
+        "steps": 2,
+        "batch_size": 16,
+        "chunk_size": 16,
+        "grid_prompts": 2,
+        # A 3-step oracle cannot read images; the real threshold is tested in-process.
+        "oracle": {
+            "train_size": 100,
+            "heldout_size": 20,
+            "steps": 3,
+            "batch_size": 16,
+            "min_accuracy": 0.0,
+        },
+        "clip": {
+            "model": "configs/clip/tiny-clip-16.json",
+            "train_size": 60,
+            "heldout_size": 20,
+            "steps": 3,
+            "batch_size": 16,
+            "warmup_steps": 1,
+        },
+    },  # fmt: skip
     "recaption": {
         "batch_size": 16,
         "chunk_size": 25,
@@ -119,6 +143,14 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
         "data/relabeled/captions.parquet",
         "reports/blend.json",
         "models/generator/model_index.json",
+        "models/eval/oracle/oracle.safetensors",
+        "models/eval/clip/open_clip_model.safetensors",
+        "data/evaluation/samples.parquet",
+        "reports/plots/prompt_following_short.csv",
+        "reports/plots/clip_score.csv",
+        "reports/grids/counting.png",
+        "reports/grids/heldout.png",
+        "reports/index.html",
     ):
         assert (repo / path).exists(), path
     assert stale(repo) == set()
@@ -138,10 +170,21 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
         "caption_report",
         "blend",
         "train_generator",
+        "oracle",
+        "eval_clip",
+        "evaluate",
     }
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    categories = {"single_object", "two_objects", "counting", "colors", "position", "color_attr"}
+    for phrasing in ("short", "descriptive"):
+        assert set(metrics["prompt_following"][phrasing]) == {"overall", *categories}
+    assert set(metrics["clip_score"]["heldout"]) == {"ground_truth", "short", "descriptive"}
+    assert metrics["images"] == 3 * 6 * 2 + 3 * 3
     trained_on = json.loads((repo / "models/generator/lineage.json").read_text())
     blend = json.loads((repo / "reports/blend.json").read_text())
     assert trained_on["caption_version"] == blend["caption_version"]
+    assert metrics["generator"]["caption_version"] == blend["caption_version"]
+    assert not (repo / "data/.work/evaluate").exists()
     assert not (repo / "data/.work/train_generator").exists()  # checkpoints cleared
     assert set(lock["stages"]["sample"]["params"]["params.yaml"]) == {"seed", "sample"}
 
@@ -177,6 +220,7 @@ def test_sample_edit_makes_exactly_sample_and_what_is_below_it_stale(repo):
     assert stale(repo) == {
         "annotate", "clip_pretrain", "embed_probe", "captioner_pretrain", "caption_report",
         "train_generator",  # it trains on every image outside the held-out split
+        "evaluate",  # it draws held-out captions
     }  # fmt: skip
     run(["dvc", "repro"], repo)
     assert stale(repo) == set()
@@ -184,7 +228,7 @@ def test_sample_edit_makes_exactly_sample_and_what_is_below_it_stale(repo):
 
 CAPTIONER_AND_BELOW = {
     "captioner_pretrain", "captioner_stage1", "captioner_stage2", "recaption", "caption_report",
-    "blend", "train_generator",
+    "blend", "train_generator", "evaluate",
 }  # fmt: skip
 
 
@@ -192,25 +236,30 @@ def test_a_stage2_edit_retrains_only_stage2_and_recaptions(repo):
     write_params(repo, sample={"size": 12}, captioner={"stage2": {"lr": 0.002}})
     assert stale(repo) == {"captioner_stage2"}
     assert would_run(repo) == {
-        "captioner_stage2", "recaption", "caption_report", "blend", "train_generator"
+        "captioner_stage2", "recaption", "caption_report", "blend", "train_generator", "evaluate"
     }  # fmt: skip
     write_params(repo, sample={"size": 12}, recaption={"descriptive": {"max_new_tokens": 9}})
-    assert would_run(repo) == {"recaption", "caption_report", "blend", "train_generator"}
+    assert would_run(repo) == {
+        "recaption", "caption_report", "blend", "train_generator", "evaluate"
+    }  # fmt: skip
     write_params(repo, sample={"size": 12}, blend={"synthetic_ratio": 0.8})
-    assert would_run(repo) == {"blend", "train_generator"}
+    assert would_run(repo) == {"blend", "train_generator", "evaluate"}
+    # Sampling more images per prompt reruns the evaluation only, never its models.
+    write_params(repo, sample={"size": 12}, evaluate={"images_per_prompt": 2})
+    assert would_run(repo) == {"evaluate"}
 
 
 def test_prompts_edit_touches_only_prompts(repo):
     write_params(repo, sample={"size": 12}, prompts={"seed": 99})
     assert stale(repo) == {"prompts"}
     # embed reruns for the prompt embeddings, finds every image shard unchanged, and so
-    # leaves its image output as it was: nothing below it runs.
+    # leaves its image output as it was: nothing below it runs but the evaluation.
     ran = {
         line.split("'")[1]
         for line in run(["dvc", "repro"], repo).splitlines()
         if line.startswith("Running stage")
     }
-    assert ran == {"prompts", "embed"}
+    assert ran == {"prompts", "embed", "evaluate"}  # the suite is the evaluation's
     assert stale(repo) == set()
 
 
@@ -234,3 +283,42 @@ def test_recap_generate_draws_with_the_trained_generator(repo):
     written = [repo / line for line in out.split()]
     assert [p.name for p in written] == ["circle-0.png", "circle-1.png", "circle-grid.png"]
     assert all(p.is_file() for p in written)
+
+
+def test_lineage_names_the_caption_version_of_each_experiment(repo):
+    write_params(repo, sample={"size": 12}, prompts={"seed": 99})  # as the last full run left it
+    run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "pipeline run"], repo)
+    for name, ratio in (("ratio-50", 0.5), ("ratio-80", 0.8)):
+        run(["dvc", "exp", "run", "--name", name, "-S", f"blend.synthetic_ratio={ratio}"], repo)
+    rows = {r["ref"]: r for r in json.loads(run(["recap", "lineage", "--all", "--json"], repo))}
+    a, b = rows["exp ratio-50"], rows["exp ratio-80"]
+    assert (a["synthetic_ratio"], b["synthetic_ratio"]) == (0.5, 0.8)
+    assert a["caption_version"] != b["caption_version"]
+    assert a["generator"] != b["generator"]
+    assert a["captioner_stage2"] == b["captioner_stage2"]  # the captioner trained once
+    one = json.loads(run(["recap", "lineage", "--exp", "ratio-80", "--json"], repo))
+    assert one == [b]
+    table = run(["recap", "lineage", "--all"], repo)
+    assert "exp ratio-50" in table and a["caption_version"][:12] in table
+
+
+def test_lineage_checks_every_link_and_flags_an_edited_model(repo):
+    links = json.loads(run(["recap", "lineage", "--json"], repo))
+    names = [link["name"] for link in links]
+    assert names[:3] == ["generator", "caption version", "synthetic captions"]
+    assert {"captioner stage2", "captioner stage1", "captioner pretrain", "dataset"} <= set(names)
+    assert all(link["status"] == "ok" for link in links), links
+    version = json.loads((repo / "reports/blend.json").read_text())["caption_version"]
+    assert links[1]["actual"] == links[1]["recorded"] == version
+    assert links[1]["params"]["synthetic_ratio"] == 0.8  # the last experiment's, in the workspace
+
+    weights = repo / "models/captioner/stage1/model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    proc = subprocess.run(["recap", "lineage"], cwd=repo, capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
+                               f"{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"})  # fmt: skip
+    assert proc.returncode == 1
+    assert "captioner stage1" in proc.stdout.split("flagged:")[1]
+    assert "generator" not in proc.stdout.split("flagged:")[1]

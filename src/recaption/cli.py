@@ -23,6 +23,7 @@ app = typer.Typer(
 ParamsOption = typer.Option(paths.PARAMS, "--params", "-p", help="params file to read.")
 OutOption = typer.Option(Path("generated.png"), "--out", help="PNG path (n > 1: a stem)")
 ModelOption = typer.Option(paths.GENERATOR, "--model", help="a saved generator pipeline")
+GeneratorArgument = typer.Argument(paths.GENERATOR, help="a generator folder")
 
 
 def _run(stage: Callable[[Path], object], params: Path) -> None:
@@ -143,6 +144,30 @@ def train_generator(params: Path = ParamsOption) -> None:
     _run(stage.main, params)
 
 
+@app.command("train-oracle")
+def train_oracle(params: Path = ParamsOption) -> None:
+    """Train the oracle detector on fresh renders: models/eval/oracle/, reports/oracle.json."""
+    from recaption.stages import eval_models as stage
+
+    _run(stage.oracle_main, params)
+
+
+@app.command("eval-clip")
+def eval_clip(params: Path = ParamsOption) -> None:
+    """Train (or load) the evaluation CLIP: models/eval/clip/, reports/eval_clip.json."""
+    from recaption.stages import eval_models as stage
+
+    _run(stage.eval_clip_main, params)
+
+
+@app.command()
+def evaluate(params: Path = ParamsOption) -> None:
+    """Draw the generator on the evaluation prompts and score it: reports/metrics.json, ..."""
+    from recaption.stages import evaluate as stage
+
+    _run(stage.main, params)
+
+
 @app.command()
 def generate(
     prompt: str = typer.Argument(..., help="what to draw"),
@@ -160,6 +185,43 @@ def generate(
     def run(_: Path) -> None:
         for path in write_images(model, prompt, n, seed, steps, guidance, out, scale):
             typer.echo(str(path))
+
+    _run(run, paths.PARAMS)
+
+
+@app.command("lineage")
+def lineage_command(
+    path: Path = GeneratorArgument,
+    all_: bool = typer.Option(
+        False,
+        "--all",
+        help="every commit and experiment: which caption version trained which generator",
+    ),
+    exp: str = typer.Option("", "--exp", help="one DVC experiment, by name"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Which captions trained a generator, link by link down to the dataset, checked
+    against the files on disk (exit status 1 when a link changed since training)."""
+    import json
+
+    from recaption import audit
+
+    def run(_: Path) -> None:
+        if all_ or exp:
+            rows = audit.history()
+            if exp:
+                rows = [r for r in rows if r["ref"] == f"exp {exp}"]
+                if not rows:
+                    raise audit.AuditError(f"no experiment named {exp!r} (see `dvc exp list`)")
+            typer.echo(json.dumps(rows, indent=2) if as_json else audit.format_history(rows))
+            return
+        links = audit.chain(path)
+        if as_json:
+            typer.echo(json.dumps([link.to_dict() for link in links], indent=2))
+        else:
+            typer.echo(audit.format_chain(links))
+        if any(link.status != "ok" for link in links):
+            sys.exit(1)
 
     _run(run, paths.PARAMS)
 

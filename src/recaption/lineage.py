@@ -8,6 +8,7 @@ A lineage records what a model was made from: the content hash of each input
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,9 @@ def write_lineage(
     }
     io.write_json(Path(folder) / LINEAGE_NAME, record)
     return record
+
+
+def read_lineage(folder: str | Path) -> dict:
+    """The `lineage.json` of a model folder ({} when it has none)."""
+    path = Path(folder) / LINEAGE_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -123,19 +123,24 @@ class AnnotateParams(Section):
         return self
 
 
-class ClipTrainParams(Section):
-    """clip_pretrain: contrastive training when no pretrained CLIP is given."""
+class ContrastiveParams(Section):
+    """Contrastive CLIP training (`ClipTrainConfig`): clip_pretrain's and eval_clip's."""
 
-    captions: Literal["ground_truth", "ground_truth+annotations"] = "ground_truth+annotations"
-    annotated_repeat: int = Field(5, ge=1, le=1000)
     steps: int = Field(1200, ge=1)
     batch_size: int = Field(128, ge=2)
     lr: float = Field(2e-3, gt=0, le=1)
     warmup_steps: int = Field(50, ge=0)
     weight_decay: float = Field(0.1, ge=0)
     grad_clip: float = Field(1.0, gt=0)
-    eval_every: int = Field(200, ge=1)
     precision: Literal["fp32", "bf16"] = "bf16"
+
+
+class ClipTrainParams(ContrastiveParams):
+    """clip_pretrain: contrastive training when no pretrained CLIP is given."""
+
+    captions: Literal["ground_truth", "ground_truth+annotations"] = "ground_truth+annotations"
+    annotated_repeat: int = Field(5, ge=1, le=1000)
+    eval_every: int = Field(200, ge=1)
 
 
 class ClipParams(Section):
@@ -288,6 +293,45 @@ class GeneratorParams(Section):
     precision: Literal["fp32", "bf16"] = "bf16"
 
 
+class OracleParams(Section):
+    """oracle: the detector that reads generated built-in-world images back into scenes."""
+
+    train_size: int = Field(20000, ge=100)  # fresh renders it trains on
+    heldout_size: int = Field(2000, ge=10)  # fresh renders its reported accuracy is measured on
+    steps: int = Field(800, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(2e-3, gt=0, le=1)
+    noise: float = Field(0.06, ge=0, le=1)  # pixel-noise augmentation (generated images are grainy)
+    min_accuracy: float = Field(0.97, ge=0, le=1)  # the stage fails below this on any attribute
+
+
+class EvalClipParams(ContrastiveParams):
+    """eval_clip: the CLIP that scores generated images, one the generator never saw."""
+
+    model: str = "configs/clip/tiny-rn-32.json"
+    pretrained: str = "none"  # none (train on fresh renders), an open_clip tag, or .safetensors
+    train_size: int = Field(20000, ge=10)
+    heldout_size: int = Field(1000, ge=10)
+    steps: int = Field(600, ge=1)
+
+
+class EvaluateParams(Section):
+    """evaluate: sample the generator on the prompt suite and held-out captions, and score."""
+
+    seed: int = Field(1_000_003, ge=0)  # fresh renders for the oracle and evaluation CLIP
+    images_per_prompt: int = Field(2, ge=1)  # suite prompts; image i is drawn with seed i
+    heldout_prompts: int = Field(100, ge=0)  # held-out images whose captions are drawn once
+    steps: int = Field(20, ge=1)  # DDIM steps
+    guidance: float = Field(3.0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    chunk_size: int = Field(256, ge=1)  # images per resumable unit
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "bf16"
+    grid_prompts: int = Field(6, ge=1)  # prompts per category in reports/grids/
+    oracle: OracleParams = OracleParams()
+    clip: EvalClipParams = EvalClipParams()
+
+
 class Params(Section):
     """The whole params.yaml."""
 
@@ -302,6 +346,16 @@ class Params(Section):
     recaption: RecaptionParams = RecaptionParams()
     blend: BlendParams = BlendParams()
     generator: GeneratorParams = GeneratorParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="after")
+    def _fresh_renders(self) -> Params:
+        if self.data.source == "synthetic" and self.evaluate.seed == self.seed:
+            raise ValueError(
+                "evaluate.seed must differ from seed: the oracle and evaluation CLIP train on "
+                "fresh renders, never on the dataset's images"
+            )
+        return self
 
 
 def load_params(path: str | Path = paths.PARAMS) -> Params:

@@ -15,7 +15,7 @@ from typing import Any
 THUMBNAIL_PX = 128
 
 # Images are 16-32 px: `pixelated` keeps them crisp at 128 px instead of blurring.
-_CSS = f"""
+CSS = f"""
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 h1 {{ font-size: 1.3em; }}
 table {{ border-collapse: collapse; }}
@@ -40,7 +40,7 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def _summary_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
+def summary_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
     """Caption kinds as rows, metrics (in order of first appearance) as columns."""
     metrics = list(dict.fromkeys(m for figures in summary.values() for m in figures))
     head = "".join(f"<th>{escape(m)}</th>" for m in metrics)
@@ -85,11 +85,11 @@ def render_caption_table(
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
     ]
     if summary:
-        parts.append(_summary_table(summary))
+        parts.append(summary_table(summary))
     parts.append('<table class="captions">')
     parts.extend(_caption_row(row) for row in rows)
     parts.append("</table></body></html>")

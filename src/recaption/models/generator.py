@@ -42,6 +42,15 @@ class GeneratorPipeline(DiffusionPipeline):
         )
 
     @property
+    def image_size(self) -> int:
+        """Side of the images it draws and trains on: the UNet's sample size, times the
+        VAE's downsampling factor in latent space."""
+        size = self.unet.config.sample_size
+        if self.vae is None:
+            return size
+        return size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
     def max_tokens(self) -> int:
         return self.text_encoder.config.max_position_embeddings
 
@@ -69,9 +78,13 @@ class GeneratorPipeline(DiffusionPipeline):
         num_inference_steps: int = 25,
         guidance_scale: float = 3.0,
         num_images_per_prompt: int = 1,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
     ) -> list[Image.Image]:
-        """Generate images: one list, `num_images_per_prompt` per prompt, in prompt order."""
+        """Generate images: one list, `num_images_per_prompt` per prompt, in prompt order.
+
+        `seed` seeds the whole batch's noise, or, given one per image, each image's own
+        (then an image does not depend on what else is in the batch).
+        """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         cond = self.encode_prompts(prompts)
@@ -80,8 +93,7 @@ class GeneratorPipeline(DiffusionPipeline):
         states = torch.cat([_pad_to(uncond, width), _pad_to(cond, width)])  # (2B, T, d)
         size = self.unet.config.sample_size
         shape = (len(prompts), self.unet.config.in_channels, size, size)
-        generator = torch.Generator().manual_seed(seed)
-        latents = torch.randn(shape, generator=generator).to(self.unet.device)
+        latents = _initial_noise(shape, seed).to(self.unet.device)
         self.scheduler.set_timesteps(num_inference_steps)
         for t in self.progress_bar(self.scheduler.timesteps):
             eps = self.unet(torch.cat([latents, latents]), t, encoder_hidden_states=states).sample
@@ -91,6 +103,17 @@ class GeneratorPipeline(DiffusionPipeline):
         pixels = self.to_images(latents).clamp(-1, 1)
         array = ((pixels + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(a) for a in array]
+
+
+def _initial_noise(shape: tuple[int, ...], seed: int | Sequence[int]) -> torch.Tensor:
+    if isinstance(seed, int):
+        return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    seeds = list(seed)
+    if len(seeds) != shape[0]:
+        raise ValueError(f"{len(seeds)} seeds for {shape[0]} images")
+    return torch.stack(
+        [torch.randn(shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds]
+    )
 
 
 def _pad_to(states: torch.Tensor, width: int) -> torch.Tensor:

@@ -68,7 +68,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     blend = blend_of(params)
     rows = datasets.load_rows(paths.DATASET, ["image"], set(keys))
     pipe = start_pipeline(params, [r["caption"] for r in table])
-    images = datasets.images_tensor([r["image"] for r in rows], pipe.unet.config.sample_size)
+    images = datasets.images_tensor([r["image"] for r in rows], pipe.image_size)
     fields = params.generator.model_dump(exclude={"model", "vocab_size"})
     config = GeneratorTrainConfig(seed=params.seed, **fields)
     caption_version = lineage.tree_hash(paths.RELABELED)

@@ -1,0 +1,88 @@
+"""reports/index.html: the evaluation at a glance, linking every other report.
+
+One page with the generator's caption version, prompt following per category
+and phrasing, CLIP scores, the evaluation models' own accuracy, and a sample
+grid per category with the prompts of its rows. Grids are linked PNGs beside the
+page (reports/grids/); all text is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from html import escape
+from typing import Any
+
+from recaption.metrics.caption_table import CSS, summary_table
+
+_GRID_CSS = """
+img.grid { width: auto; height: auto; image-rendering: pixelated; }
+ol.prompts { font-size: 0.85em; color: #444; }
+ol.prompts span { color: #888; }
+"""
+_LINKS = (
+    ("captions.html", "caption table: held-out images with their three captions"),
+    ("captions.json", "caption quality figures"),
+    ("metrics.json", "evaluation metrics (DVC metrics)"),
+    ("oracle.json", "oracle detector accuracy on held-out renders"),
+    ("eval_clip.json", "evaluation CLIP retrieval on held-out renders"),
+    ("blend.json", "the blend and its caption version"),
+)
+
+
+def _following_table(following: Mapping[str, Mapping[str, float]]) -> str:
+    """Categories as rows, phrasings as columns."""
+    pivot: dict[str, dict[str, Any]] = {}
+    for phrasing, scores in following.items():
+        for category, value in scores.items():
+            pivot.setdefault(category, {})[phrasing] = value
+    return summary_table(pivot)
+
+
+def _clip_table(clip: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    return summary_table(
+        {f"{s}: {p}": v for s, by_phrasing in clip.items() for p, v in by_phrasing.items()}
+    )
+
+
+def _grid_section(category: str, grid: Mapping[str, Any], folder: str) -> str:
+    columns = ", ".join(grid["columns"])
+    items = "".join(
+        "<li>"
+        + "<br>".join(f"<span>{escape(p)}:</span> {escape(t)}" for p, t in row.items())
+        + "</li>"
+        for row in grid["prompts"]
+    )
+    return (
+        f"<h3>{escape(category)}</h3><p>columns: {escape(columns)}</p>"
+        f'<img class="grid" src="{escape(folder)}/{escape(category)}.png" alt="{escape(category)}">'
+        f'<ol class="prompts">{items}</ol>'
+    )
+
+
+def render_index(metrics: Mapping[str, Any], grids: Mapping[str, Mapping], folder: str) -> str:
+    """The page as a string; `grids` as built by the evaluate stage, PNGs in `folder`."""
+    gen = metrics["generator"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>recaption: evaluation</title><style>{CSS}{_GRID_CSS}</style></head><body>",
+        "<h1>recaption: evaluation</h1>",
+        f"<p>generator <code>{escape(str(gen['sha256'])[:16])}</code>, trained on caption "
+        f"version <code>{escape(str(gen['caption_version'])[:16])}</code>; "
+        f"{metrics['images']} images drawn.</p>",
+        "<ul>"
+        + "".join(f'<li><a href="{escape(h)}">{escape(h)}</a>: {escape(d)}</li>' for h, d in _LINKS)
+        + "</ul>",
+    ]
+    if metrics["prompt_following"]:
+        parts += ["<h2>Prompt following (oracle detector)</h2>",
+                  _following_table(metrics["prompt_following"])]  # fmt: skip
+    parts += ["<h2>CLIP score (evaluation CLIP)</h2>", _clip_table(metrics["clip_score"])]
+    models = metrics.get("evaluation_models", {})
+    if models.get("oracle_accuracy"):
+        parts += ["<h2>Oracle accuracy on held-out renders</h2>",
+                  summary_table({"oracle": models["oracle_accuracy"]})]  # fmt: skip
+    parts.append("<h2>Samples</h2>")
+    parts += [_grid_section(c, g, folder) for c, g in grids.items()]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,129 @@
+"""oracle and eval_clip: the evaluation's own models, trained on fresh renders.
+
+Scoring a generator with models that saw its training data would flatter it, so
+both are trained on scenes drawn from the built-in world with `evaluate.seed`
+(which params validation keeps apart from the dataset's `seed`):
+
+- the oracle detector (`recaption.models.oracle`) reads an image back into a
+  scene; its held-out accuracy per attribute goes to reports/oracle.json and the
+  stage fails when any is below `evaluate.oracle.min_accuracy`;
+- the evaluation CLIP is trained contrastively on the renders' reference
+  descriptive and short captions (or, with `evaluate.clip.pretrained`, loaded),
+  and scores every generated image against its prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from dvclive import Live
+
+from recaption import io, lineage, paths
+from recaption.errors import UserError
+from recaption.models import clip as clip_lib
+from recaption.models import oracle as oracle_lib
+from recaption.models.clip_train import ClipTrainConfig, retrieval_recall, train_clip
+from recaption.params import ContrastiveParams, Params, load_params
+from recaption.stages.ingest import world_config
+from recaption.stages.live import step_logger
+
+log = logging.getLogger(__name__)
+# Each model takes its own range of render indices, so none sees the other's held-out set.
+ORACLE_RENDERS = 0
+CLIP_RENDERS = 1 << 30
+
+
+class OracleAccuracyError(UserError):
+    """The oracle reads held-out renders too poorly for its verdicts to mean anything."""
+
+
+def fresh_renders(params: Params, start: int, count: int, size: int | None = None):
+    """Examples `start..start+count` of the world seeded by `evaluate.seed`, and their
+    images as uint8 (count, 3, H, W) at `size` (default: the dataset's image size)."""
+    from recaption.world import make_example
+
+    cfg = world_config(params)
+    examples = [make_example(params.evaluate.seed, start + i, cfg) for i in range(count)]
+    arrays = [
+        np.asarray(e.image if size is None else e.image.resize((size, size))) for e in examples
+    ]
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return examples, images
+
+
+def _save(folder: Path, save: Callable[[Path], None], stage: str, params: Params,
+          metrics: dict) -> None:  # fmt: skip
+    """Write a model folder atomically with a lineage: its params, its held-out figures."""
+    section = {"oracle": params.evaluate.oracle, "eval_clip": params.evaluate.clip}[stage]
+    with io.atomic_path(folder) as tmp:
+        save(tmp)
+        lineage.write_lineage(
+            tmp, stage, {}, {"evaluate.seed": params.evaluate.seed, stage: section.model_dump()},
+            metrics=metrics,
+        )  # fmt: skip
+
+
+def oracle_main(params_path: Path = paths.PARAMS) -> dict:
+    params = load_params(params_path)
+    op = params.evaluate.oracle
+    torch.manual_seed(params.evaluate.seed)
+    examples, images = fresh_renders(params, ORACLE_RENDERS, op.train_size + op.heldout_size)
+    targets = oracle_lib.stack_targets([e.scene for e in examples])
+    train = slice(0, op.train_size)
+    held = slice(op.train_size, None)
+    oracle = oracle_lib.Oracle()
+    config = oracle_lib.OracleTrainConfig(
+        steps=op.steps, batch_size=op.batch_size, lr=op.lr, noise=op.noise,
+        seed=params.evaluate.seed,
+    )  # fmt: skip
+    with Live(str(paths.DVCLIVE / "oracle"), dvcyaml=False, save_dvc_exp=False) as live:
+        oracle_lib.train_oracle(
+            oracle, images[train], {k: v[train] for k, v in targets.items()}, config,
+            step_logger(live),
+        )  # fmt: skip
+    pred = oracle_lib.predict(oracle, images[held])
+    acc = {
+        k: round(v, 4)
+        for k, v in oracle_lib.accuracy(pred, {k: v[held] for k, v in targets.items()}).items()
+    }
+    report = {"heldout_renders": op.heldout_size, "accuracy": acc, "min_accuracy": op.min_accuracy}
+    io.write_json(paths.ORACLE_REPORT, report)
+    weak = {k: v for k, v in acc.items() if k != "scene" and v < op.min_accuracy}
+    if weak:
+        raise OracleAccuracyError(
+            f"oracle held-out accuracy {weak} is below evaluate.oracle.min_accuracy="
+            f"{op.min_accuracy}: raise evaluate.oracle.steps or train_size"
+        )
+    _save(paths.ORACLE, lambda tmp: oracle_lib.save(oracle, tmp), "oracle", params, acc)
+    log.info("oracle held-out accuracy: %s", acc)
+    return report
+
+
+def eval_clip_main(params_path: Path = paths.PARAMS) -> dict:
+    params = load_params(params_path)
+    cp = params.evaluate.clip
+    pretrained = None if cp.pretrained == "none" else cp.pretrained
+    clip = clip_lib.create(cp.model, pretrained, seed=params.evaluate.seed)
+    examples, images = fresh_renders(
+        params, CLIP_RENDERS, cp.train_size + cp.heldout_size, clip.image_size
+    )
+    held = (images[cp.train_size :], [e.descriptive for e in examples[cp.train_size :]])
+    if pretrained is None:
+        captions = [[e.descriptive, e.short] for e in examples[: cp.train_size]]
+        train = cp.model_dump(include=set(ContrastiveParams.model_fields))
+        config = ClipTrainConfig(seed=params.evaluate.seed, eval_every=cp.steps, **train)
+        with Live(str(paths.DVCLIVE / "eval_clip"), dvcyaml=False, save_dvc_exp=False) as live:
+            metrics = train_clip(
+                clip, images[: cp.train_size], captions, config, held, step_logger(live)
+            )
+    else:
+        metrics = retrieval_recall(clip, *held)
+    metrics = {k: round(v, 4) for k, v in metrics.items()}
+    io.write_json(paths.EVAL_CLIP_REPORT, {"heldout_renders": cp.heldout_size, **metrics})
+    _save(paths.EVAL_CLIP, lambda tmp: clip_lib.save(clip, tmp), "eval_clip", params, metrics)
+    log.info("evaluation CLIP held-out retrieval: %s", metrics)
+    return metrics

@@ -1,0 +1,265 @@
+"""evaluate: draw the generator on the evaluation prompts and score what it drew.
+
+Two prompt sets, each in several phrasings of the same content:
+
+- the suite (built-in world): every prompt of data/prompts/suite.parquet as written
+  (short, GenEval style) and in its descriptive form, `evaluate.images_per_prompt`
+  images each; the oracle detector judges each image against the prompt's demands
+  (`recaption.metrics.geneval`), giving prompt-following accuracy per category;
+- held-out captions: the first `evaluate.heldout_prompts` held-out images' ground
+  truth (alt-text style), short and descriptive captions, one image each.
+
+Every image gets a CLIP score from the evaluation CLIP (a model the generator never
+trained with), in both conventions in use: 2.5 * max(cos, 0) (CLIPScore) and
+100 * cos (the DALL-E 3 study). Image i of an item is drawn from a seed fixed by the
+item and i, the same for every phrasing, so phrasings are compared on the same noise.
+Sampling runs in resumable chunks (data/.work/evaluate/).
+"""
+
+from __future__ import annotations
+
+import io as stdio
+import json
+import logging
+import shutil
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from recaption import datasets, devices, io, lineage, paths, runner
+from recaption.metrics import evaluation_page, geneval
+from recaption.models import clip as clip_lib
+from recaption.models import generator as gen_lib
+from recaption.models import oracle as oracle_lib
+from recaption.params import Params, load_params
+
+log = logging.getLogger(__name__)
+WORK_DIR = paths.WORK / "evaluate"
+SUITE_PHRASINGS = {"short": "prompt", "descriptive": "descriptive"}  # phrasing -> suite column
+HELDOUT_PHRASINGS = {"ground_truth": "caption", "short": "short", "descriptive": "descriptive"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to draw."""
+
+    key: str  # "<set>/<item>/<phrasing>/<i>", unique
+    set: str  # suite | heldout
+    item: str  # prompt id or dataset key
+    category: str  # GenEval category, or "heldout"
+    phrasing: str
+    prompt: str
+    seed: int
+    demands: str  # JSON; "" for held-out captions
+
+
+def item_seed(base: int, item: str, index: int) -> int:
+    """The noise seed of image `index` of `item`: fixed, and shared by its phrasings."""
+    return int(io.sha256_bytes(f"{base}/{item}".encode())[:8], 16) + index
+
+
+def make_jobs(params: Params) -> list[Job]:
+    ep = params.evaluate
+    jobs: list[Job] = []
+    if params.data.source == "synthetic":
+        suite = pq.read_table(paths.PROMPTS).to_pylist()
+        for row in suite:
+            for phrasing, column in SUITE_PHRASINGS.items():
+                for i in range(ep.images_per_prompt):
+                    jobs.append(
+                        Job(f"suite/{row['id']}/{phrasing}/{i}", "suite", row["id"],
+                            row["category"], phrasing, row[column],
+                            item_seed(ep.seed, row["id"], i), row["demands"])
+                    )  # fmt: skip
+    held = sorted(datasets.read_splits(paths.SPLITS)["heldout"])[: ep.heldout_prompts]
+    rows = datasets.load_rows(paths.DATASET, list(HELDOUT_PHRASINGS.values()), set(held))
+    for row in rows:
+        for phrasing, column in HELDOUT_PHRASINGS.items():
+            if row[column]:
+                jobs.append(
+                    Job(f"heldout/{row['key']}/{phrasing}/0", "heldout", row["key"], "heldout",
+                        phrasing, row[column], item_seed(ep.seed, row["key"], 0), "")
+                )  # fmt: skip
+    return jobs
+
+
+def clip_cosines(clip: clip_lib.Clip, images: torch.Tensor, prompts: Sequence[str]) -> np.ndarray:
+    """Cosine between each image and its own prompt under the evaluation CLIP."""
+    with torch.inference_mode():
+        size = clip.image_size
+        if images.shape[-1] != size:
+            images = F.interpolate(images.float(), size=(size, size), mode="bicubic").clamp(0, 255)
+        img = F.normalize(clip.model.encode_image(clip.normalise(images)), dim=-1)
+        txt = F.normalize(clip.model.encode_text(clip.tokenizer(list(prompts))), dim=-1)
+        return (img * txt).sum(-1).float().numpy()
+
+
+def clip_scores(cos: np.ndarray) -> dict[str, float]:
+    """Mean CLIP score in both conventions: 2.5 * max(cos, 0) and 100 * cos."""
+    return {
+        "clipscore": round(float(np.mean(2.5 * np.maximum(cos, 0))), 4),
+        "cos100": round(float(np.mean(100 * cos)), 3),
+    }
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = stdio.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _fingerprint(params: Params, jobs: Sequence[Job], models: dict[str, str]) -> str:
+    return io.sha256_bytes(
+        json.dumps(
+            {
+                "models": models,
+                "evaluate": params.evaluate.model_dump(exclude={"device", "chunk_size"}),
+                "jobs": io.sha256_bytes(json.dumps([asdict(j) for j in jobs]).encode()),
+            },
+            sort_keys=True,
+        ).encode()
+    )
+
+
+def summarise(samples: pa.Table) -> dict:
+    """Prompt following per phrasing and category, CLIP scores per set and phrasing."""
+    rows = samples.to_pylist()
+    follows: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    cosines: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        cosines[r["set"]][r["phrasing"]].append(r["cos"])
+        if r["follows"] is not None:
+            follows[r["phrasing"]][r["category"]].append(r["follows"])
+    following = {}
+    for phrasing, by_category in follows.items():
+        scores = {c: round(float(np.mean(v)), 4) for c, v in by_category.items()}
+        # GenEval's overall score: the mean over categories, not over images.
+        following[phrasing] = {"overall": round(float(np.mean(list(scores.values()))), 4), **scores}
+    clip = {
+        s: {p: clip_scores(np.asarray(v)) for p, v in by_phrasing.items()}
+        for s, by_phrasing in cosines.items()
+    }
+    return {"prompt_following": following, "clip_score": clip, "images": len(rows)}
+
+
+def _write_plots(metrics: dict, out: Path) -> None:
+    """Per-category accuracy per phrasing, and CLIP score per set and phrasing (DVC plots)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for phrasing, scores in metrics["prompt_following"].items():
+        lines = ["category,accuracy"] + [f"{c},{v}" for c, v in scores.items() if c != "overall"]
+        (out / f"prompt_following_{phrasing}.csv").write_text("\n".join(lines) + "\n")
+    lines = ["prompts,clipscore,cos100"] + [
+        f"{s} {p},{v['clipscore']},{v['cos100']}"
+        for s, by_phrasing in metrics["clip_score"].items()
+        for p, v in by_phrasing.items()
+    ]
+    (out / "clip_score.csv").write_text("\n".join(lines) + "\n")
+
+
+def _grids(samples: pa.Table, per_category: int, scale: int = 3) -> dict[str, dict]:
+    """For each category (and the held-out set) a grid of the first `per_category` items:
+    one row per item with each phrasing's images, the row prompts and the column labels."""
+    by_category: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in samples.to_pylist():
+        by_category[r["category"]][r["item"]].append(r)
+    grids = {}
+    for category, items in by_category.items():
+        rows = list(items.values())[:per_category]
+        columns = max(len(row) for row in rows)
+        tiles, prompts = [], []
+        for row in rows:
+            for r in row:
+                image = Image.open(stdio.BytesIO(r["image"])).convert("RGB")
+                tiles.append(image.resize((image.width * scale,) * 2, Image.NEAREST))
+            tiles += [Image.new("RGB", tiles[-1].size, "white")] * (columns - len(row))
+            prompts.append({r["phrasing"]: r["prompt"] for r in row})
+        labels = [f"{r['phrasing']} #{r['key'].rsplit('/', 1)[1]}" for r in rows[0]]
+        image = gen_lib.image_grid(tiles, columns)
+        grids[category] = {"image": image, "prompts": prompts, "columns": labels}
+    return grids
+
+
+def main(params_path: Path = paths.PARAMS) -> dict:
+    params = load_params(params_path)
+    ep = params.evaluate
+    device = torch.device(devices.resolve(ep.device, "evaluate.device"))
+    pipe = gen_lib.load(paths.GENERATOR).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    clip = clip_lib.load(paths.EVAL_CLIP, device)
+    synthetic = params.data.source == "synthetic"
+    oracle = oracle_lib.load(paths.ORACLE).to(device) if synthetic else None
+    jobs = make_jobs(params)
+    by_key = {j.key: j for j in jobs}
+    models = {
+        "generator": lineage.tree_hash(paths.GENERATOR),
+        "clip": clip_lib.fingerprint(paths.EVAL_CLIP),
+        "oracle": lineage.tree_hash(paths.ORACLE) if synthetic else None,
+    }
+
+    def compute(index: int, keys: list[str]) -> pa.Table:
+        chunk = [by_key[k] for k in keys]
+        images: list[Image.Image] = []
+        with torch.autocast(device.type, torch.bfloat16, enabled=ep.precision == "bf16"):
+            for start in range(0, len(chunk), ep.batch_size):
+                batch = chunk[start : start + ep.batch_size]
+                prompts, seeds = [j.prompt for j in batch], [j.seed for j in batch]
+                images += pipe(prompts, ep.steps, ep.guidance, seed=seeds)
+        pixels = torch.from_numpy(np.stack([np.asarray(i) for i in images])).permute(0, 3, 1, 2)
+        pixels = pixels.contiguous().to(device)
+        cos = clip_cosines(clip, pixels, [j.prompt for j in chunk])
+        detected: list[dict | None] = [None] * len(chunk)
+        follows: list[bool | None] = [None] * len(chunk)
+        if oracle is not None:
+            detected = oracle_lib.detections(oracle_lib.predict(oracle, pixels))
+            follows = [
+                geneval.follows(d, json.loads(j.demands), j.category) if j.demands else None
+                for d, j in zip(detected, chunk, strict=True)
+            ]
+        return pa.table(
+            {
+                "key": pa.array(keys, pa.string()),
+                "image": pa.array([_png(i) for i in images], pa.binary()),
+                "cos": pa.array(cos.tolist(), pa.float32()),
+                "detection": [json.dumps(d, sort_keys=True) if d else None for d in detected],
+                "follows": pa.array(follows, pa.bool_()),
+            }
+        )
+
+    run = runner.run_chunks(
+        [j.key for j in jobs], ep.chunk_size, WORK_DIR, _fingerprint(params, jobs, models),
+        compute, desc="evaluate",
+    )  # fmt: skip
+    samples = pa.Table.from_pylist([asdict(j) for j in jobs])  # key first
+    for name in ("image", "cos", "detection", "follows"):
+        samples = samples.append_column(name, run.table.column(name))
+    io.write_table(paths.EVAL_SAMPLES, samples)
+    metrics = summarise(samples)
+    gen_lineage = lineage.read_lineage(paths.GENERATOR)
+    metrics["generator"] = {
+        "sha256": models["generator"],
+        "caption_version": gen_lineage.get("caption_version"),
+    }
+    metrics["evaluation_models"] = {
+        "oracle_accuracy": lineage.read_lineage(paths.ORACLE).get("metrics") if synthetic else None,
+        "clip_heldout": lineage.read_lineage(paths.EVAL_CLIP).get("metrics"),
+    }
+    io.write_json(paths.METRICS, metrics)
+    _write_plots(metrics, paths.EVAL_PLOTS)
+    grids = _grids(samples, ep.grid_prompts)
+    shutil.rmtree(paths.GRIDS, ignore_errors=True)
+    paths.GRIDS.mkdir(parents=True)
+    for category, grid in grids.items():
+        grid["image"].save(paths.GRIDS / f"{category}.png")
+    html = evaluation_page.render_index(metrics, grids, paths.GRIDS.name)
+    paths.INDEX_HTML.write_text(html)
+    runner.clear(WORK_DIR)
+    log.info("evaluate: %s", {k: metrics[k] for k in ("prompt_following", "clip_score")})
+    return metrics

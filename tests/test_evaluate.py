@@ -1,0 +1,170 @@
+"""The evaluation: GenEval rules, the oracle detector, CLIP-score conventions, summaries."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from recaption.metrics import geneval
+from recaption.models import oracle as oracle_lib
+from recaption.params import ParamsError, load_params
+from recaption.stages import eval_models, evaluate
+from recaption.world import Scene, SceneObject, SceneText, WorldConfig, make_example
+
+
+def scene(*objects, text=None, background="white"):
+    objs = tuple(SceneObject(s, c, "small", p) for s, c, p in objects)
+    return Scene(background, objs, 0, text)
+
+
+def demand(*objects, relation=None):
+    return {
+        "objects": [{"shape": s, "colour": c, "count": n} for s, c, n in objects],
+        "relation": relation,
+    }
+
+
+def judge(sc, d, category):
+    return geneval.follows(oracle_lib.scene_detection(sc), d, category)
+
+
+def test_counting_needs_the_exact_count():
+    three = scene(("square", "blue", "top left"), ("square", "blue", "top"),
+                  ("square", "blue", "right"))  # fmt: skip
+    assert judge(three, demand(("square", "blue", 3)), "counting")
+    assert not judge(three, demand(("square", "blue", 2)), "counting")
+    assert not judge(three, demand(("square", "red", 3)), "counting")
+
+
+def test_presence_and_colour_rules():
+    sc = scene(("circle", "red", "left"), ("star", "green", "bottom"))
+    assert judge(sc, demand(("circle", None, 1)), "single_object")
+    assert judge(sc, demand(("circle", None, 1), ("star", None, 1)), "two_objects")
+    assert not judge(sc, demand(("circle", None, 1), ("cross", None, 1)), "two_objects")
+    assert judge(sc, demand(("circle", "red", 1)), "colors")
+    assert not judge(sc, demand(("circle", "green", 1)), "colors")
+    assert judge(sc, demand(("circle", "red", 1), ("star", "green", 1)), "color_attr")
+    assert not judge(sc, demand(("circle", "green", 1), ("star", "red", 1)), "color_attr")
+
+
+@pytest.mark.parametrize(
+    "relation, holds",
+    [("left of", True), ("right of", False), ("above", True), ("below", False)],
+)
+def test_position_is_judged_by_grid_cells(relation, holds):
+    # The circle is top left, the star bottom right: left of and above it.
+    sc = scene(("circle", "red", "top left"), ("star", "blue", "bottom right"))
+    d = demand(("circle", "red", 1), ("star", "blue", 1), relation=relation)
+    assert judge(sc, d, "position") is holds
+
+
+def test_a_glyph_is_not_an_object():
+    sc = scene(("circle", "red", "left"), text=SceneText("A", "right", "black"))
+    detection = oracle_lib.scene_detection(sc)
+    assert detection["glyph"] == [1, 2]
+    assert len(detection["objects"]) == 1
+
+
+@pytest.fixture(scope="module")
+def renders():
+    cfg = WorldConfig(image_size=16)
+    examples = [make_example(3, i, cfg) for i in range(40)]
+    images = torch.from_numpy(np.stack([np.asarray(e.image) for e in examples]))
+    return [e.scene for e in examples], images.permute(0, 3, 1, 2).contiguous()
+
+
+def test_a_perfect_prediction_decodes_to_the_scene(renders):
+    scenes, _ = renders
+    targets = oracle_lib.stack_targets(scenes)
+    pred = {**targets, "colour": targets["colour"].clamp(min=0)}
+    assert oracle_lib.detections(pred) == [oracle_lib.scene_detection(s) for s in scenes]
+    assert set(oracle_lib.accuracy(pred, targets).values()) == {1.0}
+
+
+def test_accuracy_counts_each_kind_of_error(renders):
+    scenes, _ = renders
+    targets = oracle_lib.stack_targets(scenes)
+    pred = {**targets, "colour": targets["colour"].clamp(min=0).clone()}
+    objects = (targets["content"] > 0) & (targets["content"] != oracle_lib.GLYPH)
+    image, cell = map(int, objects.nonzero()[0])
+    pred["colour"][image, cell] = (pred["colour"][image, cell] + 1) % 8
+    acc = oracle_lib.accuracy(pred, targets)
+    assert acc["colour"] == pytest.approx(1 - 1 / int(objects.sum()))
+    assert acc["scene"] == pytest.approx(1 - 1 / len(scenes))
+    assert acc["shape"] == acc["count"] == acc["background"] == 1.0
+
+
+def test_oracle_saves_and_loads_the_same_weights(tmp_path, renders):
+    _, images = renders
+    torch.manual_seed(0)
+    model = oracle_lib.Oracle(oracle_lib.OracleConfig(input_size=24, widths=(4, 8, 8), hidden=8))
+    oracle_lib.save(model, tmp_path / "o")
+    again = oracle_lib.load(tmp_path / "o")
+    with torch.no_grad():
+        a, b = model.eval()(images), again(images)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    config = json.loads((tmp_path / "o" / oracle_lib.CONFIG_NAME).read_text())
+    config["colours"] = config["colours"][::-1]
+    (tmp_path / "o" / oracle_lib.CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(oracle_lib.OracleError, match="another world vocabulary"):
+        oracle_lib.load(tmp_path / "o")
+
+
+def test_oracle_training_lowers_the_loss(renders):
+    scenes, images = renders
+    targets = oracle_lib.stack_targets(scenes)
+    torch.manual_seed(0)
+    model = oracle_lib.Oracle(oracle_lib.OracleConfig(input_size=24, widths=(8, 16, 16), hidden=32))
+    losses = []
+    config = oracle_lib.OracleTrainConfig(steps=60, batch_size=20, lr=3e-3, warmup_steps=5)
+    oracle_lib.train_oracle(model, images, targets, config, lambda s, m: losses.append(m["loss"]))
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
+
+
+def test_the_oracle_stage_refuses_a_weak_oracle(project):
+    project.write_params(
+        evaluate={"oracle": {"train_size": 100, "heldout_size": 50, "steps": 2, "batch_size": 16}}
+    )
+    with pytest.raises(eval_models.OracleAccuracyError, match="evaluate.oracle.min_accuracy"):
+        eval_models.oracle_main()
+    report = json.loads((project.root / "reports/oracle.json").read_text())
+    assert set(report["accuracy"]) >= {"shape", "colour", "position", "count", "background"}
+    assert not (project.root / "models/eval/oracle").exists()
+
+
+def test_fresh_renders_must_not_be_the_dataset(project):
+    project.write_params(evaluate={"seed": 7})  # the tiny project's `seed`
+    with pytest.raises(ParamsError, match="evaluate.seed must differ from seed"):
+        load_params()
+
+
+def test_clip_score_conventions():
+    cos = np.array([-0.2, 0.3])
+    assert evaluate.clip_scores(cos) == {"clipscore": pytest.approx(0.375), "cos100": 5.0}
+
+
+def test_overall_prompt_following_is_the_mean_over_categories():
+    rows = [
+        # 3 counting images, 1 right; 1 colors image, right: images 2/4, categories 2/3.
+        *[{"set": "suite", "phrasing": "short", "category": "counting", "follows": f, "cos": 0.1}
+          for f in (True, False, False)],
+        {"set": "suite", "phrasing": "short", "category": "colors", "follows": True, "cos": 0.1},
+        {"set": "heldout", "phrasing": "ground_truth", "category": "heldout", "follows": None,
+         "cos": 0.5},
+    ]  # fmt: skip
+    summary = evaluate.summarise(pa.Table.from_pylist(rows))
+    assert summary["prompt_following"] == {
+        "short": {"overall": pytest.approx((1 / 3 + 1) / 2, abs=1e-4), "counting": 0.3333,
+                  "colors": 1.0}
+    }  # fmt: skip
+    assert summary["clip_score"]["heldout"]["ground_truth"]["cos100"] == 50.0
+    assert summary["images"] == 5
+
+
+def test_item_seeds_are_shared_by_phrasings_and_differ_by_item():
+    assert evaluate.item_seed(1, "colors-000", 0) == evaluate.item_seed(1, "colors-000", 0)
+    assert evaluate.item_seed(1, "colors-000", 1) == evaluate.item_seed(1, "colors-000", 0) + 1
+    assert evaluate.item_seed(1, "colors-001", 0) != evaluate.item_seed(1, "colors-000", 0)
+    assert evaluate.item_seed(2, "colors-000", 0) != evaluate.item_seed(1, "colors-000", 0)
