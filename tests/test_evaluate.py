@@ -168,3 +168,16 @@ def test_item_seeds_are_shared_by_phrasings_and_differ_by_item():
     assert evaluate.item_seed(1, "colors-000", 1) == evaluate.item_seed(1, "colors-000", 0) + 1
     assert evaluate.item_seed(1, "colors-001", 0) != evaluate.item_seed(1, "colors-000", 0)
     assert evaluate.item_seed(2, "colors-000", 0) != evaluate.item_seed(1, "colors-000", 0)
+
+
+def test_the_chance_baseline_matches_the_worlds_odds(project):
+    from recaption.stages import prompts
+
+    project.write_params(data={"synthetic": {"min_objects": 1, "max_objects": 1}})
+    prompts.main()
+    chance = evaluate.chance_following(load_params(), scenes=3000)
+    # One object per scene: a named shape is drawn 1 time in 6, a shape in a colour 1 in 48,
+    # and two objects or a count of two or more never.
+    assert chance["single_object"] == pytest.approx(1 / 6, abs=0.02)
+    assert chance["colors"] == pytest.approx(1 / 48, abs=0.01)
+    assert chance["two_objects"] == chance["counting"] == chance["position"] == 0.0

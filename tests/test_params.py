@@ -78,6 +78,25 @@ def test_yaml_object_tags_are_refused(tmp_path):
         load_params(tmp_path / "p.yaml")
 
 
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("sample: &s {size: 10}\nannotate: *s\n", "aliases"),
+        ("defaults: &d {size: 10}\nsample:\n  <<: *d\n", "aliases"),
+        ("seed: 1\nseed: 2\n", "'seed' is given twice"),
+        ("sample:\n  size: 10\n  size: 20\n", "'size' is given twice"),
+    ],
+)
+def test_aliases_and_repeated_keys_are_refused(tmp_path, text, reason):
+    (tmp_path / "p.yaml").write_text(text)
+    with pytest.raises(ParamsError, match=reason):
+        load_params(tmp_path / "p.yaml")
+
+
+def test_the_project_params_file_loads_under_the_strict_loader():
+    assert load_params(ROOT / "params.yaml").evaluate.oracle.min_accuracy == 0.97
+
+
 def test_union_values_give_one_message_naming_both_choices():
     with pytest.raises(ParamsError) as err:
         parse_params({"embed": {"num_workers": "many"}})

@@ -358,11 +358,36 @@ class Params(Section):
         return self
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Plain YAML only: no tags beyond the safe ones (SafeLoader), no aliases (a params
+    file spells out every value, so an edit to one key never changes another), and no
+    key given twice (YAML would silently keep the last)."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed: write the value out", mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | Path = paths.PARAMS) -> Params:
     """Read and validate params.yaml; raise ParamsError with every problem found."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506
     except FileNotFoundError as exc:
         raise ParamsError(f"{path}: not found") from exc
     except yaml.YAMLError as exc:

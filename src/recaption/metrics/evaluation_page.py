@@ -19,6 +19,10 @@ img.grid { width: auto; height: auto; image-rendering: pixelated; }
 ol.prompts { font-size: 0.85em; color: #444; }
 ol.prompts span { color: #888; }
 """
+_CHANCE_NOTE = (
+    "chance: the same rules applied to scenes drawn from the world with the prompt ignored, "
+    "what a generator that draws good pictures but does not read the prompt would score."
+)
 _LINKS = (
     ("captions.html", "caption table: held-out images with their three captions"),
     ("captions.json", "caption quality figures"),
@@ -75,8 +79,11 @@ def render_index(metrics: Mapping[str, Any], grids: Mapping[str, Mapping], folde
         + "</ul>",
     ]
     if metrics["prompt_following"]:
-        parts += ["<h2>Prompt following (oracle detector)</h2>",
-                  _following_table(metrics["prompt_following"])]  # fmt: skip
+        columns = dict(metrics["prompt_following"])
+        if "prompt_following_chance" in metrics:
+            columns["chance (prompt ignored)"] = metrics["prompt_following_chance"]
+        parts += ["<h2>Prompt following (oracle detector)</h2>", _following_table(columns),
+                  f"<p>{escape(_CHANCE_NOTE)}</p>"]  # fmt: skip
     parts += ["<h2>CLIP score (evaluation CLIP)</h2>", _clip_table(metrics["clip_score"])]
     models = metrics.get("evaluation_models", {})
     if models.get("oracle_accuracy"):

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 WORK_DIR = paths.WORK / "evaluate"
 SUITE_PHRASINGS = {"short": "prompt", "descriptive": "descriptive"}  # phrasing -> suite column
 HELDOUT_PHRASINGS = {"ground_truth": "caption", "short": "short", "descriptive": "descriptive"}
+# Render indices of the scenes behind the chance baseline (apart from the oracle's and CLIP's).
+CHANCE_SCENES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,27 @@ def summarise(samples: pa.Table) -> dict:
     return {"prompt_following": following, "clip_score": clip, "images": len(rows)}
 
 
+def chance_following(params: Params, scenes: int = 500) -> dict[str, float]:
+    """Prompt following of scenes drawn from the world with the prompt ignored: what a
+    generator that draws good pictures but does not read the prompt would score."""
+    from recaption.stages.ingest import world_config
+    from recaption.world import example_rng, sample_scene
+
+    cfg = world_config(params)
+    start = CHANCE_SCENES
+    drawn = [
+        oracle_lib.scene_detection(sample_scene(example_rng(params.evaluate.seed, start + i), cfg))
+        for i in range(scenes)
+    ]
+    hits: dict[str, list[float]] = defaultdict(list)
+    for row in pq.read_table(paths.PROMPTS).to_pylist():
+        demands = json.loads(row["demands"])
+        category = row["category"]
+        hits[category].append(np.mean([geneval.follows(d, demands, category) for d in drawn]))
+    scores = {c: round(float(np.mean(v)), 4) for c, v in hits.items()}
+    return {"overall": round(float(np.mean(list(scores.values()))), 4), **scores}
+
+
 def _write_plots(metrics: dict, out: Path) -> None:
     """Per-category accuracy per phrasing, and CLIP score per set and phrasing (DVC plots)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -242,6 +265,8 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         samples = samples.append_column(name, run.table.column(name))
     io.write_table(paths.EVAL_SAMPLES, samples)
     metrics = summarise(samples)
+    if synthetic:
+        metrics["prompt_following_chance"] = chance_following(params)
     gen_lineage = lineage.read_lineage(paths.GENERATOR)
     metrics["generator"] = {
         "sha256": models["generator"],
