@@ -184,6 +184,12 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
     blend = json.loads((repo / "reports/blend.json").read_text())
     assert trained_on["caption_version"] == blend["caption_version"]
     assert metrics["generator"]["caption_version"] == blend["caption_version"]
+    for folder in ("clip", "captioner/pretrain", "captioner/stage1", "captioner/stage2",
+                   "generator", "eval/oracle", "eval/clip"):  # fmt: skip
+        card = (repo / "models" / folder / "README.md").read_text()
+        assert card.startswith("# ") and "## Params" in card, folder
+    card = (repo / "models/generator/README.md").read_text()
+    assert f"**Caption version:** `{blend['caption_version']}`" in card
     assert not (repo / "data/.work/evaluate").exists()
     assert not (repo / "data/.work/train_generator").exists()  # checkpoints cleared
     assert set(lock["stages"]["sample"]["params"]["params.yaml"]) == {"seed", "sample"}

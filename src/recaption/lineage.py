@@ -12,23 +12,27 @@ import json
 from pathlib import Path
 from typing import Any
 
-from recaption import io
+from recaption import cards, io
 
 LINEAGE_NAME = "lineage.json"
+CARD_NAME = "README.md"  # the model card, from the same record
 
 
 def tree_hash(path: str | Path) -> str:
     """sha256 of a file, or of a folder's relative paths and file hashes (sorted).
 
-    Hidden files and folders are ignored, so an atomic writer's leftovers never count.
+    Hidden files and folders are ignored, so an atomic writer's leftovers never count;
+    so is a model folder's card (README.md beside lineage.json): it is written from the
+    lineage record, so it says nothing the hash does not already cover.
     """
     path = Path(path)
     if path.is_file():
         return io.sha256_file(path)
     digest = hashlib.sha256()
+    card = path / CARD_NAME if (path / LINEAGE_NAME).is_file() else None
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         rel = file.relative_to(path)
-        if any(part.startswith(".") for part in rel.parts):
+        if any(part.startswith(".") for part in rel.parts) or file == card:
             continue
         digest.update(f"{rel.as_posix()}\0{io.sha256_file(file)}\n".encode())
     return digest.hexdigest()
@@ -41,7 +45,8 @@ def write_lineage(
     params: dict[str, Any],
     **extra: Any,
 ) -> dict:
-    """Write `folder/lineage.json`: the stage, each input's path and hash, the params."""
+    """Write `folder/lineage.json` (the stage, each input's path and hash, the params and
+    any `extra` such as metrics) and the model card `folder/README.md` from it."""
     record = {
         "stage": stage,
         "inputs": {name: {"path": str(p), "sha256": tree_hash(p)} for name, p in inputs.items()},
@@ -49,6 +54,7 @@ def write_lineage(
         **extra,
     }
     io.write_json(Path(folder) / LINEAGE_NAME, record)
+    (Path(folder) / CARD_NAME).write_text(cards.render(record))
     return record
 
 

@@ -1,0 +1,107 @@
+"""Model cards: the README.md of every model folder, written from its lineage record.
+
+A card says what the model is, what it was trained on (each input's path and content
+hash, and for the generator the caption version), the params and the figures of its
+run, and how to load it. It is written with `lineage.json` from the same record, so
+the two never disagree, and it holds nothing that changes between identical runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from recaption import paths
+
+# stage -> (folder, title, what it is for, how to load it)
+_ABOUT: dict[str, tuple[str, str, str, str]] = {
+    "clip_pretrain": (
+        str(paths.CLIP), "CLIP (image and text encoders)",
+        "The CLIP every dataset image is embedded with; the captioner is conditioned on "
+        "its cached embeddings.",
+        'import open_clip\nmodel, _, preprocess = open_clip.create_model_and_transforms(\n'
+        '    "local-dir:{folder}")',
+    ),
+    "captioner_pretrain": (
+        str(paths.CAPTIONER / "pretrain"), "Captioner, pretrained",
+        "A causal language model conditioned on CLIP embeddings through a prefix mapper, "
+        "trained on the dataset's ground-truth captions.",
+        'from recaption.models import captioner\nmodel = captioner.load("{folder}")',
+    ),
+    "captioner_stage1": (
+        str(paths.CAPTIONER / "stage1"), "Captioner, stage 1 (short captions)",
+        "The captioner tuned on short captions of each image's main subject; it writes "
+        "the dataset's synthetic short captions.",
+        'from recaption.models import captioner\nmodel = captioner.load("{folder}")',
+    ),
+    "captioner_stage2": (
+        str(paths.CAPTIONER / "stage2"), "Captioner, stage 2 (descriptive captions)",
+        "The captioner tuned from stage 1 on descriptive captions (subject, surroundings, "
+        "background, text, colours); it writes the dataset's synthetic descriptive captions.",
+        'from recaption.models import captioner\nmodel = captioner.load("{folder}")',
+    ),
+    "train_generator": (
+        str(paths.GENERATOR), "Text-to-image generator",
+        "A diffusers pipeline (UNet2DConditionModel, DDIM scheduler, CLIP text encoder) "
+        "trained on the blend of synthetic and ground-truth captions named below.",
+        'from recaption.models.generator import GeneratorPipeline\n'
+        'pipe = GeneratorPipeline.from_pretrained("{folder}", use_safetensors=True)\n'
+        '# or: recap generate "a red circle on the left" --model {folder}',
+    ),
+    "oracle": (
+        str(paths.ORACLE), "Oracle detector (evaluation only)",
+        "Reads a built-in-world image back into a scene (each grid cell's shape or glyph "
+        "and colour, the background); trained on fresh renders, never on the dataset.",
+        'from recaption.models import oracle\nmodel = oracle.load("{folder}")',
+    ),
+    "eval_clip": (
+        str(paths.EVAL_CLIP), "Evaluation CLIP (evaluation only)",
+        "The CLIP that gives generated images their CLIP scores; trained on fresh renders, "
+        "so the generator never saw it.",
+        'import open_clip\nmodel, _, preprocess = open_clip.create_model_and_transforms(\n'
+        '    "local-dir:{folder}")',
+    ),
+}  # fmt: skip
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def render(record: dict[str, Any]) -> str:
+    """The card of a model whose lineage record is `record`."""
+    stage = record["stage"]
+    folder, title, about, usage = _ABOUT.get(
+        stage, ("", stage, "A model written by the recaption pipeline.", "")
+    )
+    lines = [f"# {title}", "", about, ""]
+    if record.get("caption_version"):
+        lines += [
+            f"**Caption version:** `{record['caption_version']}`: the content hash of the "
+            "relabeled dataset (`data/relabeled/`) it was trained on. `recap lineage` follows "
+            "it down to the captioners and the dataset and checks every hash against the disk.",
+            "",
+        ]
+    inputs = record.get("inputs", {})
+    lines += ["## Training data", ""]
+    if inputs:
+        rows = [(n, f"`{i['path']}`", f"`{i['sha256'][:16]}`") for n, i in sorted(inputs.items())]
+        lines += _table(("input", "path", "sha256 (first 16)"), rows)
+    else:
+        lines.append("Fresh renders of the built-in world (see the params below).")
+    params = yaml.safe_dump(record.get("params", {}), sort_keys=True, default_flow_style=False)
+    lines += ["", "## Params", "", "```yaml", params.rstrip(), "```"]
+    metrics = record.get("metrics") or {}
+    if metrics:
+        lines += ["", "## Figures of the run", ""]
+        lines += _table(("figure", "value"), sorted(metrics.items()))
+    if usage:
+        lines += ["", "## Use", "", "```python", usage.format(folder=folder), "```"]
+    lines += [
+        "",
+        f"Written by the `{stage}` stage of recaption (`dvc repro`); `lineage.json` beside "
+        "this file holds the same record.",
+    ]
+    return "\n".join(lines) + "\n"

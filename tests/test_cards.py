@@ -1,0 +1,39 @@
+"""Model cards: written from the lineage record, beside lineage.json."""
+
+import json
+
+from recaption import cards, lineage
+
+RECORD = {
+    "stage": "train_generator",
+    "inputs": {"captions": {"path": "data/relabeled", "sha256": "ab" * 32}},
+    "params": {"seed": 0, "blend": {"synthetic_ratio": 0.95}},
+    "caption_version": "cd" * 32,
+    "metrics": {"loss": 0.0282, "steps": 1200},
+}
+
+
+def test_a_generator_card_names_its_caption_version_data_params_and_figures():
+    card = cards.render(RECORD)
+    assert card.startswith("# Text-to-image generator\n")
+    assert f"**Caption version:** `{'cd' * 32}`" in card
+    assert f"| captions | `data/relabeled` | `{'ab' * 8}` |" in card
+    assert "synthetic_ratio: 0.95" in card
+    assert "| loss | 0.0282 |" in card and "| steps | 1200 |" in card
+    assert 'GeneratorPipeline.from_pretrained("models/generator"' in card
+
+
+def test_a_card_without_inputs_or_caption_version_says_where_its_data_came_from():
+    card = cards.render({"stage": "oracle", "inputs": {}, "params": {"evaluate.seed": 3}})
+    assert "Caption version" not in card
+    assert "Fresh renders of the built-in world" in card
+    assert "## Figures of the run" not in card
+
+
+def test_write_lineage_writes_the_card_from_the_same_record(tmp_path):
+    (tmp_path / "data.txt").write_text("x")
+    record = lineage.write_lineage(tmp_path / "m", "captioner_stage1",
+                                   {"captions": tmp_path / "data.txt"}, {"seed": 1},
+                                   metrics={"val_loss": 0.5})  # fmt: skip
+    assert json.loads((tmp_path / "m" / "lineage.json").read_text()) == record
+    assert (tmp_path / "m" / "README.md").read_text() == cards.render(record)
