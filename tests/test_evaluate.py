@@ -181,3 +181,58 @@ def test_the_chance_baseline_matches_the_worlds_odds(project):
     assert chance["single_object"] == pytest.approx(1 / 6, abs=0.02)
     assert chance["colors"] == pytest.approx(1 / 48, abs=0.01)
     assert chance["two_objects"] == chance["counting"] == chance["position"] == 0.0
+
+
+class Killed(Exception):
+    pass
+
+
+def test_evaluate_resumes_a_killed_run_and_writes_what_a_clean_run_writes(
+    project, monkeypatch, caplog
+):
+    from pathlib import Path
+
+    from recaption import paths
+    from recaption.models import clip as clip_lib
+    from recaption.models import generator as gen_lib
+    from recaption.models.tokenizer import train_tokenizer
+    from recaption.stages import ingest, prompts, sample
+
+    data = Path(__file__).parent / "data"
+    project.write_params(
+        evaluate={"images_per_prompt": 1, "heldout_prompts": 2, "steps": 2, "batch_size": 8,
+                  "chunk_size": 16, "grid_prompts": 2},
+    )  # fmt: skip
+    ingest.main(), prompts.main(), sample.main()
+    tokenizer = train_tokenizer(["a photo of a red circle", "two blue squares"] * 5, 120, wrap=True)
+    gen_lib.create_builtin(data / "tiny-unet-16.json", tokenizer, 16, 0).save_pretrained(
+        paths.GENERATOR
+    )
+    torch.manual_seed(0)
+    tiny = oracle_lib.OracleConfig(input_size=24, widths=(4, 8, 8), hidden=8)
+    oracle_lib.save(oracle_lib.Oracle(tiny), paths.ORACLE)
+    clip_lib.save(clip_lib.create(str(data / "tiny-clip-16.json"), None), paths.EVAL_CLIP)
+
+    real, calls = gen_lib.GeneratorPipeline.__call__, {"n": 0}
+
+    def dying(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # 2 batches of 8 per chunk of 16: dies inside chunk 2
+            raise Killed
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(gen_lib.GeneratorPipeline, "__call__", dying)
+    with pytest.raises(Killed):
+        evaluate.main()
+    assert not paths.EVAL_SAMPLES.exists()
+    calls["n"] = 100
+    with caplog.at_level("INFO"):
+        metrics = evaluate.main()
+    assert "evaluate: reused 1 finished chunks of 3" in caplog.text  # 3 * 6 * 2 + 2 * 3 = 42
+    assert metrics["images"] == 42
+    assert not evaluate.WORK_DIR.exists()
+    resumed = paths.EVAL_SAMPLES.read_bytes()
+    paths.EVAL_SAMPLES.unlink()
+    evaluate.main()
+    assert paths.EVAL_SAMPLES.read_bytes() == resumed
+    assert (paths.GRIDS / "heldout.png").is_file() and paths.INDEX_HTML.is_file()
