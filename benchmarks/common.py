@@ -26,8 +26,11 @@ ENV = {
 }
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
-    """Run `cmd`; return (seconds, peak summed RSS of its process tree in MiB)."""
+def timed(cmd: list[str], cwd: Path, stderr: list[str] | None = None) -> tuple[float, float]:
+    """Run `cmd`; return (seconds, peak summed RSS of its process tree in MiB).
+
+    Its stderr (the log) is appended to `stderr` when given.
+    """
     start = time.perf_counter()
     proc = subprocess.Popen(
         cmd, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -53,6 +56,8 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
     thread.join()
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-2000:]}")
+    if stderr is not None:
+        stderr.append(err)
     return time.perf_counter() - start, peak / 2**20
 
 

@@ -69,3 +69,19 @@ def distinct_png(i: int, size: int = 20) -> bytes:
     img = Image.new("RGB", (size, size), (i % 256, (i * 7) % 256, (i * 13) % 256))
     img.putpixel((0, 0), (i // 256 % 256, 1, 2))
     return encode(img)
+
+
+@pytest.fixture(scope="session")
+def tiny_repro(tmp_path_factory):
+    """The tiny project after one clean `dvc repro`, built once for every dvc test.
+
+    The run records the failpoints each stage passed (see recaption.io), for the
+    fault-injection tests.
+    """
+    from tiny_repo import Repro, make_project, read_failpoints, run
+
+    repo = tmp_path_factory.mktemp("repo")
+    commit = make_project(repo)
+    trace = tmp_path_factory.mktemp("trace") / "failpoints.tsv"
+    run(["dvc", "repro"], repo, RECAPTION_FAILPOINTS=str(trace))
+    return Repro(repo, commit, (repo / "dvc.lock").read_text(), read_failpoints(trace))

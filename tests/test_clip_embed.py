@@ -2,6 +2,12 @@
 
 import json
 import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -181,6 +187,30 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_vectors(arch, monkeyp
     # Smaller batches may change the last bit of a float16 (the kernels differ), no more.
     assert np.allclose(got.astype(np.float32), expected.astype(np.float32), atol=2e-3)
     assert "batch size halved to 2" in caplog.text
+
+
+def test_a_killed_embed_resumes_from_its_finished_shards(project, arch, monkeypatch):
+    prepare(project)
+    clip_pretrain.main()
+    second = paths.IMAGE_EMBEDDINGS / "part-00001.parquet"
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "recap"), "embed"],
+        cwd=project.root,
+        capture_output=True,
+        env={**os.environ, "RECAPTION_KILL_AT": f"after-rename:{second.as_posix()}"},
+    )
+    assert proc.returncode == -signal.SIGKILL
+    assert [p.name for p in sorted(paths.IMAGE_EMBEDDINGS.iterdir())] == [
+        "part-00000.parquet", "part-00001.parquet"
+    ]  # fmt: skip
+    counter = CountingForward(monkeypatch)
+    result = embed_stage.main()
+    assert counter.images == result["computed"] == 10  # only the unfinished shard's images
+    assert result["reused"] == 50 and result["shards_written"] == 1
+    resumed = [p.read_bytes() for p in sorted(paths.IMAGE_EMBEDDINGS.iterdir())]
+    shutil.rmtree(paths.IMAGE_EMBEDDINGS)
+    embed_stage.main()  # uninterrupted, from nothing
+    assert [p.read_bytes() for p in sorted(paths.IMAGE_EMBEDDINGS.iterdir())] == resumed
 
 
 def test_a_new_embedding_procedure_recomputes_everything(project, arch, monkeypatch):

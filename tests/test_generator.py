@@ -91,9 +91,11 @@ class Crash(Exception):
 
 def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
     images, captions = dataset()
-    cfg = config(steps=20, checkpoint_every=5)
-    clean = tiny_pipeline()
-    train_generator(clean, images, lambda e: captions, cfg, checkpoint_dir=tmp_path / "a")
+    cfg = config(steps=20, checkpoint_every=5, log_every=1)
+    clean, clean_log = tiny_pipeline(), []
+    clean_result = train_generator(
+        clean, images, lambda e: captions, cfg, tmp_path / "a", lambda *s: clean_log.append(s)
+    )
 
     def crash_at_13(step, metrics):
         if step >= 13:
@@ -104,12 +106,16 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_
         train_generator(crashed, images, lambda e: captions, config(
             steps=20, checkpoint_every=5, log_every=1), tmp_path / "b", crash_at_13)  # fmt: skip
     assert load_file(tmp_path / "b" / "ema.safetensors")  # the step-10 checkpoint is there
-    resumed = tiny_pipeline()  # a fresh process: weights come from the checkpoint
-    result = train_generator(resumed, images, lambda e: captions, config(
-        steps=20, checkpoint_every=5, log_every=1), tmp_path / "b")  # fmt: skip
+    resumed, resumed_log = tiny_pipeline(), []  # a fresh process: weights from the checkpoint
+    result = train_generator(
+        resumed, images, lambda e: captions, cfg, tmp_path / "b", lambda *s: resumed_log.append(s)
+    )
     assert result["resumed_from"] == 10
     for (name, a), b in zip(clean.unet.named_parameters(), resumed.unet.parameters(), strict=True):
         assert torch.equal(a, b), name
+    # What it logs and reports is what the uninterrupted run logged and reported.
+    assert resumed_log == clean_log and [s for s, _ in clean_log] == list(range(1, 21))
+    assert result["loss"] == clean_result["loss"]
 
 
 def test_a_folder_that_is_not_a_pipeline_is_refused(tmp_path):

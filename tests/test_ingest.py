@@ -127,6 +127,58 @@ def test_unordered_source_is_written_in_key_order(project):
     assert table.column("caption").to_pylist()[0] == "caption k000"
 
 
+def test_hostile_captions_are_rejected_with_a_reason_and_whitespace_is_normalised(project):
+    captions = {
+        "k00": "  a red\n\tcircle\r\n on the left ",  # whitespace runs become one space
+        "k01": "a" * 1_000_000,  # 1 MB
+        "k02": "a red\x07 circle",  # BEL
+        "k03": "a red\x00 circle",  # NUL
+        "k04": "a red circle\u202e tfel eht no",  # right-to-left override
+        "k05": "a \u2066red\u2069 circle",  # isolates
+        "k06": "a blue square",
+    }
+    keys = list(captions)
+    shorts = ["red circle", "x" * 5000, "a\u202eb", None, None, None, "blue\x1b[31m square"]
+    pq.write_table(
+        pa.table(
+            {
+                "id": keys,
+                "image": [distinct_png(i) for i in range(len(keys))],
+                "caption": list(captions.values()),
+                "short": shorts,
+            }
+        ),
+        project.root / "src.parquet",
+    )
+    project.write_params(
+        data={
+            "source": "parquet",
+            "path": "src.parquet",
+            "columns": {"key": "id"},
+            "max_reject_fraction": 1.0,
+            "max_caption_chars": 4000,
+        }  # fmt: skip
+    )
+    stage.main()
+    rejects = {r["key"]: r for r in pq.read_table(paths.REJECTS).to_pylist()}
+    assert {k: r["reason"] for k, r in rejects.items()} == {
+        "k01": "caption_too_long",
+        "k02": "caption_unsafe_chars",
+        "k03": "caption_unsafe_chars",
+        "k04": "caption_unsafe_chars",
+        "k05": "caption_unsafe_chars",
+    }
+    assert rejects["k01"]["detail"] == "1000000 characters, limit 4000"
+    assert rejects["k04"]["detail"] == "U+202E RIGHT-TO-LEFT OVERRIDE"
+    assert rejects["k03"]["detail"].startswith("U+0000")
+    assert paths.REJECTS.stat().st_size < 10_000  # the megabyte is not copied anywhere
+    rows = io.read_columns(paths.DATASET, ["key", "caption", "short"]).to_pylist()
+    assert rows == [
+        {"key": "k00", "caption": "a red circle on the left", "short": "red circle"},
+        {"key": "k06", "caption": "a blue square", "short": None},  # an escape code: dropped
+    ]
+
+
 def shard_bytes():
     return [p.read_bytes() for p in io.shard_paths(paths.DATASET)]
 

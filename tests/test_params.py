@@ -1,6 +1,8 @@
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from recaption.params import Params, ParamsError, load_params, parse_params
 
@@ -115,3 +117,11 @@ def test_a_stage_given_in_part_keeps_its_own_defaults():
     assert params.recaption.descriptive.max_new_tokens == 80
     with pytest.raises(ParamsError, match="give exactly one of steps and epochs"):
         parse_params({"captioner": {"stage1": {"steps": 5, "epochs": 3}}})
+
+
+def test_params_never_reach_a_shell():
+    """dvc.yaml runs fixed commands: no stage interpolates params into its command line."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert stages
+    for name, spec in stages.items():
+        assert re.fullmatch(r"recap [a-z][a-z0-9-]*", spec["cmd"]), (name, spec["cmd"])

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,121 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY, merge
+from tiny_repo import run, stale, write_params
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def run(cmd: list[str], cwd: Path) -> str:
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "test@example.invalid",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "test@example.invalid",
-    }
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
-FAST = {
-    "clip": {
-        "model": "configs/clip/tiny-clip-16.json",
-        "train": {"steps": 3, "batch_size": 16, "warmup_steps": 1},
-    },
-    "embed": {"num_workers": 0, "probe_train_size": 20},
-    "captioner": {
-        "lm": "configs/captioner/tiny-gpt2.json",
-        "vocab_size": 300,
-        "mapper_hidden": 16,
-        "val_fraction": 0.2,
-        **{
-            stage: {"steps": 3, "batch_size": 8, "warmup_steps": 1, "eval_every": 2}
-            for stage in ("pretrain", "stage1")
-        },
-        "stage2": {
-            "steps": 3,
-            "batch_size": 8,
-            "warmup_steps": 1,
-            "eval_every": 2,
-            "max_tokens": 40,
-        },  # fmt: skip
-    },
-    "generator": {
-        "model": "configs/generator/tiny-unet-16.json",
-        "vocab_size": 300,
-        "steps": 3,
-        "batch_size": 8,
-        "warmup_steps": 1,
-        "checkpoint_every": 2,
-    },
-    "evaluate": {
-        "images_per_prompt": 1,
-        "heldout_prompts": 3,
-        "steps": 2,
-        "batch_size": 16,
-        "chunk_size": 16,
-        "grid_prompts": 2,
-        # A 3-step oracle cannot read images; the real threshold is tested in-process.
-        "oracle": {
-            "train_size": 100,
-            "heldout_size": 20,
-            "steps": 3,
-            "batch_size": 16,
-            "min_accuracy": 0.0,
-        },
-        "clip": {
-            "model": "configs/clip/tiny-clip-16.json",
-            "train_size": 60,
-            "heldout_size": 20,
-            "steps": 3,
-            "batch_size": 16,
-            "warmup_steps": 1,
-        },
-    },  # fmt: skip
-    "recaption": {
-        "batch_size": 16,
-        "chunk_size": 25,
-        "short": {"max_new_tokens": 6},
-        "descriptive": {"max_new_tokens": 12},
-    },
-}
-
-
-def write_params(repo: Path, **overrides) -> None:
-    tiny = merge(merge(TINY, FAST), overrides)
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), tiny)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def stale(repo: Path) -> set[str]:
-    return set(json.loads(run(["dvc", "status", "--json"], repo)))
-
-
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("repo")
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(ROOT / name, repo / name)
-    shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "configs", repo / "configs")
-    shutil.copy(ROOT / "tests" / "data" / "tiny-clip-16.json", repo / "configs" / "clip")
-    shutil.copy(ROOT / "tests" / "data" / "tiny-gpt2.json", repo / "configs" / "captioner")
-    shutil.copy(ROOT / "tests" / "data" / "tiny-unet-16.json", repo / "configs" / "generator")
-    (repo / "data" / "raw").mkdir(parents=True)
-    shutil.copy(ROOT / "data" / "raw" / "README.md", repo / "data" / "raw" / "README.md")
-    write_params(repo)
-    run(["git", "init", "-q"], repo)
-    run(["dvc", "init", "-q"], repo)
-    run(["dvc", "config", "core.analytics", "false"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "tiny project"], repo)
-    run(["dvc", "repro"], repo)
-    return repo
+def repo(tiny_repro) -> Path:
+    return tiny_repro.path
 
 
 def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
@@ -228,7 +120,9 @@ def test_sample_edit_makes_exactly_sample_and_what_is_below_it_stale(repo):
         "train_generator",  # it trains on every image outside the held-out split
         "evaluate",  # it draws held-out captions
     }  # fmt: skip
-    run(["dvc", "repro"], repo)
+    # Back to the old size: sample writes its old bytes again, and so nothing is stale.
+    write_params(repo)
+    run(["dvc", "repro", "--single-item", "sample"], repo)
     assert stale(repo) == set()
 
 
@@ -239,24 +133,24 @@ CAPTIONER_AND_BELOW = {
 
 
 def test_a_stage2_edit_retrains_only_stage2_and_recaptions(repo):
-    write_params(repo, sample={"size": 12}, captioner={"stage2": {"lr": 0.002}})
+    write_params(repo, captioner={"stage2": {"lr": 0.002}})
     assert stale(repo) == {"captioner_stage2"}
     assert would_run(repo) == {
         "captioner_stage2", "recaption", "caption_report", "blend", "train_generator", "evaluate"
     }  # fmt: skip
-    write_params(repo, sample={"size": 12}, recaption={"descriptive": {"max_new_tokens": 9}})
+    write_params(repo, recaption={"descriptive": {"max_new_tokens": 9}})
     assert would_run(repo) == {
         "recaption", "caption_report", "blend", "train_generator", "evaluate"
     }  # fmt: skip
-    write_params(repo, sample={"size": 12}, blend={"synthetic_ratio": 0.8})
+    write_params(repo, blend={"synthetic_ratio": 0.8})
     assert would_run(repo) == {"blend", "train_generator", "evaluate"}
     # Sampling more images per prompt reruns the evaluation only, never its models.
-    write_params(repo, sample={"size": 12}, evaluate={"images_per_prompt": 2})
+    write_params(repo, evaluate={"images_per_prompt": 2})
     assert would_run(repo) == {"evaluate"}
 
 
 def test_prompts_edit_touches_only_prompts(repo):
-    write_params(repo, sample={"size": 12}, prompts={"seed": 99})
+    write_params(repo, prompts={"seed": 99})
     assert stale(repo) == {"prompts"}
     # embed reruns for the prompt embeddings, finds every image shard unchanged, and so
     # leaves its image output as it was: nothing below it runs but the evaluation.
@@ -292,7 +186,7 @@ def test_recap_generate_draws_with_the_trained_generator(repo):
 
 
 def test_lineage_names_the_caption_version_of_each_experiment(repo):
-    write_params(repo, sample={"size": 12}, prompts={"seed": 99})  # as the last full run left it
+    write_params(repo, prompts={"seed": 99})  # as the last full run left it
     run(["dvc", "repro"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "pipeline run"], repo)

@@ -24,6 +24,7 @@ ParamsOption = typer.Option(paths.PARAMS, "--params", "-p", help="params file to
 OutOption = typer.Option(Path("generated.png"), "--out", help="PNG path (n > 1: a stem)")
 ModelOption = typer.Option(paths.GENERATOR, "--model", help="a saved generator pipeline")
 GeneratorArgument = typer.Argument(paths.GENERATOR, help="a generator folder")
+CheckpointArgument = typer.Argument(..., help="a pickled checkpoint, or a model folder with one")
 
 
 def _run(stage: Callable[[Path], object], params: Path) -> None:
@@ -222,6 +223,25 @@ def lineage_command(
             typer.echo(audit.format_chain(links))
         if any(link.status != "ok" for link in links):
             sys.exit(1)
+
+    _run(run, paths.PARAMS)
+
+
+@app.command("convert-checkpoint")
+def convert_checkpoint(
+    path: Path = CheckpointArgument,
+    trust_pickle: bool = typer.Option(
+        False, "--trust-pickle", help="you trust this file: it is unpickled (weights_only) once"
+    ),
+) -> None:
+    """Convert a trusted pickled checkpoint (.bin, .pt, ...) to safetensors beside it, the
+    only format the pipeline loads; a model folder's weight files keep the names its
+    library expects."""
+    from recaption import checkpoints
+
+    def run(_: Path) -> None:
+        for written in checkpoints.convert(path, trust_pickle):
+            typer.echo(str(written))
 
     _run(run, paths.PARAMS)
 

@@ -1,10 +1,23 @@
-"""Which torch device a stage runs on."""
+"""Which torch device a stage runs on, and what that means for reproducibility.
+
+On the CPU every stage is exact: the same inputs give the same output bytes, which is
+what lets DVC skip everything below an unchanged output. On CUDA some kernels are not
+bit-reproducible (atomic adds in scatter and index_add, cuBLAS split-K reductions,
+cuDNN algorithm choice), so a rerun may differ in the last bits of a float and DVC
+then reruns the stages below. `resolve` asks cuDNN for deterministic algorithms and
+says so in the log; it does not force `torch.use_deterministic_algorithms`, which
+would make some ops raise instead.
+"""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 
 from recaption.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def resolve(device: str, key: str) -> str:
@@ -15,7 +28,11 @@ def resolve(device: str, key: str) -> str:
         key: the params key it came from, named in the error.
     """
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{key} is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        log.info("%s: cuda; outputs may differ in the last bits between runs", key)
     return device

@@ -298,6 +298,8 @@ def embed_dataset(
     """
     out_dir = Path(out_dir)
     shards = io.shard_paths(dataset_dir)
+    if out_dir.is_dir():  # persistent: a killed run's temporaries may be here
+        io.remove_abandoned(out_dir)
     old = _OldVectors(out_dir, fingerprint, grid)
     result = EmbedResult(0, 0, 0, 0)
     dim = clip.model_cfg["embed_dim"]

@@ -14,6 +14,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ REJECT_REASONS = (
     "unsafe_member",
     "missing_caption",
     "caption_not_utf8",
+    "caption_too_long",
+    "caption_unsafe_chars",
     "duplicate_key",
     "duplicate_image",
 )
@@ -94,11 +97,14 @@ class IngestResult:
         }
 
 
-def normalise(record: RawRecord, image_size: int | None, max_pixels: int) -> dict:
+def normalise(
+    record: RawRecord, image_size: int | None, max_pixels: int, max_caption_chars: int
+) -> dict:
     """Turn a raw record into a dataset row, or a reject row with its reason.
 
     Args:
         image_size: centre-crop and resize to this square size; None keeps the size.
+        max_caption_chars: longer captions are rejected (an optional caption is dropped).
     Returns:
         {"row": {...}} or {"reject": {...}}.
     """
@@ -121,6 +127,10 @@ def normalise(record: RawRecord, image_size: int | None, max_pixels: int) -> dic
         return reject("caption_not_utf8", str(exc))
     if not caption:
         return reject("missing_caption", "caption missing or empty")
+    if len(caption) > max_caption_chars:
+        return reject("caption_too_long", f"{len(caption)} characters, limit {max_caption_chars}")
+    if bad := unsafe_char(caption):
+        return reject("caption_unsafe_chars", f"U+{ord(bad):04X} {unicodedata.name(bad, '')}")
     try:
         img = images.decode(record.data or b"", max_pixels)
     except images.ImageRejected as exc:
@@ -134,8 +144,8 @@ def normalise(record: RawRecord, image_size: int | None, max_pixels: int) -> dic
             caption,
             record.source,
             record.meta,
-            short=_optional_text(record.short),
-            descriptive=_optional_text(record.descriptive),
+            short=_optional_text(record.short, max_caption_chars),
+            descriptive=_optional_text(record.descriptive, max_caption_chars),
         )
     }
 
@@ -164,8 +174,23 @@ def make_row(
     }
 
 
+# Characters that make text display other than it reads ("Trojan Source"): the
+# bidirectional embeddings, overrides and isolates.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def unsafe_char(text: str) -> str | None:
+    """The first control character (other than whitespace) or bidirectional control in
+    `text`, or None. Such a caption is rejected rather than silently edited."""
+    for char in text:
+        if char in BIDI_CONTROLS or (unicodedata.category(char) == "Cc" and not char.isspace()):
+            return char
+    return None
+
+
 def clean_text(value) -> str | None:
-    """Strict UTF-8 text, stripped; None stays None.
+    """Strict UTF-8 text with every run of whitespace (newlines, tabs) made one space;
+    None stays None.
 
     Raises:
         UnicodeError: bytes that are not UTF-8, or text that kept undecodable bytes.
@@ -176,14 +201,18 @@ def clean_text(value) -> str | None:
         value = value.decode("utf-8")
     value = str(value)
     value.encode("utf-8")  # lone surrogates (from surrogateescape) raise here
-    return value.strip()
+    return " ".join(value.split())
 
 
-def _optional_text(value) -> str | None:
+def _optional_text(value, max_chars: int) -> str | None:
+    """An optional caption (short, descriptive): None when missing or unusable."""
     try:
-        return clean_text(value) or None
+        text = clean_text(value) or None
     except UnicodeError:
         return None
+    if text is None or len(text) > max_chars or unsafe_char(text):
+        return None
+    return text
 
 
 def run(
@@ -317,8 +346,12 @@ def reject_table(rejects: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(ordered, schema=REJECT_SCHEMA)
 
 
-def worker_for_records(image_size: int | None, max_pixels: int) -> Callable[[RawRecord], dict]:
-    return partial(normalise, image_size=image_size, max_pixels=max_pixels)
+def worker_for_records(
+    image_size: int | None, max_pixels: int, max_caption_chars: int
+) -> Callable[[RawRecord], dict]:
+    return partial(
+        normalise, image_size=image_size, max_pixels=max_pixels, max_caption_chars=max_caption_chars
+    )
 
 
 def synthetic_row(index: int, seed: int, config) -> dict:

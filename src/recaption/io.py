@@ -1,8 +1,14 @@
 """Atomic writes, parquet shards and content hashes.
 
 Every output is written beside its final path and renamed into place, so a
-killed stage never leaves a file that looks complete. Outputs carry no
-timestamps, so the same inputs give the same bytes and DVC reruns nothing below.
+killed stage never leaves a file that looks complete; the next write into the same
+folder removes what a killed writer left there. Outputs carry no timestamps, so
+the same inputs give the same bytes and DVC reruns nothing below.
+
+Fault injection (for the tests): every rename passes two named failpoints,
+`before-rename:<path>` and `after-rename:<path>`. With RECAPTION_KILL_AT set to one
+of those names the process sends itself SIGKILL there; with RECAPTION_FAILPOINTS
+set to a file, each failpoint passed is appended to it (`<command>\t<name>`).
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,24 +31,85 @@ import pyarrow.parquet as pq
 SHARD_GLOB = "part-*.parquet"
 
 
+KILL_AT_ENV = "RECAPTION_KILL_AT"
+TRACE_ENV = "RECAPTION_FAILPOINTS"
+
+
+def failpoint(name: str) -> None:
+    """Record passing failpoint `name`, or die here by SIGKILL if asked to (see above)."""
+    if trace := os.environ.get(TRACE_ENV):
+        with open(trace, "a", encoding="utf-8") as fh:
+            fh.write(f"{' '.join(sys.argv[1:])}\t{name}\n")
+    if os.environ.get(KILL_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+TEMP_PREFIX = ".tmp-"
+
+
+def _temp_path(path: Path) -> Path:
+    """A fresh name beside `path`, `.tmp-<pid>-<random>-<name>`: the suffix is kept (some
+    writers pick the format from it) and the pid says whether its writer still runs."""
+    return path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
+
+
+def remove_abandoned(folder: str | Path) -> None:
+    """Remove the temporary files and folders that killed writers left in `folder`."""
+    for tmp in Path(folder).glob(f"{TEMP_PREFIX}*"):
+        pid = tmp.name[len(TEMP_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds.
 
     Works for files and directories alike: whatever the block creates at the
-    temporary path replaces `path` whole.
+    temporary path replaces `path` whole. What killed writers left in the same
+    folder is removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    target = tmp / path.name
+    remove_abandoned(path.parent)
+    tmp = _temp_path(path)
+    # A write inside another write's temporary folder is not a rename of an output.
+    visible = not any(part.startswith(TEMP_PREFIX) for part in path.parent.parts)
     try:
-        yield target
+        yield tmp
+        if visible:
+            failpoint(f"before-rename:{path.as_posix()}")
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
-        os.replace(target, path)
+        os.replace(tmp, path)
+        if visible:
+            failpoint(f"after-rename:{path.as_posix()}")
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists() or tmp.is_symlink():
+            _remove(tmp)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 text atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: str | Path, obj: Any) -> None:

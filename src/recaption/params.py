@@ -11,17 +11,37 @@ from __future__ import annotations
 import difflib
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
-from recaption import paths
+from recaption import checkpoints, paths
 from recaption.errors import UserError
 
 
 class ParamsError(UserError, ValueError):
     """params.yaml is unreadable or does not validate; the message says what to fix."""
+
+
+def _not_pickled(value: str) -> str:
+    try:
+        checkpoints.check_local_weights(value)
+    except checkpoints.PickledCheckpointError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+# A model named in params (architecture file, local folder or file, hub id or tag): a
+# local pickled checkpoint is refused here, before any stage runs.
+ModelRef = Annotated[str, AfterValidator(_not_pickled)]
 
 
 class Section(BaseModel):
@@ -87,6 +107,7 @@ class DataParams(Section):
     shard_size: int = Field(2500, ge=1, le=1_000_000)
     max_reject_fraction: float = Field(0.05, ge=0, le=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    max_caption_chars: int = Field(4000, ge=1)
     num_workers: int = Field(2, ge=0, le=256)
     synthetic: SyntheticParams = SyntheticParams()
 
@@ -147,7 +168,7 @@ class ClipParams(Section):
     """The CLIP whose image embeddings the captioner is conditioned on."""
 
     model: str = "configs/clip/tiny-rn-32.json"
-    pretrained: str = "none"
+    pretrained: ModelRef = "none"
     train: ClipTrainParams = ClipTrainParams()
 
 
@@ -222,7 +243,7 @@ _STAGE_DEFAULTS = {
 class CaptionerParams(Section):
     """The captioner: an LM conditioned on CLIP embeddings, and its three training stages."""
 
-    lm: str = "configs/captioner/tiny-gpt2.json"  # GPT-2 config JSON, model id, or folder
+    lm: ModelRef = "configs/captioner/tiny-gpt2.json"  # GPT-2 config JSON, model id, or folder
     vocab_size: int = Field(1024, ge=64)  # built-in tokenizer (trained on the captions)
     prefix_length: int = Field(4, ge=1, le=64)  # vectors from the pooled embedding
     mapper_hidden: int = Field(512, ge=1)
@@ -278,7 +299,7 @@ class BlendParams(Section):
 class GeneratorParams(Section):
     """train_generator: the text-to-image model trained on the blend."""
 
-    model: str = "configs/generator/tiny-unet-32.json"  # architecture JSON, or a saved pipeline
+    model: ModelRef = "configs/generator/tiny-unet-32.json"  # architecture JSON, or saved pipeline
     vocab_size: int = Field(1024, ge=64)  # built-in text encoder's tokenizer
     steps: int = Field(1200, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -309,7 +330,7 @@ class EvalClipParams(ContrastiveParams):
     """eval_clip: the CLIP that scores generated images, one the generator never saw."""
 
     model: str = "configs/clip/tiny-rn-32.json"
-    pretrained: str = "none"  # none (train on fresh renders), an open_clip tag, or .safetensors
+    pretrained: ModelRef = "none"  # none (train on fresh renders), an open_clip tag, .safetensors
     train_size: int = Field(20000, ge=10)
     heldout_size: int = Field(1000, ge=10)
     steps: int = Field(600, ge=1)

@@ -128,8 +128,12 @@ def train_generator(
     params = list(named.values())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     ema = EMA(named, config.ema_decay)
-    start = resume(checkpoint_dir, config, named, ema, optimizer) if checkpoint_dir else 0
-    window: list[float] = []
+    start, window, logged = 0, [], []  # window: the last 50 losses; logged: (step, metrics)
+    if checkpoint_dir:
+        start, window, logged = resume(checkpoint_dir, config, named, ema, optimizer)
+    if log_step is not None:
+        for step, metrics in logged:  # a resumed run's curves start where the first run's did
+            log_step(step, metrics)
     captions, epoch, tick = None, -1, time.perf_counter()
     bar = tqdm(total=config.steps * config.batch_size, initial=start * config.batch_size,
                desc="train_generator", unit="img", unit_scale=True, mininterval=2)  # fmt: skip
@@ -155,10 +159,13 @@ def train_generator(
         window = [*window[-49:], loss.item()]
         bar.update(len(idx))
         done = step + 1
-        if log_step is not None and (done % config.log_every == 0 or done == config.steps):
-            log_step(done, {"loss": sum(window) / len(window)})
+        if done % config.log_every == 0 or done == config.steps:
+            logged.append((done, {"loss": sum(window) / len(window)}))
+            if log_step is not None:
+                log_step(*logged[-1])
         if checkpoint_dir and config.checkpoint_every and done % config.checkpoint_every == 0:
-            save_checkpoint(checkpoint_dir, config, done, named, ema, optimizer)
+            history = {"window": window, "logged": logged}
+            save_checkpoint(checkpoint_dir, config, done, named, ema, optimizer, history)
     bar.close()
     seconds = time.perf_counter() - tick
     ema.copy_to(named)
@@ -180,8 +187,10 @@ def _fingerprint(config: GeneratorTrainConfig) -> str:
     return io.sha256_bytes(json.dumps(fields, sort_keys=True).encode())
 
 
-def save_checkpoint(folder, config, step, named, ema, optimizer) -> None:
-    """Weights, EMA, optimizer moments and the step, written atomically."""
+def save_checkpoint(folder, config, step, named, ema, optimizer, history=None) -> None:
+    """Weights, EMA, optimizer moments, the step and the loss `history` (the running
+    window and what was logged, so a resumed run reports what an uninterrupted one
+    would), written atomically."""
     state = optimizer.state_dict()
     moments = {
         f"{i}.{k}": v.contiguous()
@@ -197,18 +206,23 @@ def save_checkpoint(folder, config, step, named, ema, optimizer) -> None:
         save_file({n: t.contiguous() for n, t in ema.shadow.items()}, tmp / "ema.safetensors")
         save_file(moments, tmp / "optimizer.safetensors")
         io.write_json(tmp / "state.json", {"step": step, "fingerprint": _fingerprint(config),
-                                           "param_groups": state["param_groups"]})  # fmt: skip
+                                           "param_groups": state["param_groups"],
+                                           **(history or {})})  # fmt: skip
 
 
-def resume(folder, config, named, ema, optimizer) -> int:
-    """Load a checkpoint written for this config; return the step to continue from (0: none)."""
+def resume(folder, config, named, ema, optimizer) -> tuple[int, list[float], list]:
+    """Load a checkpoint written for this config.
+
+    Returns:
+        (step to continue from, loss window, logged (step, metrics)); (0, [], []) if none.
+    """
     folder = Path(folder)
     if not (folder / "state.json").is_file():
-        return 0
+        return 0, [], []
     meta = json.loads((folder / "state.json").read_text())
     if meta["fingerprint"] != _fingerprint(config):
         log.info("checkpoint in %s is from other params; starting afresh", folder)
-        return 0
+        return 0, [], []
     weights = load_file(folder / "weights.safetensors")
     with torch.no_grad():
         for n, p in named.items():
@@ -221,4 +235,5 @@ def resume(folder, config, named, ema, optimizer) -> int:
         state.setdefault(int(index), {})[name] = tensor
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     log.info("resuming generator training at step %d", meta["step"])
-    return meta["step"]
+    logged = [(step, metrics) for step, metrics in meta.get("logged", [])]
+    return meta["step"], meta.get("window", []), logged

@@ -43,9 +43,12 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         ep.grid,
     )
     io.write_table(paths.PROMPT_EMBEDDINGS, prompt_table(clip, fingerprint, device))
-    report = {**asdict(result), "clip": fingerprint, "grid": ep.grid}
+    # The report describes the output, not this run: what was computed or reused depends
+    # on what an earlier (perhaps killed) run left, so it goes to the log and the caller.
+    report = {"images": result.images, "shards": len(io.shard_paths(paths.IMAGE_EMBEDDINGS)),
+              "clip": fingerprint, "grid": ep.grid}  # fmt: skip
     io.write_json(paths.EMBED_CACHE_REPORT, report)
-    return report
+    return {**report, **asdict(result)}
 
 
 def prompt_table(clip: clip_lib.Clip, fingerprint: str, device: str) -> pa.Table:

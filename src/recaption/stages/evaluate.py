@@ -21,7 +21,6 @@ from __future__ import annotations
 import io as stdio
 import json
 import logging
-import shutil
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -175,16 +174,15 @@ def chance_following(params: Params, scenes: int = 500) -> dict[str, float]:
 
 def _write_plots(metrics: dict, out: Path) -> None:
     """Per-category accuracy per phrasing, and CLIP score per set and phrasing (DVC plots)."""
-    out.mkdir(parents=True, exist_ok=True)
     for phrasing, scores in metrics["prompt_following"].items():
         lines = ["category,accuracy"] + [f"{c},{v}" for c, v in scores.items() if c != "overall"]
-        (out / f"prompt_following_{phrasing}.csv").write_text("\n".join(lines) + "\n")
+        io.write_text(out / f"prompt_following_{phrasing}.csv", "\n".join(lines) + "\n")
     lines = ["prompts,clipscore,cos100"] + [
         f"{s} {p},{v['clipscore']},{v['cos100']}"
         for s, by_phrasing in metrics["clip_score"].items()
         for p, v in by_phrasing.items()
     ]
-    (out / "clip_score.csv").write_text("\n".join(lines) + "\n")
+    io.write_text(out / "clip_score.csv", "\n".join(lines) + "\n")
 
 
 def _grids(samples: pa.Table, per_category: int, scale: int = 3) -> dict[str, dict]:
@@ -279,12 +277,11 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     io.write_json(paths.METRICS, metrics)
     _write_plots(metrics, paths.EVAL_PLOTS)
     grids = _grids(samples, ep.grid_prompts)
-    shutil.rmtree(paths.GRIDS, ignore_errors=True)
-    paths.GRIDS.mkdir(parents=True)
-    for category, grid in grids.items():
-        grid["image"].save(paths.GRIDS / f"{category}.png")
-    html = evaluation_page.render_index(metrics, grids, paths.GRIDS.name)
-    paths.INDEX_HTML.write_text(html)
+    with io.atomic_path(paths.GRIDS) as tmp:
+        tmp.mkdir()
+        for category, grid in grids.items():
+            grid["image"].save(tmp / f"{category}.png")
+    io.write_text(paths.INDEX_HTML, evaluation_page.render_index(metrics, grids, paths.GRIDS.name))
     runner.clear(WORK_DIR)
     log.info("evaluate: %s", {k: metrics[k] for k in ("prompt_following", "clip_score")})
     return metrics
