@@ -43,6 +43,9 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
         "reports/grids/counting.png",
         "reports/grids/heldout.png",
         "reports/index.html",
+        "models/upsampler/upsampler.json",
+        "data/upsampled/prompts.parquet",
+        "reports/upsample.json",
     ):
         assert (repo / path).exists(), path
     assert stale(repo) == set()
@@ -60,6 +63,7 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
         "captioner_stage2",
         "recaption",
         "caption_report",
+        "upsample",
         "blend",
         "train_generator",
         "oracle",
@@ -113,10 +117,11 @@ def test_sample_edit_makes_exactly_sample_and_what_is_below_it_stale(repo):
     assert stale(repo) == {"sample"}
     # The CLIP trains on the subset's annotations, and embed probes the held-out split.
     assert would_run(repo) == {"sample", "annotate", "clip_pretrain", "embed", "embed_probe",
-                               *CAPTIONER_AND_BELOW}  # fmt: skip
+                               "upsample", *CAPTIONER_AND_BELOW}  # fmt: skip
     run(["dvc", "repro", "--single-item", "sample"], repo)
     assert stale(repo) == {
         "annotate", "clip_pretrain", "embed_probe", "captioner_pretrain", "caption_report",
+        "upsample",  # it trains on the subset's pairs
         "train_generator",  # it trains on every image outside the held-out split
         "evaluate",  # it draws held-out captions
     }  # fmt: skip
@@ -159,7 +164,7 @@ def test_prompts_edit_touches_only_prompts(repo):
         for line in run(["dvc", "repro"], repo).splitlines()
         if line.startswith("Running stage")
     }
-    assert ran == {"prompts", "embed", "evaluate"}  # the suite is the evaluation's
+    assert ran == {"prompts", "embed", "upsample", "evaluate"}  # the suite's readers
     assert stale(repo) == set()
 
 
@@ -183,6 +188,17 @@ def test_recap_generate_draws_with_the_trained_generator(repo):
     written = [repo / line for line in out.split()]
     assert [p.name for p in written] == ["circle-0.png", "circle-1.png", "circle-grid.png"]
     assert all(p.is_file() for p in written)
+
+
+def test_recap_generate_upsample_prints_the_rewritten_prompt_and_draws_it(repo):
+    out = run(["recap", "generate", "a red circle", "--upsample", "--steps", "2",
+               "--out", "drawn/up.png"], repo)  # fmt: skip
+    first, path = out.splitlines()
+    assert first.startswith("upsampled: ") and len(first) > len("upsampled: ")
+    assert (repo / path).is_file()
+    again = run(["recap", "generate", "a red circle", "--upsample", "--steps", "2",
+                 "--out", "drawn/up.png"], repo)  # fmt: skip
+    assert again.splitlines()[0] == first  # greedy: the same prompt, the same rewrite
 
 
 def test_lineage_names_the_caption_version_of_each_experiment(repo):

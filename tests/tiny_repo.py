@@ -94,6 +94,17 @@ FAST = {
             "warmup_steps": 1,
         },
     },  # fmt: skip
+    "upsample": {
+        "lm": "configs/captioner/tiny-gpt2.json",
+        "vocab_size": 300,
+        "steps": 3,
+        "batch_size": 8,
+        "warmup_steps": 1,
+        "max_source_tokens": 20,
+        "max_tokens": 30,
+        "decoding": {"max_new_tokens": 12},
+        "heldout_prompts": 5,
+    },
     "recaption": {
         "batch_size": 16,
         "chunk_size": 25,

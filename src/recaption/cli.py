@@ -24,6 +24,7 @@ ParamsOption = typer.Option(paths.PARAMS, "--params", "-p", help="params file to
 OutOption = typer.Option(Path("generated.png"), "--out", help="PNG path (n > 1: a stem)")
 ModelOption = typer.Option(paths.GENERATOR, "--model", help="a saved generator pipeline")
 GeneratorArgument = typer.Argument(paths.GENERATOR, help="a generator folder")
+UpsamplerOption = typer.Option(paths.UPSAMPLER, "--upsampler", help="a saved upsampler")
 CheckpointArgument = typer.Argument(..., help="a pickled checkpoint, or a model folder with one")
 
 
@@ -130,6 +131,15 @@ def caption_report(params: Path = ParamsOption) -> None:
 
 
 @app.command()
+def upsample(params: Path = ParamsOption) -> None:
+    """Train the upsampler (or load an instruction-tuned LM), rewrite the prompt suite and
+    measure faithfulness on held-out short captions."""
+    from recaption.stages import upsample as stage
+
+    _run(stage.main, params)
+
+
+@app.command()
 def blend(params: Path = ParamsOption) -> None:
     """Relabel every image with a synthetic or ground-truth caption: data/relabeled/."""
     from recaption.stages import blend as stage
@@ -179,12 +189,20 @@ def generate(
     out: Path = OutOption,
     scale: int = typer.Option(4, "--scale", min=1, help="upscale factor (nearest) for viewing"),
     model: Path = ModelOption,
+    upsample: bool = typer.Option(
+        False, "--upsample", help="rewrite PROMPT as a descriptive caption first (printed)"
+    ),
+    upsampler: Path = UpsamplerOption,
 ) -> None:
     """Draw PROMPT with a trained generator and write PNGs."""
-    from recaption.generate import write_images
+    from recaption.generate import upsample_prompt, write_images
 
     def run(_: Path) -> None:
-        for path in write_images(model, prompt, n, seed, steps, guidance, out, scale):
+        text = prompt
+        if upsample:
+            text = upsample_prompt(upsampler, prompt)
+            typer.echo(f"upsampled: {text}")
+        for path in write_images(model, text, n, seed, steps, guidance, out, scale):
             typer.echo(str(path))
 
     _run(run, paths.PARAMS)

@@ -41,6 +41,16 @@ def write_images(
     return [*written, grid]
 
 
+def upsample_prompt(upsampler: Path, prompt: str, max_new_tokens: int = 80) -> str:
+    """`prompt` rewritten by a saved upsampler (greedy: the same prompt, the same text)."""
+    from recaption.models import upsampler as up_lib
+    from recaption.models.captioner import Decoding
+
+    model = up_lib.load(upsampler)
+    (rewritten,) = model.rewrite([prompt], Decoding(max_new_tokens=max_new_tokens))
+    return rewritten or prompt
+
+
 def _upscale(image: Image.Image, scale: int) -> Image.Image:
     if scale == 1:
         return image

@@ -287,6 +287,27 @@ class RecaptionParams(Section):
         return _with_defaults(data, _DECODING_DEFAULTS)
 
 
+class UpsampleParams(Section):
+    """upsample: a language model that rewrites short text as descriptive captions."""
+
+    # A GPT-2 config JSON (built-in: trained here on the subset's pairs), or an
+    # instruction-tuned causal LM: a transformers model id or a local folder.
+    lm: ModelRef = "configs/captioner/tiny-gpt2.json"
+    vocab_size: int = Field(1024, ge=64)  # built-in tokenizer
+    steps: int = Field(800, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0, le=1)
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    max_source_tokens: int = Field(40, ge=1)  # the text to rewrite, truncated
+    max_tokens: int = Field(80, ge=2)  # the rewrite, in training
+    precision: Literal["fp32", "bf16"] = "bf16"
+    decoding: DecodingParams = DecodingParams(max_new_tokens=80)
+    generate_batch_size: int = Field(128, ge=1)
+    heldout_prompts: int = Field(300, ge=0)  # held-out short captions the faithfulness uses
+
+
 class BlendParams(Section):
     """blend: which caption each image trains the generator with."""
 
@@ -365,6 +386,7 @@ class Params(Section):
     embed: EmbedParams = EmbedParams()
     captioner: CaptionerParams = CaptionerParams()
     recaption: RecaptionParams = RecaptionParams()
+    upsample: UpsampleParams = UpsampleParams()
     blend: BlendParams = BlendParams()
     generator: GeneratorParams = GeneratorParams()
     evaluate: EvaluateParams = EvaluateParams()

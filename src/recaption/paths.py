@@ -30,6 +30,7 @@ GENERATOR = MODELS / "generator"
 EVAL_MODELS = MODELS / "eval"  # the evaluation's own models, never seen by the generator
 ORACLE = EVAL_MODELS / "oracle"
 EVAL_CLIP = EVAL_MODELS / "clip"
+UPSAMPLER = MODELS / "upsampler"
 
 CAPTIONS = DATA / "captions"
 SYNTHETIC_CAPTIONS = CAPTIONS / "synthetic.parquet"
@@ -38,6 +39,9 @@ EVAL_SAMPLES = EVALUATION / "samples.parquet"
 RELABELED = DATA / "relabeled"  # the blend: one caption per image, and its config
 RELABELED_CAPTIONS = RELABELED / "captions.parquet"
 BLEND_CONFIG = RELABELED / "blend.json"
+UPSAMPLED = DATA / "upsampled"  # rewrites of the prompt suite and held-out short captions
+UPSAMPLED_PROMPTS = UPSAMPLED / "prompts.parquet"
+UPSAMPLED_HELDOUT = UPSAMPLED / "heldout.parquet"
 WORK = DATA / ".work"  # resumable stages' finished chunks (not outputs; git-ignored)
 
 DVCLIVE = Path("dvclive")
@@ -48,6 +52,7 @@ SAMPLE_REPORT = REPORTS / "sample.json"
 ANNOTATE_REPORT = REPORTS / "annotate.json"
 EMBED_CACHE_REPORT = REPORTS / "embed_cache.json"
 EMBED_REPORT = REPORTS / "embed.json"
+UPSAMPLE_REPORT = REPORTS / "upsample.json"
 CAPTIONS_REPORT = REPORTS / "captions.json"
 CAPTIONS_HTML = REPORTS / "captions.html"
 BLEND_REPORT = REPORTS / "blend.json"

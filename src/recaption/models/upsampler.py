@@ -1,0 +1,243 @@
+"""Upsampling: a language model rewrites short text as one long descriptive caption.
+
+A generator trained on descriptive captions follows descriptive prompts best, so the
+method rewrites short prompts (and captions) before they reach it. Two kinds of LM:
+
+- built-in: a small GPT-2 trained here on text pairs (short -> descriptive, ground
+  truth -> descriptive). It reads `source <bos> target <eos>`; only the target is a
+  training target.
+- real: any transformers instruction-tuned causal LM (a model id or a local folder),
+  told what to do by `INSTRUCTION` (after the study's appendix: one descriptive
+  caption, every stated detail kept, plausible detail added) through the
+  tokenizer's chat template, or a plain prompt when it has none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jinja2.exceptions import TemplateError
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from recaption.models.captioner import CaptionerError, Decoding, create_lm
+from recaption.models.schedule import warmup_cosine
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "upsampler.json"
+INSTRUCTION = (
+    "You rewrite short image captions and prompts into descriptive ones. Reply with one "
+    "descriptive caption of the image, in one paragraph and nothing else. Keep every "
+    "detail the text states: each object with its colour, count and position, any "
+    "written text, and the background. Add plausible detail about the main subject, "
+    "what surrounds it, the background, the colours and the style, but never anything "
+    "that contradicts what the text states."
+)
+
+
+class Upsampler:
+    """A causal LM and its tokenizer, and how a source text becomes its prompt."""
+
+    def __init__(
+        self,
+        lm: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        builtin: bool,
+        instruction: str = INSTRUCTION,
+        max_source_tokens: int = 40,
+    ):
+        self.lm, self.tokenizer = lm, tokenizer
+        self.builtin, self.instruction = builtin, instruction
+        self.max_source_tokens = max_source_tokens  # built-in: longer sources are truncated
+
+    def check_length(self, rewrite_tokens: int, key: str) -> None:
+        """Refuse a built-in source + rewrite length the LM's position table cannot hold."""
+        limit = getattr(self.lm.config, "max_position_embeddings", None)
+        needed = self.max_source_tokens + 1 + rewrite_tokens
+        if self.builtin and limit is not None and needed > limit:
+            raise CaptionerError(
+                f"{key} = {rewrite_tokens}: with upsample.max_source_tokens = "
+                f"{self.max_source_tokens} that is {needed} positions, but the LM holds {limit}"
+            )
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """The token ids the LM continues with the rewritten text."""
+        tok = self.tokenizer
+        if self.builtin:
+            source = tok(text, add_special_tokens=False)["input_ids"][: self.max_source_tokens]
+            return source + [tok.bos_token_id]
+        if tok.chat_template:
+            messages = [
+                {"role": "system", "content": self.instruction},
+                {"role": "user", "content": text},
+            ]
+            try:
+                return _chat_ids(tok, messages)
+            except TemplateError:  # templates without a system role (Gemma, Mistral)
+                merged = [{"role": "user", "content": f"{self.instruction}\n\n{text}"}]
+                return _chat_ids(tok, merged)
+        plain = f"{self.instruction}\n\nShort caption: {text}\nDescriptive caption:"
+        return tok(plain)["input_ids"]
+
+    @torch.inference_mode()
+    def rewrite(
+        self,
+        texts: Sequence[str],
+        decoding: Decoding,
+        batch_size: int = 64,
+        seed: int = 0,
+        desc: str | None = None,
+    ) -> list[str]:
+        """The rewritten texts, in order; batches are left-padded so every row ends where
+        generation starts. With sampling, `seed` fixes each batch's draw."""
+        self.check_length(decoding.max_new_tokens, "max_new_tokens")
+        out: list[str] = []
+        config = decoding.generation_config(self.tokenizer)
+        starts = range(0, len(texts), batch_size)
+        for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None):
+            prompts = [self.prompt_ids(t) for t in texts[start : start + batch_size]]
+            ids, mask = pad(prompts, self.tokenizer.pad_token_id, left=True)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + start)
+                new = self.lm.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            texts_out = self.tokenizer.batch_decode(
+                new[:, ids.shape[1] :], skip_special_tokens=True
+            )
+            out += [one_line(t) for t in texts_out]
+        return out
+
+    def save(self, folder: str | Path) -> None:
+        """A `save_pretrained` folder (safetensors) plus how prompts are built."""
+        folder = Path(folder)
+        self.lm.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        config = {
+            "builtin": self.builtin,
+            "instruction": self.instruction,
+            "max_source_tokens": self.max_source_tokens,
+        }
+        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def one_line(text: str) -> str:
+    """The first non-empty line, whitespace runs made one space (a chat LM may go on)."""
+    lines = [" ".join(line.split()) for line in text.strip().splitlines()]
+    return next((line for line in lines if line), "")
+
+
+def pad(sequences: Sequence[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, ...]:
+    """Padded ids (B, T) and attention mask (B, T); left padding for generation."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
+
+
+def create(
+    spec: str, texts: Sequence[str], vocab_size: int, seed: int, max_source_tokens: int = 40
+) -> Upsampler:
+    """The upsampler `upsample.lm` names.
+
+    Args:
+        spec: a GPT-2 config JSON (built-in: fresh weights, tokenizer trained on
+            `texts`, to be trained with `train`), a local folder or a model id (used
+            as it is, through `INSTRUCTION`).
+    """
+    try:
+        lm, tokenizer = create_lm(spec, texts, vocab_size, seed)
+    except CaptionerError as err:
+        raise CaptionerError(str(err).replace("captioner.lm", "upsample.lm")) from err
+    builtin = Path(spec).suffix == ".json"
+    return Upsampler(lm, tokenizer, builtin, max_source_tokens=max_source_tokens)
+
+
+def load(folder: str | Path) -> Upsampler:
+    """An upsampler saved by `Upsampler.save`; weights are read from safetensors only."""
+    folder = Path(folder)
+    if not (folder / CONFIG_NAME).is_file():
+        raise CaptionerError(f"{folder} is not an upsampler folder: {CONFIG_NAME} is missing")
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    lm = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Upsampler(
+        lm.eval(), tokenizer, config["builtin"], config["instruction"], config["max_source_tokens"]
+    )
+
+
+@dataclass(frozen=True)
+class UpsampleTrainConfig:
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    weight_decay: float
+    grad_clip: float
+    max_tokens: int  # of the target (the source is cut at the upsampler's own limit)
+    precision: str  # "bf16" | "fp32"
+    seed: int
+
+
+def training_ids(up: Upsampler, pairs: Sequence[tuple[str, str]], max_tokens: int) -> list:
+    """(ids, labels) of each pair: `source <bos> target <eos>`, labels -100 but the target."""
+    tok = up.tokenizer
+    out = []
+    for source, target in pairs:
+        src = up.prompt_ids(source)[:-1]
+        tgt = tok(target, add_special_tokens=False)["input_ids"][: max_tokens - 1]
+        ids = src + [tok.bos_token_id] + tgt + [tok.eos_token_id]  # as prompt_ids + target
+        out.append((ids, [-100] * (len(src) + 1) + tgt + [tok.eos_token_id]))
+    return out
+
+
+def train(
+    up: Upsampler,
+    pairs: Sequence[tuple[str, str]],
+    config: UpsampleTrainConfig,
+    log_step: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Train a built-in upsampler on (source, target) pairs; returns {"loss": last 50 steps}."""
+    up.check_length(config.max_tokens, "max_tokens")
+    data = training_ids(up, pairs, config.max_tokens)
+    params = [p for p in up.lm.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # dropout
+    order: list[int] = []
+    window: list[float] = []
+    up.lm.train()
+    for step in tqdm(range(config.steps), desc="upsampler", unit="step", mininterval=2):
+        if len(order) < config.batch_size:
+            order += torch.randperm(len(data), generator=generator).tolist()
+        picked, order = order[: config.batch_size], order[config.batch_size :]
+        ids, mask = pad([data[i][0] for i in picked], up.tokenizer.pad_token_id, left=False)
+        labels, _ = pad([data[i][1] for i in picked], -100, left=False)
+        for group in optimizer.param_groups:
+            group["lr"] = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            loss = up.lm(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        window = [*window[-49:], loss.item()]
+        if log_step is not None and ((step + 1) % 50 == 0 or step + 1 == config.steps):
+            log_step(step + 1, {"loss": sum(window) / len(window)})
+    up.lm.eval()
+    return {"loss": sum(window) / len(window), "steps": config.steps, "pairs": len(data)}

@@ -1,0 +1,116 @@
+"""upsample: a language model that rewrites short text as descriptive captions.
+
+With `upsample.lm` a GPT-2 config JSON, a small LM is trained here on the subset's
+text pairs (short -> descriptive for images in both parts, ground truth ->
+descriptive for the second part); otherwise the named instruction-tuned LM is used
+as it is. The stage then rewrites the evaluation prompt suite and a sample of the
+held-out split's short reference captions, and measures on both how faithful
+the rewrites are (facts kept, facts contradicted, lengths).
+
+Outputs: models/upsampler/, data/upsampled/{prompts,heldout}.parquet,
+reports/upsample.json, dvclive/upsample/ (training curve).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dvclive import Live
+
+from recaption import datasets, io, lineage, paths, sampling
+from recaption.metrics.upsampling import faithfulness
+from recaption.models import upsampler as up_lib
+from recaption.models.captioner import Decoding
+from recaption.params import Params, load_params
+from recaption.stages.live import step_logger
+
+log = logging.getLogger(__name__)
+LIVE_DIR = paths.DVCLIVE / "upsample"
+
+
+def training_pairs() -> list[tuple[str, str]]:
+    """(source, descriptive) pairs of the subset, in key order."""
+    short = datasets.read_captions(paths.SHORT)
+    descriptive = datasets.read_captions(paths.DESCRIPTIVE)
+    rows = datasets.load_rows(paths.DATASET, ["caption"], set(descriptive))
+    truth = {r["key"]: r["caption"] for r in rows}
+    keys = sorted(descriptive)
+    return [(short[k], descriptive[k]) for k in keys if k in short] + [
+        (truth[k], descriptive[k]) for k in keys
+    ]
+
+
+def heldout_shorts(params: Params) -> list[tuple[str, str]]:
+    """(key, short reference caption) of up to `upsample.heldout_prompts` held-out images,
+    chosen by a seeded hash of the key; empty when the dataset has no short captions."""
+    heldout = datasets.read_splits(paths.SPLITS)["heldout"]
+    rows = [r for r in datasets.load_rows(paths.DATASET, ["short"], heldout) if r["short"]]
+    rows.sort(key=lambda r: sampling.rank(r["key"], params.seed, "upsample"))
+    rows = sorted(rows[: params.upsample.heldout_prompts], key=lambda r: r["key"])
+    return [(r["key"], r["short"]) for r in rows]
+
+
+def build(params: Params) -> tuple[up_lib.Upsampler, dict]:
+    """The upsampler, trained here when it is built in; and what training reported."""
+    us = params.upsample
+    pairs = training_pairs()
+    texts = sorted({t for pair in pairs for t in pair})
+    model = up_lib.create(us.lm, texts, us.vocab_size, params.seed, us.max_source_tokens)
+    if not model.builtin:
+        log.info("upsample: %s is used as it is, through its instruction", us.lm)
+        return model, {}
+    fields = up_lib.UpsampleTrainConfig.__dataclass_fields__.keys() - {"seed"}
+    config = up_lib.UpsampleTrainConfig(seed=params.seed, **us.model_dump(include=fields))
+    with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
+        return model, up_lib.train(model, pairs, config, step_logger(live))
+
+
+def main(params_path: Path = paths.PARAMS) -> dict:
+    params = load_params(params_path)
+    us = params.upsample
+    model, trained = build(params)
+    decoding = Decoding(**us.decoding.model_dump())
+
+    def rewrite(texts: list[str], what: str) -> list[str]:
+        return model.rewrite(texts, decoding, us.generate_batch_size, params.seed, desc=what)
+
+    suite = pq.read_table(paths.PROMPTS, columns=["id", "prompt"]).to_pylist()
+    rewritten = rewrite([p["prompt"] for p in suite], "upsample prompts")
+    held = heldout_shorts(params)
+    held_rewritten = rewrite([s for _, s in held], "upsample held-out")
+    report = {
+        "lm": us.lm,
+        "builtin": model.builtin,
+        "training": trained,
+        "heldout": faithfulness([s for _, s in held], held_rewritten) if held else None,
+        # The evaluation prompts state counts, pairs and positions, which held-out short
+        # captions (the main subject only) never do.
+        "suite": faithfulness([p["prompt"] for p in suite], rewritten),
+        "examples": [
+            {"short": s, "upsampled": u}
+            for (_, s), u in list(zip(held, held_rewritten, strict=True))[:8]
+        ],
+    }
+    io.write_table(paths.UPSAMPLED_PROMPTS, pa.table({
+        "id": [p["id"] for p in suite], "prompt": [p["prompt"] for p in suite],
+        "upsampled": rewritten,
+    }))  # fmt: skip
+    io.write_table(paths.UPSAMPLED_HELDOUT, pa.table({
+        "key": [k for k, _ in held], "short": [s for _, s in held], "upsampled": held_rewritten,
+    }, schema=pa.schema([("key", pa.string()), ("short", pa.string()),
+                         ("upsampled", pa.string())])))  # fmt: skip
+    with io.atomic_path(paths.UPSAMPLER) as tmp:
+        model.save(tmp)
+        lineage.write_lineage(
+            tmp,
+            "upsample",
+            {"dataset": paths.DATASET, "short": paths.SHORT, "descriptive": paths.DESCRIPTIVE},
+            {"seed": params.seed, "upsample": us.model_dump()},
+            metrics={"training": trained, "heldout": report["heldout"]},
+        )
+    io.write_json(paths.UPSAMPLE_REPORT, report)
+    log.info("upsample: %s", {k: report[k] for k in ("heldout", "suite")})
+    return report

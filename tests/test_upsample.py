@@ -1,0 +1,135 @@
+"""The upsampler: faithfulness arithmetic, the built-in LM, a chat LM, and the stage."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from recaption import paths
+from recaption.metrics.upsampling import contradictions, faithfulness
+from recaption.models import upsampler as up_lib
+from recaption.models.captioner import Decoding
+from recaption.models.tokenizer import train_tokenizer
+from recaption.stages import annotate, ingest, prompts, sample
+from recaption.stages import upsample as stage
+from recaption.world import WorldConfig, make_example
+from recaption.world.parse import parse_caption
+
+TINY_LM = str(Path(__file__).parent / "data" / "tiny-gpt2.json")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def test_faithfulness_counts_kept_and_contradicted_facts():
+    shorts = ["a red circle at the top", "two blue squares", "a green star"]
+    rewrites = [
+        "a red circle at the top of the image, beside a small yellow triangle",  # keeps both
+        "three blue squares in a row",  # another count: contradicted, object kept
+        "a large green star on the left",  # keeps it, adds a position
+    ]
+    report = faithfulness(shorts, rewrites)
+    # facts: {object, position} + {object, count} + {object} = 5; kept 2 + 1 + 1
+    assert report["facts_stated"] == 5 and report["kept"] == 0.8
+    assert report["all_kept"] == round(2 / 3, 4) and report["contradicted"] == round(1 / 3, 4)
+    assert report["mean_words_short"] == 4.0  # (6 + 3 + 3) / 3
+    moved = contradictions(parse_caption("a red circle at the top"),
+                           parse_caption("a red circle at the bottom"))  # fmt: skip
+    assert moved == {("position", "red", "circle")}
+    with pytest.raises(ValueError, match="2 short texts but 1"):
+        faithfulness(shorts[:2], rewrites[:1])
+
+
+def world_pairs(n: int) -> list[tuple[str, str]]:
+    cfg = WorldConfig()
+    examples = [make_example(5, i, cfg) for i in range(n)]
+    return [(e.short, e.descriptive) for e in examples]
+
+
+def test_the_built_in_lm_learns_to_rewrite_and_batches_like_single_prompts():
+    pairs = world_pairs(200)
+    texts = sorted({t for p in pairs for t in p})
+    model = up_lib.create(TINY_LM, texts, vocab_size=300, seed=0, max_source_tokens=20)
+    assert model.builtin
+    losses = []
+    config = up_lib.UpsampleTrainConfig(steps=200, batch_size=16, lr=3e-3, warmup_steps=10,
+                                        weight_decay=0.0, grad_clip=1.0, max_tokens=40,
+                                        precision="fp32", seed=0)  # fmt: skip
+    up_lib.train(model, pairs, config, lambda step, m: losses.append(m["loss"]))
+    # from ln(vocab) = 5.7 at chance; each logged value is the mean of the last 50 steps
+    assert losses[-1] < 0.75 * losses[0] and losses[-1] < 0.5 * math.log(len(model.tokenizer))
+    shorts = [s for s, _ in pairs[:6]]
+    decoding = Decoding(max_new_tokens=30)
+    batched = model.rewrite(shorts, decoding, batch_size=6)
+    single = [model.rewrite([s], decoding)[0] for s in shorts]
+    assert batched == single  # left padding: every row continues its own prompt
+    assert np.mean([len(b.split()) for b in batched]) > np.mean([len(s.split()) for s in shorts])
+
+
+def save_chat_lm(folder: Path) -> None:
+    """A tiny instruction-tuned LM as a user would have it: a chat template, no pad token."""
+    tokenizer = train_tokenizer([up_lib.INSTRUCTION, "a red circle on a white background"], 300)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_head=2, n_embd=16,
+                                    n_positions=512, eos_token_id=tokenizer.eos_token_id,
+                                    bos_token_id=tokenizer.bos_token_id))  # fmt: skip
+    lm.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def tiny_project(project, **upsample):
+    project.write_params(upsample={"lm": TINY_LM, "vocab_size": 300, "steps": 4,
+                                   "batch_size": 8, "warmup_steps": 1, "heldout_prompts": 5,
+                                   "max_source_tokens": 20, "max_tokens": 30,
+                                   "decoding": {"max_new_tokens": 12}, **upsample})  # fmt: skip
+    for module in (ingest, prompts, sample, annotate):
+        module.main()
+
+
+def test_the_stage_trains_rewrites_the_suite_and_reports_faithfulness(project):
+    tiny_project(project)
+    report = stage.main()
+    assert report["builtin"] and report["training"]["steps"] == 4
+    # overlap 0.5: 5 images have both a short and a descriptive caption; 10 a descriptive one
+    assert report["training"]["pairs"] == 5 + 10
+    assert report["heldout"]["prompts"] == 5 and report["suite"]["prompts"] == 6 * 3
+    assert set(report["heldout"]) >= {"kept", "contradicted", "mean_words_upsampled"}
+    suite = pq.read_table(paths.UPSAMPLED_PROMPTS).to_pylist()
+    assert len(suite) == 6 * 3 and all(isinstance(r["upsampled"], str) for r in suite)
+    held = pq.read_table(paths.UPSAMPLED_HELDOUT)
+    assert held.column_names == ["key", "short", "upsampled"] and held.num_rows == 5
+    assert json.loads(paths.UPSAMPLE_REPORT.read_text()) == report
+    loaded = up_lib.load(paths.UPSAMPLER)
+    assert loaded.builtin and loaded.max_source_tokens == 20
+    lineage = json.loads((paths.UPSAMPLER / "lineage.json").read_text())
+    assert lineage["stage"] == "upsample" and set(lineage["inputs"]) == {
+        "dataset", "short", "descriptive"
+    }  # fmt: skip
+    first = paths.UPSAMPLED_PROMPTS.read_bytes()
+    stage.main()
+    assert paths.UPSAMPLED_PROMPTS.read_bytes() == first  # seeded: the same bytes again
+
+
+def test_an_instruction_lm_folder_is_driven_through_its_chat_template(project):
+    save_chat_lm(project.root / "chat-lm")
+    tiny_project(project, lm="chat-lm")
+    report = stage.main()
+    assert not report["builtin"] and report["training"] == {}
+    model = up_lib.load(paths.UPSAMPLER)
+    prompt = model.tokenizer.decode(model.prompt_ids("a red circle")).strip()
+    assert prompt == f"<|system|>{up_lib.INSTRUCTION}\n<|user|>a red circle\n<|assistant|>"
+    # A template without a system role gets the instruction in the user's message.
+    model.tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('no system role') }}{% endif %}"
+        "<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}<|assistant|>"
+    )
+    prompt = model.tokenizer.decode(model.prompt_ids("a red circle")).strip()
+    assert prompt == f"<|user|>{up_lib.INSTRUCTION}\n\na red circle\n<|assistant|>"
