@@ -170,6 +170,29 @@ def test_item_seeds_are_shared_by_phrasings_and_differ_by_item():
     assert evaluate.item_seed(2, "colors-000", 0) != evaluate.item_seed(1, "colors-000", 0)
 
 
+def test_each_suite_prompt_is_drawn_as_written_described_and_upsampled(project):
+    import pyarrow.parquet as pq
+
+    from recaption import io, paths
+    from recaption.stages import ingest, prompts, sample
+
+    for module in (ingest, prompts, sample):
+        module.main()
+    suite = pq.read_table(paths.PROMPTS).to_pylist()
+    without = evaluate.make_jobs(load_params())  # before the upsample stage: two phrasings
+    assert {j.phrasing for j in without if j.set == "suite"} == {"short", "descriptive"}
+    io.write_table(paths.UPSAMPLED_PROMPTS, pa.table({
+        "id": [r["id"] for r in suite], "prompt": [r["prompt"] for r in suite],
+        "upsampled": [f"upsampled {r['prompt']}" for r in suite],
+    }))  # fmt: skip
+    jobs = [j for j in evaluate.make_jobs(load_params()) if j.set == "suite"]
+    by_phrasing = {p: [j for j in jobs if j.phrasing == p] for p in ("short", "upsampled")}
+    assert len(by_phrasing["upsampled"]) == len(by_phrasing["short"]) == 2 * len(suite)  # 2 each
+    for short, up in zip(by_phrasing["short"], by_phrasing["upsampled"], strict=True):
+        assert up.prompt == f"upsampled {short.prompt}"
+        assert (up.seed, up.demands, up.category) == (short.seed, short.demands, short.category)
+
+
 def test_the_chance_baseline_matches_the_worlds_odds(project):
     from recaption.stages import prompts
 

@@ -72,10 +72,10 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
     }
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     categories = {"single_object", "two_objects", "counting", "colors", "position", "color_attr"}
-    for phrasing in ("short", "descriptive"):
+    for phrasing in ("short", "descriptive", "upsampled"):
         assert set(metrics["prompt_following"][phrasing]) == {"overall", *categories}
     assert set(metrics["clip_score"]["heldout"]) == {"ground_truth", "short", "descriptive"}
-    assert metrics["images"] == 3 * 6 * 2 + 3 * 3
+    assert metrics["images"] == 3 * 6 * 3 + 3 * 3  # suite in 3 phrasings, 3 held-out in 3
     trained_on = json.loads((repo / "models/generator/lineage.json").read_text())
     blend = json.loads((repo / "reports/blend.json").read_text())
     assert trained_on["caption_version"] == blend["caption_version"]

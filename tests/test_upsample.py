@@ -108,6 +108,7 @@ def test_the_stage_trains_rewrites_the_suite_and_reports_faithfulness(project):
     assert json.loads(paths.UPSAMPLE_REPORT.read_text()) == report
     loaded = up_lib.load(paths.UPSAMPLER)
     assert loaded.builtin and loaded.max_source_tokens == 20
+    assert loaded.decoding.max_new_tokens == 12  # rewrites elsewhere decode as the stage did
     lineage = json.loads((paths.UPSAMPLER / "lineage.json").read_text())
     assert lineage["stage"] == "upsample" and set(lineage["inputs"]) == {
         "dataset", "short", "descriptive"

@@ -41,13 +41,12 @@ def write_images(
     return [*written, grid]
 
 
-def upsample_prompt(upsampler: Path, prompt: str, max_new_tokens: int = 80) -> str:
-    """`prompt` rewritten by a saved upsampler (greedy: the same prompt, the same text)."""
+def upsample_prompt(upsampler: Path, prompt: str) -> str:
+    """`prompt` rewritten by a saved upsampler, decoded as the upsample stage decodes
+    (seeded: the same prompt gives the same text); the prompt itself if it writes nothing."""
     from recaption.models import upsampler as up_lib
-    from recaption.models.captioner import Decoding
 
-    model = up_lib.load(upsampler)
-    (rewritten,) = model.rewrite([prompt], Decoding(max_new_tokens=max_new_tokens))
+    (rewritten,) = up_lib.load(upsampler).rewrite([prompt])
     return rewritten or prompt
 
 

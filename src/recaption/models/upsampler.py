@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -41,6 +41,9 @@ INSTRUCTION = (
 )
 
 
+DEFAULT_DECODING = Decoding(max_new_tokens=80)  # greedy
+
+
 class Upsampler:
     """A causal LM and its tokenizer, and how a source text becomes its prompt."""
 
@@ -51,10 +54,12 @@ class Upsampler:
         builtin: bool,
         instruction: str = INSTRUCTION,
         max_source_tokens: int = 40,
+        decoding: Decoding = DEFAULT_DECODING,
     ):
         self.lm, self.tokenizer = lm, tokenizer
         self.builtin, self.instruction = builtin, instruction
         self.max_source_tokens = max_source_tokens  # built-in: longer sources are truncated
+        self.decoding = decoding  # how `rewrite` decodes unless told otherwise; saved with it
 
     def check_length(self, rewrite_tokens: int, key: str) -> None:
         """Refuse a built-in source + rewrite length the LM's position table cannot hold."""
@@ -89,13 +94,14 @@ class Upsampler:
     def rewrite(
         self,
         texts: Sequence[str],
-        decoding: Decoding,
+        decoding: Decoding | None = None,
         batch_size: int = 64,
         seed: int = 0,
         desc: str | None = None,
     ) -> list[str]:
         """The rewritten texts, in order; batches are left-padded so every row ends where
         generation starts. With sampling, `seed` fixes each batch's draw."""
+        decoding = decoding or self.decoding
         self.check_length(decoding.max_new_tokens, "max_new_tokens")
         out: list[str] = []
         config = decoding.generation_config(self.tokenizer)
@@ -121,6 +127,7 @@ class Upsampler:
             "builtin": self.builtin,
             "instruction": self.instruction,
             "max_source_tokens": self.max_source_tokens,
+            "decoding": asdict(self.decoding),
         }
         (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
@@ -149,7 +156,12 @@ def pad(sequences: Sequence[list[int]], pad_id: int, left: bool) -> tuple[torch.
 
 
 def create(
-    spec: str, texts: Sequence[str], vocab_size: int, seed: int, max_source_tokens: int = 40
+    spec: str,
+    texts: Sequence[str],
+    vocab_size: int,
+    seed: int,
+    max_source_tokens: int = 40,
+    decoding: Decoding = DEFAULT_DECODING,
 ) -> Upsampler:
     """The upsampler `upsample.lm` names.
 
@@ -163,7 +175,7 @@ def create(
     except CaptionerError as err:
         raise CaptionerError(str(err).replace("captioner.lm", "upsample.lm")) from err
     builtin = Path(spec).suffix == ".json"
-    return Upsampler(lm, tokenizer, builtin, max_source_tokens=max_source_tokens)
+    return Upsampler(lm, tokenizer, builtin, INSTRUCTION, max_source_tokens, decoding)
 
 
 def load(folder: str | Path) -> Upsampler:
@@ -177,7 +189,12 @@ def load(folder: str | Path) -> Upsampler:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Upsampler(
-        lm.eval(), tokenizer, config["builtin"], config["instruction"], config["max_source_tokens"]
+        lm.eval(),
+        tokenizer,
+        config["builtin"],
+        config["instruction"],
+        config["max_source_tokens"],
+        Decoding(**config["decoding"]),
     )
 
 

@@ -3,8 +3,9 @@
 Two prompt sets, each in several phrasings of the same content:
 
 - the suite (built-in world): every prompt of data/prompts/suite.parquet as written
-  (short, GenEval style) and in its descriptive form, `evaluate.images_per_prompt`
-  images each; the oracle detector judges each image against the prompt's demands
+  (short, GenEval style), in its reference descriptive form and as the upsampler
+  rewrote it (data/upsampled/prompts.parquet), `evaluate.images_per_prompt` images
+  each; the oracle detector judges each image against the prompt's demands
   (`recaption.metrics.geneval`), giving prompt-following accuracy per category;
 - held-out captions: the first `evaluate.heldout_prompts` held-out images' ground
   truth (alt-text style), short and descriptive captions, one image each.
@@ -42,7 +43,8 @@ from recaption.params import Params, load_params
 
 log = logging.getLogger(__name__)
 WORK_DIR = paths.WORK / "evaluate"
-SUITE_PHRASINGS = {"short": "prompt", "descriptive": "descriptive"}  # phrasing -> suite column
+# phrasing -> suite column ("upsampled" joined from the upsample stage's rewrites)
+SUITE_PHRASINGS = {"short": "prompt", "descriptive": "descriptive", "upsampled": "upsampled"}
 HELDOUT_PHRASINGS = {"ground_truth": "caption", "short": "short", "descriptive": "descriptive"}
 # Render indices of the scenes behind the chance baseline (apart from the oracle's and CLIP's).
 CHANCE_SCENES = 2 << 30
@@ -72,8 +74,12 @@ def make_jobs(params: Params) -> list[Job]:
     jobs: list[Job] = []
     if params.data.source == "synthetic":
         suite = pq.read_table(paths.PROMPTS).to_pylist()
+        rewrites = upsampled_prompts()
         for row in suite:
+            row["upsampled"] = rewrites.get(row["id"])
             for phrasing, column in SUITE_PHRASINGS.items():
+                if row[column] is None:
+                    continue
                 for i in range(ep.images_per_prompt):
                     jobs.append(
                         Job(f"suite/{row['id']}/{phrasing}/{i}", "suite", row["id"],
@@ -90,6 +96,16 @@ def make_jobs(params: Params) -> list[Job]:
                         phrasing, row[column], item_seed(ep.seed, row["key"], 0), "")
                 )  # fmt: skip
     return jobs
+
+
+def upsampled_prompts() -> dict[str, str]:
+    """Prompt id -> the upsampler's rewrite (empty before the upsample stage has run)."""
+    if not paths.UPSAMPLED_PROMPTS.is_file():
+        log.info("no %s: the suite is drawn without upsampled prompts", paths.UPSAMPLED_PROMPTS)
+        return {}
+    table = pq.read_table(paths.UPSAMPLED_PROMPTS, columns=["id", "upsampled"])
+    return dict(zip(table.column("id").to_pylist(), table.column("upsampled").to_pylist(),
+                    strict=True))  # fmt: skip
 
 
 def clip_cosines(clip: clip_lib.Clip, images: torch.Tensor, prompts: Sequence[str]) -> np.ndarray:

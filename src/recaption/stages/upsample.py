@@ -58,7 +58,8 @@ def build(params: Params) -> tuple[up_lib.Upsampler, dict]:
     us = params.upsample
     pairs = training_pairs()
     texts = sorted({t for pair in pairs for t in pair})
-    model = up_lib.create(us.lm, texts, us.vocab_size, params.seed, us.max_source_tokens)
+    decoding = Decoding(**us.decoding.model_dump())
+    model = up_lib.create(us.lm, texts, us.vocab_size, params.seed, us.max_source_tokens, decoding)
     if not model.builtin:
         log.info("upsample: %s is used as it is, through its instruction", us.lm)
         return model, {}
@@ -72,10 +73,9 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     us = params.upsample
     model, trained = build(params)
-    decoding = Decoding(**us.decoding.model_dump())
 
     def rewrite(texts: list[str], what: str) -> list[str]:
-        return model.rewrite(texts, decoding, us.generate_batch_size, params.seed, desc=what)
+        return model.rewrite(texts, None, us.generate_batch_size, params.seed, desc=what)
 
     suite = pq.read_table(paths.PROMPTS, columns=["id", "prompt"]).to_pylist()
     rewritten = rewrite([p["prompt"] for p in suite], "upsample prompts")
