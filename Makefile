@@ -9,7 +9,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help setup repro test lint format clean
+.PHONY: help setup repro compare test lint format clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -24,6 +24,9 @@ setup: ## Create .venv and install recaption with everything the pipeline and te
 
 repro: ## Run the pipeline (dvc repro) on params.yaml
 	$(BIN)/dvc repro
+
+compare: ## Compare caption variants as DVC experiments: reports/compare.md (hours; commit first)
+	$(BIN)/recap compare
 
 test: ## Run the test suite (offline; includes the slow end-to-end tests)
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q

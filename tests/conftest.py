@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import shutil
 from pathlib import Path
 
 import pytest
@@ -84,4 +85,7 @@ def tiny_repro(tmp_path_factory):
     commit = make_project(repo)
     trace = tmp_path_factory.mktemp("trace") / "failpoints.tsv"
     run(["dvc", "repro"], repo, RECAPTION_FAILPOINTS=str(trace))
-    return Repro(repo, commit, (repo / "dvc.lock").read_text(), read_failpoints(trace))
+    # Tests that change the project work on copies of it as the run left it.
+    pristine = tmp_path_factory.mktemp("pristine") / "repo"
+    shutil.copytree(repo, pristine, symlinks=True)
+    return Repro(repo, commit, (repo / "dvc.lock").read_text(), read_failpoints(trace), pristine)

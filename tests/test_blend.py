@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recaption import io, paths
+from recaption import io, lineage, paths
 from recaption.blend import Blend, binomial_bounds, uniform
 from recaption.stages import blend as stage
 
@@ -102,4 +102,39 @@ def test_stage_refuses_images_without_synthetic_captions(project):
         "key": pa.array(KEYS[:9]), "short": pa.array(["s"] * 9),
         "descriptive": pa.array(["d"] * 9)}))  # fmt: skip
     with pytest.raises(Exception, match="1 dataset images have no synthetic caption"):
+        stage.main()
+
+
+def test_upsampled_takes_the_ground_truths_slot_and_changes_no_draw():
+    plain, up = Blend(0.7), Blend(0.7, upsampled=True)
+    for key in KEYS[:500]:
+        expected = "upsampled" if plain.source(key) == "ground_truth" else plain.source(key)
+        assert up.source(key) == expected
+    assert {Blend(0.0, upsampled=True).source(k) for k in KEYS} == {"upsampled"}
+
+
+def test_stage_blends_upsampled_captions_and_names_them_in_the_version(project):
+    keys = KEYS[:300]
+    write_inputs(keys)
+    project.write_params(blend={"synthetic_ratio": 0.5})
+    plain = stage.main()
+    assert pq.read_table(paths.RELABELED_CAPTIONS).column("upsampled").null_count == len(keys)
+    rewrites = [f"upsampled {k}" for k in keys]
+    io.write_table(paths.UPSAMPLED_CAPTIONS, pa.table({"key": keys, "upsampled": rewrites}))
+    project.write_params(blend={"synthetic_ratio": 0.5, "use_upsampled": True})
+    report = stage.main()
+    table = pq.read_table(paths.RELABELED_CAPTIONS).to_pylist()
+    assert {r["source"] for r in table} == {"descriptive", "upsampled"}
+    for row in table:
+        assert row["caption"] == row[row["source"]]
+        if row["source"] == "upsampled":
+            assert row["caption"] == f"upsampled {row['key']}"
+    assert report["synthetic_share"] == plain["synthetic_share"]  # the same draws
+    assert report["shares"]["upsampled"] == plain["shares"]["ground_truth"] > 0
+    config = json.loads(paths.BLEND_CONFIG.read_text())
+    assert config["upsampled_captions"] == lineage.tree_hash(paths.UPSAMPLED_CAPTIONS)
+    assert report["caption_version"] != plain["caption_version"]
+    io.write_table(paths.UPSAMPLED_CAPTIONS, pa.table({
+        "key": pa.array(keys[1:]), "upsampled": pa.array(["u"] * (len(keys) - 1))}))  # fmt: skip
+    with pytest.raises(Exception, match="1 dataset images have no upsampled caption"):
         stage.main()

@@ -64,6 +64,7 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
         "recaption",
         "caption_report",
         "upsample",
+        "upsample_captions",
         "blend",
         "train_generator",
         "oracle",
@@ -81,9 +82,10 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
     assert trained_on["caption_version"] == blend["caption_version"]
     assert metrics["generator"]["caption_version"] == blend["caption_version"]
     for folder in ("clip", "captioner/pretrain", "captioner/stage1", "captioner/stage2",
-                   "generator", "eval/oracle", "eval/clip"):  # fmt: skip
+                   "upsampler", "generator", "eval/oracle", "eval/clip"):  # fmt: skip
         card = (repo / "models" / folder / "README.md").read_text()
         assert card.startswith("# ") and "## Params" in card, folder
+    assert (repo / "models/upsampler/README.md").read_text().startswith("# Upsampler")
     card = (repo / "models/generator/README.md").read_text()
     assert f"**Caption version:** `{blend['caption_version']}`" in card
     assert not (repo / "data/.work/evaluate").exists()
@@ -117,7 +119,7 @@ def test_sample_edit_makes_exactly_sample_and_what_is_below_it_stale(repo):
     assert stale(repo) == {"sample"}
     # The CLIP trains on the subset's annotations, and embed probes the held-out split.
     assert would_run(repo) == {"sample", "annotate", "clip_pretrain", "embed", "embed_probe",
-                               "upsample", *CAPTIONER_AND_BELOW}  # fmt: skip
+                               "upsample", "upsample_captions", *CAPTIONER_AND_BELOW}  # fmt: skip
     run(["dvc", "repro", "--single-item", "sample"], repo)
     assert stale(repo) == {
         "annotate", "clip_pretrain", "embed_probe", "captioner_pretrain", "caption_report",
@@ -149,6 +151,12 @@ def test_a_stage2_edit_retrains_only_stage2_and_recaptions(repo):
     }  # fmt: skip
     write_params(repo, blend={"synthetic_ratio": 0.8})
     assert would_run(repo) == {"blend", "train_generator", "evaluate"}
+    # Relabeling with upsampled captions first rewrites the ground truth.
+    write_params(repo, blend={"use_upsampled": True})
+    assert would_run(repo) == {"upsample_captions", "blend", "train_generator", "evaluate"}
+    # Another generator seed trains another generator on the same caption version.
+    write_params(repo, generator={"seed": 1})
+    assert would_run(repo) == {"train_generator", "evaluate"}
     # Sampling more images per prompt reruns the evaluation only, never its models.
     write_params(repo, evaluate={"images_per_prompt": 2})
     assert would_run(repo) == {"evaluate"}
@@ -206,18 +214,20 @@ def test_lineage_names_the_caption_version_of_each_experiment(repo):
     run(["dvc", "repro"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "pipeline run"], repo)
-    for name, ratio in (("ratio-50", 0.5), ("ratio-80", 0.8)):
-        run(["dvc", "exp", "run", "--name", name, "-S", f"blend.synthetic_ratio={ratio}"], repo)
+    # (two experiments that differ only in the ratio: tests/test_compare.py)
+    run(["dvc", "exp", "run", "--name", "ratio-80", "-S", "blend.synthetic_ratio=0.8"], repo)
+    run(["dvc", "exp", "run", "--name", "upsampled-80", "-S", "blend.synthetic_ratio=0.8",
+         "-S", "blend.use_upsampled=true"], repo)  # fmt: skip
     rows = {r["ref"]: r for r in json.loads(run(["recap", "lineage", "--all", "--json"], repo))}
-    a, b = rows["exp ratio-50"], rows["exp ratio-80"]
-    assert (a["synthetic_ratio"], b["synthetic_ratio"]) == (0.5, 0.8)
-    assert a["caption_version"] != b["caption_version"]
+    a, b = rows["exp ratio-80"], rows["exp upsampled-80"]
+    assert (a["synthetic_ratio"], a["use_upsampled"], b["use_upsampled"]) == (0.8, False, True)
+    assert a["caption_version"] != b["caption_version"]  # the upsampled ground truth
     assert a["generator"] != b["generator"]
     assert a["captioner_stage2"] == b["captioner_stage2"]  # the captioner trained once
     one = json.loads(run(["recap", "lineage", "--exp", "ratio-80", "--json"], repo))
-    assert one == [b]
+    assert one == [a]
     table = run(["recap", "lineage", "--all"], repo)
-    assert "exp ratio-50" in table and a["caption_version"][:12] in table
+    assert "exp upsampled-80" in table and b["caption_version"][:12] in table
 
 
 def test_lineage_checks_every_link_and_flags_an_edited_model(repo):
@@ -228,7 +238,9 @@ def test_lineage_checks_every_link_and_flags_an_edited_model(repo):
     assert all(link["status"] == "ok" for link in links), links
     version = json.loads((repo / "reports/blend.json").read_text())["caption_version"]
     assert links[1]["actual"] == links[1]["recorded"] == version
-    assert links[1]["params"]["synthetic_ratio"] == 0.8  # the last experiment's, in the workspace
+    # the last experiment's, in the workspace: upsampled ground truth at 0.8
+    assert links[1]["params"]["synthetic_ratio"] == 0.8 and links[1]["params"]["use_upsampled"]
+    assert names[3:5] == ["upsampled captions", "upsampler"]
 
     weights = repo / "models/captioner/stage1/model.safetensors"
     weights.write_bytes(weights.read_bytes() + b"\0")

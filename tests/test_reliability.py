@@ -1,4 +1,5 @@
-"""Reruns agree and crashes lose nothing: two clean runs, and every stage killed mid-write."""
+"""Reruns agree and crashes lose nothing: every stage killed mid-write, in a fresh clone with
+its own cache, still ends with the dvc.lock of the clean run; outputs travel through a remote."""
 
 from pathlib import Path
 
@@ -7,40 +8,29 @@ import yaml
 
 from recaption import io
 
-from tiny_repo import clone, read_failpoints, run, stale
+from tiny_repo import clone, finished_copy, read_failpoints, run, stale
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def second_run(tiny_repro, tmp_path_factory) -> Path:
-    """Another clean `dvc repro` of the same project, in a fresh clone with its own cache."""
-    again = clone(tiny_repro.path, tiny_repro.commit, tmp_path_factory.mktemp("again") / "repo")
-    run(["dvc", "repro"], again)
-    return again
-
-
-def test_two_clean_runs_write_the_same_dvc_lock(tiny_repro, second_run):
-    assert (second_run / "dvc.lock").read_text() == tiny_repro.lock  # every output's hash
-
-
 def test_outputs_pushed_to_a_remote_pull_into_a_fresh_clone_with_nothing_to_run(
-    second_run, tmp_path
+    tiny_repro, tmp_path
 ):
+    repo = finished_copy(tiny_repro, tmp_path / "run")
     storage = tmp_path / "storage"  # a local-folder remote; s3:// or gs:// work the same
-    run(["dvc", "remote", "add", "--default", "shared", str(storage)], second_run)
-    run(["git", "add", "-A"], second_run)  # dvc.lock, the remote, the uncached metrics
-    run(["git", "commit", "-qm", "pipeline run"], second_run)
-    run(["dvc", "push"], second_run)
+    run(["dvc", "remote", "add", "--default", "shared", str(storage)], repo)
+    run(["git", "add", "-A"], repo)  # dvc.lock, the remote, the uncached metrics
+    run(["git", "commit", "-qm", "pipeline run"], repo)
+    run(["dvc", "push"], repo)
 
     fresh = tmp_path / "fresh"
-    run(["git", "clone", "-q", str(second_run), str(fresh)], tmp_path)
+    run(["git", "clone", "-q", str(repo), str(fresh)], tmp_path)
     assert not (fresh / "models" / "generator").exists()
     run(["dvc", "pull"], fresh)
     assert stale(fresh) == set()
     assert "Running stage" not in run(["dvc", "repro"], fresh)
     for path in ("models/generator/model_index.json", "data/evaluation/samples.parquet"):
-        assert (fresh / path).read_bytes() == (second_run / path).read_bytes(), path
+        assert (fresh / path).read_bytes() == (repo / path).read_bytes(), path
 
 
 def kill_points(failpoints: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -80,7 +70,9 @@ def leftovers(repo: Path) -> list[str]:
 def test_every_stage_killed_at_several_points_recovers_to_the_same_outputs(tiny_repro, tmp_path):
     """A forward sweep from clean: each `dvc repro` finishes what the last one left (a
     killed stage reruns over its own debris) and is killed at the next point; a last
-    plain `dvc repro` must then end where an uninterrupted run ended."""
+    plain `dvc repro` must then end where an uninterrupted run ended. The sweep runs in
+    a fresh clone with its own empty cache, so this is also the check that two runs
+    from clean write the same dvc.lock: every output hash equal."""
     points = kill_points(tiny_repro.failpoints)
     stages = yaml.safe_load((tiny_repro.path / "dvc.yaml").read_text())["stages"]
     commands = {spec["cmd"].removeprefix("recap "): name for name, spec in stages.items()}

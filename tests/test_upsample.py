@@ -10,13 +10,15 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from recaption import paths
-from recaption.metrics.upsampling import contradictions, faithfulness
+from recaption import datasets, lineage, paths
+from recaption.metrics.upsampling import contradictions, faithfulness, stated_facts
 from recaption.models import upsampler as up_lib
 from recaption.models.captioner import Decoding
 from recaption.models.tokenizer import train_tokenizer
+from recaption.params import load_params
 from recaption.stages import annotate, ingest, prompts, sample
 from recaption.stages import upsample as stage
+from recaption.stages import upsample_captions as captions_stage
 from recaption.world import WorldConfig, make_example
 from recaption.world.parse import parse_caption
 
@@ -44,6 +46,23 @@ def test_faithfulness_counts_kept_and_contradicted_facts():
     assert moved == {("position", "red", "circle")}
     with pytest.raises(ValueError, match="2 short texts but 1"):
         faithfulness(shorts[:2], rewrites[:1])
+
+
+def test_faithfulness_reads_bare_shapes_and_relations_that_prompts_state():
+    prompt = "a photo of a red circle to the left of a blue square"
+    assert stated_facts(prompt) == {
+        ("object", "red", "circle"), ("object", "blue", "square"),
+        ("relation", "red", "circle", "left of", "blue", "square"),
+    }  # fmt: skip
+    kept = "A red circle on the left and a blue square in the center."
+    other_way = "A red circle on the right and a blue square in the center."
+    unplaced = "A red circle and a blue square on a white background."
+    report = faithfulness([prompt] * 3, [kept, other_way, unplaced])
+    assert report["facts_stated"] == 9 and report["kept"] == round(7 / 9, 4)
+    assert report["contradicted"] == round(1 / 3, 4)  # only the one placed the other way
+    rewrites = ["A large red star and two small crosses.", "A large red star."]
+    shapes = faithfulness(["a photo of a star and a cross"] * 2, rewrites)
+    assert (shapes["facts_stated"], shapes["kept"], shapes["all_kept"]) == (4, 0.75, 0.5)
 
 
 def world_pairs(n: int) -> list[tuple[str, str]]:
@@ -84,11 +103,13 @@ def save_chat_lm(folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+TINY_UPSAMPLE = {"lm": TINY_LM, "vocab_size": 300, "steps": 4, "batch_size": 8,
+                 "warmup_steps": 1, "heldout_prompts": 5, "max_source_tokens": 20,
+                 "max_tokens": 30, "decoding": {"max_new_tokens": 12}}  # fmt: skip
+
+
 def tiny_project(project, **upsample):
-    project.write_params(upsample={"lm": TINY_LM, "vocab_size": 300, "steps": 4,
-                                   "batch_size": 8, "warmup_steps": 1, "heldout_prompts": 5,
-                                   "max_source_tokens": 20, "max_tokens": 30,
-                                   "decoding": {"max_new_tokens": 12}, **upsample})  # fmt: skip
+    project.write_params(upsample={**TINY_UPSAMPLE, **upsample})
     for module in (ingest, prompts, sample, annotate):
         module.main()
 
@@ -97,8 +118,17 @@ def test_the_stage_trains_rewrites_the_suite_and_reports_faithfulness(project):
     tiny_project(project)
     report = stage.main()
     assert report["builtin"] and report["training"]["steps"] == 4
-    # overlap 0.5: 5 images have both a short and a descriptive caption; 10 a descriptive one
-    assert report["training"]["pairs"] == 5 + 10
+    # overlap 0.5: 5 images have both a short and a descriptive caption; 10 a descriptive
+    # one, each also paired with three suite-style prompts its scene satisfies
+    assert report["training"]["pairs"] == 5 + 10 + 3 * 10
+    params = load_params(paths.PARAMS)
+    prompted = stage.training_pairs(params)[-30:]
+    assert len({source for source, _ in prompted}) > 10  # distinct where a scene allows
+    for source, descriptive in prompted:
+        assert source.startswith("a photo of ")
+        assert parse_caption(source) <= parse_caption(descriptive), source
+    off = params.upsample.model_copy(update={"prompts_per_scene": 0})
+    assert len(stage.training_pairs(params.model_copy(update={"upsample": off}))) == 5 + 10
     assert report["heldout"]["prompts"] == 5 and report["suite"]["prompts"] == 6 * 3
     assert set(report["heldout"]) >= {"kept", "contradicted", "mean_words_upsampled"}
     suite = pq.read_table(paths.UPSAMPLED_PROMPTS).to_pylist()
@@ -134,3 +164,40 @@ def test_an_instruction_lm_folder_is_driven_through_its_chat_template(project):
     )
     prompt = model.tokenizer.decode(model.prompt_ids("a red circle")).strip()
     assert prompt == f"<|user|>{up_lib.INSTRUCTION}\n\na red circle\n<|assistant|>"
+
+
+class Killed(Exception):
+    pass
+
+
+def test_upsample_captions_rewrites_every_ground_truth_and_resumes(project, monkeypatch):
+    tiny_project(project)
+    assert captions_stage.main() == {"images": 0}  # blend.use_upsampled false: nothing to do
+    assert pq.read_table(paths.UPSAMPLED_CAPTIONS).num_rows == 0
+    stage.main()
+    project.write_params(upsample={**TINY_UPSAMPLE, "chunk_size": 16, "generate_batch_size": 8},
+                         blend={"use_upsampled": True})  # fmt: skip
+    real, calls = up_lib.Upsampler.rewrite, {"n": 0}
+
+    def dying(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # dies in the third of four chunks
+            raise Killed
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(up_lib.Upsampler, "rewrite", dying)
+    with pytest.raises(Killed):
+        captions_stage.main()
+    summary = captions_stage.main()
+    assert (summary["chunks_reused"], summary["chunks_computed"]) == (2, 2)
+    resumed = paths.UPSAMPLED_CAPTIONS.read_bytes()
+    monkeypatch.setattr(up_lib.Upsampler, "rewrite", real)
+    paths.UPSAMPLED_CAPTIONS.unlink()
+    captions_stage.main()
+    assert paths.UPSAMPLED_CAPTIONS.read_bytes() == resumed
+    table = pq.read_table(paths.UPSAMPLED_CAPTIONS).to_pylist()
+    rows = datasets.load_rows(paths.DATASET, ["caption"])
+    assert [r["key"] for r in table] == [r["key"] for r in rows]
+    assert [r["ground_truth"] for r in table] == [r["caption"] for r in rows]
+    assert all(isinstance(r["upsampled"], str) for r in table)
+    assert {r["upsampler"] for r in table} == {lineage.tree_hash(paths.UPSAMPLER)}

@@ -30,6 +30,7 @@ from recaption.world import (
     render,
     sample_scene,
     scene_facts,
+    scene_prompt,
     short_caption,
 )
 
@@ -398,3 +399,24 @@ def test_config_survives_pickling_for_worker_processes():
 
     cfg = WorldConfig(image_size=16, max_objects=2, alt_mix={"good": 1.0})
     assert pickle.loads(pickle.dumps(cfg)) == cfg
+
+
+def test_scene_prompt_is_satisfied_by_its_scene_and_phrased_like_the_suite():
+    from recaption.metrics.geneval import follows
+
+    rng = np.random.default_rng(5)
+    suite_forms = {p.category: p.prompt.split()[:3] for p in prompt_suite(0, 5)}
+    seen = Counter()
+    for scene in scenes(600, CROWDED, seed=2):
+        category, prompt, demands = scene_prompt(scene, rng)
+        seen[category] += 1
+        detection = {"objects": [o.to_dict() for o in scene.objects]}
+        assert follows(detection, demands, category), (prompt, scene)
+        assert parse_caption(prompt) <= scene_facts(scene), prompt
+        assert prompt.split()[:3] == suite_forms[category] == ["a", "photo", "of"]
+        if category == "counting":
+            assert any(f[0] == "count" for f in parse_caption(prompt)), prompt
+    assert set(seen) == set(CATEGORIES)
+    # A one-object scene can only be named, with or without its colour.
+    lone = Scene("white", (SceneObject("star", "red", "large", "center"),), 0)
+    assert {scene_prompt(lone, rng)[0] for _ in range(20)} == {"single_object", "colors"}

@@ -161,6 +161,17 @@ class Repro:
     commit: str  # the project before the run
     lock: str  # dvc.lock as the run wrote it
     failpoints: list[tuple[str, str]]  # (command, failpoint) in the order the run passed them
+    pristine: Path  # a copy of `path` right after the run, never changed
+
+
+def finished_copy(repro: Repro, dest: Path) -> Path:
+    """A copy of the tiny project as its clean run left it (outputs, uncached reports and
+    its own DVC cache), with the run committed."""
+    shutil.copytree(repro.pristine, dest, symlinks=True)
+    assert stale(dest) == set()
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-qm", "pipeline run"], dest)
+    return dest
 
 
 def read_failpoints(trace: Path) -> list[tuple[str, str]]:

@@ -9,6 +9,9 @@ generator down to the dataset:
     generator <- caption version (data/relabeled: ratio, kind) <- synthetic captions
       <- captioner stage 2 <- stage 1 <- pretrain <- annotations, subset <- dataset
 
+(with `blend.use_upsampled`, the caption version also names the upsampled captions,
+and they name the upsampler that wrote them)
+
 and, for each link, compares the hash the model above it recorded with the hash of
 what is on disk now. A link whose file changed since the model above it was
 trained is flagged "changed"; `dvc status` adds the outputs DVC itself sees
@@ -95,6 +98,13 @@ def chain(generator: str | Path, root: str | Path = ".") -> list[Link]:
     links.append(_link("caption version", root, rel, caption_version, **blend))
     synthetic = paths.SYNTHETIC_CAPTIONS
     links.append(_link("synthetic captions", root, synthetic, blend.get("synthetic_captions")))
+    if blend.get("upsampled_captions"):  # blend.use_upsampled: the upsampler's rewrites
+        upsampled = paths.UPSAMPLED_CAPTIONS
+        links.append(_link("upsampled captions", root, upsampled, blend["upsampled_captions"]))
+        own = lineage.read_lineage(root / paths.UPSAMPLER)
+        links.append(_link("upsampler", root, paths.UPSAMPLER,
+                           _column_value(root / upsampled, "upsampler"),
+                           **own.get("params", {})))  # fmt: skip
     parents = {
         "stage2": _column_value(root / synthetic, "descriptive_captioner"),
         "stage1": _column_value(root / synthetic, "short_captioner"),
@@ -154,7 +164,8 @@ def _lock_row(lock: dict) -> dict[str, Any] | None:
         return None
     outs = {o["path"]: o.get("md5") for o in train.get("outs", [])}
     deps = {d["path"]: d.get("md5") for d in train.get("deps", [])}
-    blend = train.get("params", {}).get("params.yaml", {}).get("blend", {})
+    params = train.get("params", {}).get("params.yaml", {})
+    blend = params.get("blend", {})
     recaption = stages.get("recaption", {})
     captioner = {d["path"]: d.get("md5") for d in recaption.get("deps", [])}
     return {
@@ -162,6 +173,8 @@ def _lock_row(lock: dict) -> dict[str, Any] | None:
         "caption_version": deps.get(str(paths.RELABELED)),
         "synthetic_ratio": blend.get("synthetic_ratio"),
         "synthetic_kind": blend.get("synthetic_kind"),
+        "use_upsampled": blend.get("use_upsampled", False),
+        "generator_seed": params.get("generator", {}).get("seed", 0),
         "captioner_stage2": captioner.get(str(paths.CAPTIONER / "stage2")),
     }
 
@@ -211,14 +224,14 @@ def format_chain(links: list[Link]) -> str:
 
 
 def format_history(rows: list[dict[str, Any]]) -> str:
-    """A table: ref, commit, generator, caption version, blend ratio and kind, captioner."""
+    """A table: ref, commit, generator, caption version, blend params, generator seed and
+    stage-2 captioner."""
     head = ("ref", "commit", "generator", "caption_version", "synthetic_ratio", "synthetic_kind",
-            "captioner_stage2")  # fmt: skip
+            "use_upsampled", "generator_seed", "captioner_stage2")  # fmt: skip
+    digests = {"generator", "caption_version", "captioner_stage2"}
     table = [head] + [
-        tuple(_short(v) if k in head[2:4] + head[6:] else str(v) for k, v in
-              ((k, r.get(k)) for k in head))
-        for r in rows
-    ]  # fmt: skip
+        tuple(_short(r.get(k)) if k in digests else str(r.get(k)) for k in head) for r in rows
+    ]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in table)
     return "\n".join(line.rstrip() for line in lines)

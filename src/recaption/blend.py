@@ -11,7 +11,9 @@ plain text people type). Every draw is a seeded hash of the key, so:
 - "per_epoch" mode redraws with the epoch in the hash, reproducibly.
 
 With kind "mixed", a synthetic image gets its short caption with probability
-`short_fraction`, its descriptive one otherwise.
+`short_fraction`, its descriptive one otherwise. With `upsampled`, an image that
+does not draw a synthetic caption gets the upsampler's rewrite of its ground truth
+instead of the ground truth itself; the draws themselves do not change.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-SOURCES = ("ground_truth", "short", "descriptive")
+SOURCES = ("ground_truth", "short", "descriptive", "upsampled")
+SYNTHETIC = ("short", "descriptive")  # written by the captioner
 
 
 def uniform(seed: int, salt: str, key: str, epoch: int | None = None) -> float:
@@ -38,15 +41,16 @@ class Blend:
     short_fraction: float = 0.5  # mixed: share of synthetic captions that are short
     mode: Literal["static", "per_epoch"] = "static"
     seed: int = 0
+    upsampled: bool = False  # the ground truth's slot takes its upsampled rewrite
 
     def source(self, key: str, epoch: int = 0) -> str:
-        """Which caption `key` trains with ("ground_truth", "short" or "descriptive").
+        """Which caption `key` trains with: one of `SOURCES`.
 
         In static mode the epoch is ignored: the choice is fixed per image.
         """
         e = epoch if self.mode == "per_epoch" else None
         if uniform(self.seed, "blend", key, e) >= self.ratio:
-            return "ground_truth"
+            return "upsampled" if self.upsampled else "ground_truth"
         if self.kind != "mixed":
             return self.kind
         short = uniform(self.seed, "blend-kind", key, e) < self.short_fraction

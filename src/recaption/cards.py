@@ -41,6 +41,14 @@ _ABOUT: dict[str, tuple[str, str, str, str]] = {
         "background, text, colours); it writes the dataset's synthetic descriptive captions.",
         'from recaption.models import captioner\nmodel = captioner.load("{folder}")',
     ),
+    "upsample": (
+        str(paths.UPSAMPLER), "Upsampler (short text -> descriptive caption)",
+        "A causal language model that rewrites a short prompt or caption as one descriptive "
+        "caption, keeping what it states; built in, it was trained on the text pairs below.",
+        'from recaption.models import upsampler\nmodel = upsampler.load("{folder}")\n'
+        'model.rewrite(["a photo of two red circles"])\n'
+        '# or: recap generate "a photo of two red circles" --upsample',
+    ),
     "train_generator": (
         str(paths.GENERATOR), "Text-to-image generator",
         "A diffusers pipeline (UNet2DConditionModel, DDIM scheduler, CLIP text encoder) "

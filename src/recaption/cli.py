@@ -139,6 +139,15 @@ def upsample(params: Path = ParamsOption) -> None:
     _run(stage.main, params)
 
 
+@app.command("upsample-captions")
+def upsample_captions(params: Path = ParamsOption) -> None:
+    """Rewrite every image's ground-truth caption with the upsampler, when
+    blend.use_upsampled is true: data/captions/upsampled.parquet."""
+    from recaption.stages import upsample_captions as stage
+
+    _run(stage.main, params)
+
+
 @app.command()
 def blend(params: Path = ParamsOption) -> None:
     """Relabel every image with a synthetic or ground-truth caption: data/relabeled/."""
@@ -241,6 +250,21 @@ def lineage_command(
             typer.echo(audit.format_chain(links))
         if any(link.status != "ok" for link in links):
             sys.exit(1)
+
+    _run(run, paths.PARAMS)
+
+
+@app.command()
+def compare() -> None:
+    """The study's comparison: queue a DVC experiment per caption variant and generator
+    seed (params: compare), run the queue, and write reports/compare.{md,json,png}."""
+    from recaption import compare as compare_lib
+
+    def run(_: Path) -> None:
+        summary = compare_lib.run(".")
+        typer.echo(f"{compare_lib.REPORT_MD}: {len(summary['experiments'])} experiments")
+        for finding in summary["findings"]:
+            typer.echo(f"  {finding['verdict']:<32} {finding['claim']}")
 
     _run(run, paths.PARAMS)
 

@@ -294,7 +294,7 @@ class UpsampleParams(Section):
     # instruction-tuned causal LM: a transformers model id or a local folder.
     lm: ModelRef = "configs/captioner/tiny-gpt2.json"
     vocab_size: int = Field(1024, ge=64)  # built-in tokenizer
-    steps: int = Field(800, ge=1)
+    steps: int = Field(1600, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0, le=1)
     warmup_steps: int = Field(50, ge=0)
@@ -306,6 +306,10 @@ class UpsampleParams(Section):
     decoding: DecodingParams = DecodingParams(max_new_tokens=80)
     generate_batch_size: int = Field(128, ge=1)
     heldout_prompts: int = Field(300, ge=0)  # held-out short captions the faithfulness uses
+    # Synthetic world, built-in LM: also train on this many suite-style prompts per subset
+    # scene ("a photo of two red circles") -> its descriptive caption. Ignored for real data.
+    prompts_per_scene: int = Field(3, ge=0)
+    chunk_size: int = Field(2000, ge=1)  # upsample_captions: captions per resumable unit
 
 
 class BlendParams(Section):
@@ -315,6 +319,10 @@ class BlendParams(Section):
     synthetic_kind: Literal["descriptive", "short", "mixed"] = "descriptive"
     short_fraction: float = Field(0.5, ge=0, le=1)  # mixed: share of synthetic that is short
     mode: Literal["static", "per_epoch"] = "static"  # per_epoch: redrawn every epoch
+    # true: the ground-truth captions are replaced by the upsampler's rewrites of them
+    # (data/captions/upsampled.parquet), both where an image keeps its ground truth and
+    # at synthetic_ratio 0.
+    use_upsampled: bool = False
 
 
 class GeneratorParams(Section):
@@ -322,6 +330,9 @@ class GeneratorParams(Section):
 
     model: ModelRef = "configs/generator/tiny-unet-32.json"  # architecture JSON, or saved pipeline
     vocab_size: int = Field(1024, ge=64)  # built-in text encoder's tokenizer
+    # Added to the global seed for this model's own draws (initial weights, batches, noise,
+    # caption dropout); the caption version does not change. Comparisons vary it.
+    seed: int = Field(0, ge=0)
     steps: int = Field(1200, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0, le=1)
@@ -374,6 +385,41 @@ class EvaluateParams(Section):
     clip: EvalClipParams = EvalClipParams()
 
 
+# The study's comparison (recap compare): each variant's blend params.
+COMPARE_VARIANTS: dict[str, dict[str, Any]] = {
+    "ground-truth": {"blend.synthetic_ratio": 0.0},
+    "short-95": {"blend.synthetic_kind": "short", "blend.synthetic_ratio": 0.95},
+    "descriptive-95": {"blend.synthetic_kind": "descriptive", "blend.synthetic_ratio": 0.95},
+    "descriptive-65": {"blend.synthetic_kind": "descriptive", "blend.synthetic_ratio": 0.65},
+    "descriptive-80": {"blend.synthetic_kind": "descriptive", "blend.synthetic_ratio": 0.8},
+    "descriptive-90": {"blend.synthetic_kind": "descriptive", "blend.synthetic_ratio": 0.9},
+    "descriptive-100": {"blend.synthetic_kind": "descriptive", "blend.synthetic_ratio": 1.0},
+    # Not in the study's figures: the ground truth rewritten by the upsampler, no captioner.
+    "upsampled-ground-truth": {"blend.synthetic_ratio": 0.0, "blend.use_upsampled": True},
+}
+STUDY_VARIANTS = list(COMPARE_VARIANTS)[:7]
+CompareVariant = Literal[
+    "ground-truth", "short-95", "descriptive-95", "descriptive-65", "descriptive-80",
+    "descriptive-90", "descriptive-100", "upsampled-ground-truth",
+]  # fmt: skip
+
+
+class CompareParams(Section):
+    """recap compare (make compare): the study's comparison as DVC experiments. No stage
+    reads this section, so editing it reruns nothing."""
+
+    variants: list[CompareVariant] = STUDY_VARIANTS  # type: ignore[assignment]
+    seeds: int = Field(3, ge=1)  # generator seeds per variant (generator.seed 0 .. seeds-1)
+    # Dotted params every experiment of the sweep also sets (e.g. a lighter generator).
+    overrides: dict[str, bool | int | float | str | None] = {}
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CompareParams:
+        if not self.variants or len(set(self.variants)) != len(self.variants):
+            raise ValueError("compare.variants: give each variant once, at least one")
+        return self
+
+
 class Params(Section):
     """The whole params.yaml."""
 
@@ -390,6 +436,7 @@ class Params(Section):
     blend: BlendParams = BlendParams()
     generator: GeneratorParams = GeneratorParams()
     evaluate: EvaluateParams = EvaluateParams()
+    compare: CompareParams = CompareParams()
 
     @model_validator(mode="after")
     def _fresh_renders(self) -> Params:

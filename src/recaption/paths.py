@@ -34,6 +34,7 @@ UPSAMPLER = MODELS / "upsampler"
 
 CAPTIONS = DATA / "captions"
 SYNTHETIC_CAPTIONS = CAPTIONS / "synthetic.parquet"
+UPSAMPLED_CAPTIONS = CAPTIONS / "upsampled.parquet"  # the ground truth, upsampled
 EVALUATION = DATA / "evaluation"  # generated samples with their scores
 EVAL_SAMPLES = EVALUATION / "samples.parquet"
 RELABELED = DATA / "relabeled"  # the blend: one caption per image, and its config

@@ -86,3 +86,12 @@ def run_chunks(
 def clear(work_dir: str | Path) -> None:
     """Remove a work folder once the stage's output is safely written."""
     shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def finish(run: ChunkRun, output: str | Path, work_dir: str | Path) -> dict[str, int]:
+    """Write the run's rows to `output` (atomically), then remove the work folder; returns
+    the counts a stage reports: images, chunks computed and chunks reused."""
+    io.write_table(output, run.table)
+    clear(work_dir)
+    return {"images": run.table.num_rows, "chunks_computed": run.computed,
+            "chunks_reused": run.reused}  # fmt: skip

@@ -86,13 +86,6 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         return pa.table(columns)
 
     run = runner.run_chunks(emb.keys, rp.chunk_size, WORK_DIR, fingerprint, compute, "recaption")
-    io.write_table(paths.SYNTHETIC_CAPTIONS, run.table)
-    runner.clear(WORK_DIR)
-    summary = {
-        "images": run.table.num_rows,
-        "chunks_computed": run.computed,
-        "chunks_reused": run.reused,
-        "captioners": hashes,
-    }
+    summary = {**runner.finish(run, paths.SYNTHETIC_CAPTIONS, WORK_DIR), "captioners": hashes}
     log.info("recaption: %s", summary)
     return summary

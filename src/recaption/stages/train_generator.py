@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from dvclive import Live
 
 from recaption import datasets, io, lineage, paths
+from recaption.blend import SOURCES
 from recaption.models import generator as gen_lib
 from recaption.models.generator_train import GeneratorTrainConfig, train_generator
 from recaption.models.tokenizer import train_tokenizer
@@ -35,8 +36,13 @@ def start_pipeline(params: Params, texts: list[str]) -> gen_lib.GeneratorPipelin
     gp = params.generator
     if Path(gp.model).suffix == ".json":
         tokenizer = train_tokenizer(texts, gp.vocab_size, wrap=True)
-        return gen_lib.create_builtin(gp.model, tokenizer, params.data.image_size, params.seed)
+        return gen_lib.create_builtin(gp.model, tokenizer, params.data.image_size, seed_of(params))
     return gen_lib.load(gp.model)
+
+
+def seed_of(params: Params) -> int:
+    """The generator's own seed: the global seed plus `generator.seed`."""
+    return params.seed + params.generator.seed
 
 
 def checkpoint_dir(params: Params, caption_version: str) -> Path:
@@ -64,13 +70,13 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     table = pq.read_table(paths.RELABELED_CAPTIONS).to_pylist()
     table = [r for r in table if r["key"] not in heldout]
     keys = [r["key"] for r in table]
-    candidates = {s: [r[s] for r in table] for s in ("ground_truth", "short", "descriptive")}
+    candidates = {s: [r[s] for r in table] for s in SOURCES}
     blend = blend_of(params)
     rows = datasets.load_rows(paths.DATASET, ["image"], set(keys))
     pipe = start_pipeline(params, [r["caption"] for r in table])
     images = datasets.images_tensor([r["image"] for r in rows], pipe.image_size)
-    fields = params.generator.model_dump(exclude={"model", "vocab_size"})
-    config = GeneratorTrainConfig(seed=params.seed, **fields)
+    fields = params.generator.model_dump(exclude={"model", "vocab_size", "seed"})
+    config = GeneratorTrainConfig(seed=seed_of(params), **fields)
     caption_version = lineage.tree_hash(paths.RELABELED)
     checkpoints = checkpoint_dir(params, caption_version)
     with Live(str(paths.DVCLIVE / "train_generator"), dvcyaml=False, save_dvc_exp=False) as live:

@@ -2,10 +2,13 @@
 
 With `upsample.lm` a GPT-2 config JSON, a small LM is trained here on the subset's
 text pairs (short -> descriptive for images in both parts, ground truth ->
-descriptive for the second part); otherwise the named instruction-tuned LM is used
-as it is. The stage then rewrites the evaluation prompt suite and a sample of the
-held-out split's short reference captions, and measures on both how faithful
-the rewrites are (facts kept, facts contradicted, lengths).
+descriptive for the second part and, in the synthetic world, a prompt in the
+suite's phrasing that the image's scene satisfies -> descriptive, the way the
+study's instruction shows the LM examples of the task); otherwise the named
+instruction-tuned LM is used as it is. The stage then rewrites the evaluation
+prompt suite and a sample of the held-out split's short reference captions, and
+measures on both how faithful the rewrites are (facts kept, facts contradicted,
+lengths).
 
 Outputs: models/upsampler/, data/upsampled/{prompts,heldout}.parquet,
 reports/upsample.json, dvclive/upsample/ (training curve).
@@ -13,9 +16,11 @@ reports/upsample.json, dvclive/upsample/ (training curve).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dvclive import Live
@@ -26,21 +31,37 @@ from recaption.models import upsampler as up_lib
 from recaption.models.captioner import Decoding
 from recaption.params import Params, load_params
 from recaption.stages.live import step_logger
+from recaption.world import Scene, scene_prompt
 
 log = logging.getLogger(__name__)
 LIVE_DIR = paths.DVCLIVE / "upsample"
 
 
-def training_pairs() -> list[tuple[str, str]]:
-    """(source, descriptive) pairs of the subset, in key order."""
+def training_pairs(params: Params) -> list[tuple[str, str]]:
+    """(source, descriptive) pairs of the subset: short -> descriptive, ground truth ->
+    descriptive, and in the synthetic world `upsample.prompts_per_scene` suite-style
+    prompts its scene satisfies -> descriptive; each kind in key order."""
     short = datasets.read_captions(paths.SHORT)
     descriptive = datasets.read_captions(paths.DESCRIPTIVE)
-    rows = datasets.load_rows(paths.DATASET, ["caption"], set(descriptive))
-    truth = {r["key"]: r["caption"] for r in rows}
-    keys = sorted(descriptive)
-    return [(short[k], descriptive[k]) for k in keys if k in short] + [
-        (truth[k], descriptive[k]) for k in keys
-    ]
+    rows = datasets.load_rows(paths.DATASET, ["caption", "meta"], set(descriptive))
+    keys = [r["key"] for r in rows]  # key order
+    pairs = [(short[k], descriptive[k]) for k in keys if k in short]
+    pairs += [(r["caption"], descriptive[r["key"]]) for r in rows]
+    per_scene = params.upsample.prompts_per_scene if params.data.source == "synthetic" else 0
+    for r in rows if per_scene else []:
+        prompts = prompts_for(r["meta"], r["key"], params.seed, per_scene)
+        pairs += [(prompt, descriptive[r["key"]]) for prompt in prompts]
+    return pairs
+
+
+def prompts_for(meta: str, key: str, seed: int, n: int) -> list[str]:
+    """`n` suite-style prompts true of the row's scene (distinct where the scene allows),
+    drawn by a seeded hash of its key."""
+    rng = np.random.default_rng([seed, int(io.sha256_bytes(key.encode())[:12], 16)])
+    scene = Scene.from_dict(json.loads(meta)["scene"])
+    drawn = [scene_prompt(scene, rng)[1] for _ in range(4 * n)]
+    distinct = list(dict.fromkeys(drawn))
+    return (distinct + drawn)[:n]
 
 
 def heldout_shorts(params: Params) -> list[tuple[str, str]]:
@@ -56,7 +77,7 @@ def heldout_shorts(params: Params) -> list[tuple[str, str]]:
 def build(params: Params) -> tuple[up_lib.Upsampler, dict]:
     """The upsampler, trained here when it is built in; and what training reported."""
     us = params.upsample
-    pairs = training_pairs()
+    pairs = training_pairs(params)
     texts = sorted({t for pair in pairs for t in pair})
     decoding = Decoding(**us.decoding.model_dump())
     model = up_lib.create(us.lm, texts, us.vocab_size, params.seed, us.max_source_tokens, decoding)
@@ -108,7 +129,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             tmp,
             "upsample",
             {"dataset": paths.DATASET, "short": paths.SHORT, "descriptive": paths.DESCRIPTIVE},
-            {"seed": params.seed, "upsample": us.model_dump()},
+            {"seed": params.seed, "upsample": us.model_dump(exclude={"chunk_size"})},
             metrics={"training": trained, "heldout": report["heldout"]},
         )
     io.write_json(paths.UPSAMPLE_REPORT, report)

@@ -10,7 +10,7 @@ from .captions import alt_text, descriptive_caption, sample_alt_kind, short_capt
 from .config import ALT_KINDS, DEFAULT_ALT_MIX, WorldConfig
 from .example import Example, example_rng, make_example
 from .parse import Fact, parse_caption, scene_facts
-from .prompts import CATEGORIES, RELATIONS, Prompt, prompt_suite
+from .prompts import CATEGORIES, RELATIONS, Prompt, prompt_suite, scene_prompt
 from .render import render
 from .scene import Scene, SceneObject, SceneText, sample_scene
 from .vocab import (
@@ -56,6 +56,7 @@ __all__ = [
     "make_example",
     "parse_caption",
     "prompt_suite",
+    "scene_prompt",
     "render",
     "sample_alt_kind",
     "sample_scene",

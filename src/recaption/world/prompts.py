@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .phrases import capitalise, join_list, noun, position_phrase, with_article
-from .scene import pick
+from .phrases import capitalise, group_count, join_list, noun, position_phrase, with_article
+from .scene import Scene, SceneObject, pick
 from .vocab import BACKGROUNDS, COLOUR_NAMES, POSITIONS, SHAPES
 
 CATEGORIES: tuple[str, ...] = (
@@ -30,6 +30,7 @@ CATEGORIES: tuple[str, ...] = (
 )
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 COUNTS: tuple[int, ...] = (2, 3, 4)
+_RELATION_WORDS = {"left of": "to the left of", "right of": "to the right of"}
 # Separates the prompt streams from make_example's [seed, index] streams.
 _PROMPT_STREAM = 104729
 # Consecutive duplicate draws after which a category is taken to be exhausted.
@@ -141,7 +142,7 @@ def _position(rng: np.random.Generator) -> Draft:
     a, b = _two_shapes(rng)
     ca, cb = pick(rng, COLOUR_NAMES), pick(rng, COLOUR_NAMES)
     relation = pick(rng, RELATIONS)
-    words = {"left of": "to the left of", "right of": "to the right of"}.get(relation, relation)
+    words = _RELATION_WORDS.get(relation, relation)
     prompt = f"a photo of {with_article(noun(ca, a))} {words} {with_article(noun(cb, b))}"
     pa, pb = _relation_cells(rng, relation)
     desc = join_list(
@@ -196,3 +197,65 @@ def prompt_suite(seed: int, per_category: int) -> list[Prompt]:
     for index, category in enumerate(CATEGORIES):
         suite.extend(_category(seed, index, category, per_category))
     return suite
+
+
+def _relation(a: SceneObject, b: SceneObject) -> str | None:
+    """How `a` stands to `b` in the suite's sense (same row or column), if it does."""
+    (ra, ca), (rb, cb) = a.cell, b.cell
+    if ra == rb:
+        return "left of" if ca < cb else "right of"
+    if ca == cb:
+        return "above" if ra < rb else "below"
+    return None
+
+
+def _coloured(obj: SceneObject) -> str:
+    return with_article(noun(obj.colour, obj.shape))
+
+
+def scene_prompt(scene: Scene, rng: np.random.Generator) -> tuple[str, str, dict[str, Any]]:
+    """(category, prompt, demands): a prompt in the suite's phrasing that `scene` satisfies.
+
+    The category is drawn among those the scene can satisfy: every scene has a
+    single object and a coloured one; counting needs a repeated coloured shape,
+    two_objects two shapes, color_attr two shapes of two colours, and position two
+    shapes in one row or column. It teaches the built-in upsampler the form of the
+    prompts people write, from scenes of the training subset (never the suite's).
+    """
+    objects = list(scene.objects)
+    pairs = [(a, b) for a in objects for b in objects if a.shape != b.shape]
+    repeated = [(o, n) for o in objects if (n := group_count(scene, o.colour, o.shape)) > 1]
+    coloured = [(a, b) for a, b in pairs if a.colour != b.colour]
+    related = [(a, b, r) for a, b in pairs if (r := _relation(a, b))]
+    feasible = {
+        "single_object": True,
+        "colors": True,
+        "counting": bool(repeated),
+        "two_objects": bool(pairs),
+        "color_attr": bool(coloured),
+        "position": bool(related),
+    }
+    category = pick(rng, [c for c in CATEGORIES if feasible[c]])
+    relation = None
+    if category == "single_object":
+        obj = pick(rng, objects)
+        phrase, objs = with_article(obj.shape), [_demand(obj.shape, None)]
+    elif category == "colors":
+        obj = pick(rng, objects)
+        phrase, objs = _coloured(obj), [_demand(obj.shape, obj.colour)]
+    elif category == "counting":
+        obj, n = pick(rng, repeated)
+        phrase, objs = noun(obj.colour, obj.shape, count=n), [_demand(obj.shape, obj.colour, n)]
+    elif category == "two_objects":
+        pair = pick(rng, pairs)
+        phrase = " and ".join(with_article(o.shape) for o in pair)
+        objs = [_demand(o.shape, None) for o in pair]
+    elif category == "color_attr":
+        pair = pick(rng, coloured)
+        phrase = " and ".join(_coloured(o) for o in pair)
+        objs = [_demand(o.shape, o.colour) for o in pair]
+    else:
+        a, b, relation = pick(rng, related)
+        phrase = f"{_coloured(a)} {_RELATION_WORDS.get(relation, relation)} {_coloured(b)}"
+        objs = [_demand(a.shape, a.colour), _demand(b.shape, b.colour)]
+    return category, f"a photo of {phrase}", {"objects": objs, "relation": relation}

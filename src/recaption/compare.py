@@ -1,0 +1,446 @@
+"""recap compare: the study's comparison of caption variants, as DVC experiments.
+
+Each variant (`params.COMPARE_VARIANTS`: ground truth only, short or descriptive
+synthetic captions at several shares) is trained with `compare.seeds` generator
+seeds (`generator.seed`), each one a DVC experiment named `<variant>-s<seed>` that
+sets the variant's blend params and `compare.overrides` (a lighter generator, say).
+Only the stages below the changed params run in an experiment, so the captioner
+trains once for the whole comparison; `stages_run` in reports/compare.json says
+which stages each experiment ran, read from its queue log.
+
+    plan -> queue (dvc exp run --queue) -> run (dvc exp run --run-all) -> collect
+    (dvc exp show --json) -> reports/compare.{json,md,png}
+
+An experiment of the current commit that already has its name and params is
+reused, so an interrupted comparison picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recaption import io, paths
+from recaption.errors import UserError
+from recaption.params import COMPARE_VARIANTS, Params, parse_params
+
+log = logging.getLogger(__name__)
+REPORT_JSON = paths.REPORTS / "compare.json"
+REPORT_MD = paths.REPORTS / "compare.md"
+REPORT_PNG = paths.REPORTS / "compare.png"
+# The figures compared, as (label, path in reports/metrics.json).
+SCORES: dict[str, tuple[str, ...]] = {
+    "CLIP score, ground-truth prompts": ("clip_score", "heldout", "ground_truth", "clipscore"),
+    "CLIP score, descriptive prompts": ("clip_score", "heldout", "descriptive", "clipscore"),
+    "prompt following, short prompts": ("prompt_following", "short", "overall"),
+    "prompt following, descriptive prompts": ("prompt_following", "descriptive", "overall"),
+}
+CATEGORY_PHRASING = "descriptive"  # per-category accuracy is given for descriptive prompts
+PARAMS_FILE = "params.yaml"
+METRICS_FILE = "reports/metrics.json"
+
+
+class CompareError(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    variant: str
+    seed: int
+    params: dict[str, Any]  # dotted key -> value, what `dvc exp run -S` sets
+
+
+@dataclass
+class Result:
+    experiment: Experiment
+    metrics: dict[str, Any] = field(default_factory=dict)
+    stages_run: list[str] | None = None  # None: reused from an earlier run, log not read
+
+
+def plan(params: Params) -> list[Experiment]:
+    """Every experiment of the comparison, variant by variant, seed by seed."""
+    cp = params.compare
+    out = []
+    for variant in cp.variants:
+        for seed in range(cp.seeds):
+            sets = {**cp.overrides, **COMPARE_VARIANTS[variant], "generator.seed": seed}
+            out.append(Experiment(f"{variant}-s{seed}", variant, seed, sets))
+    return out
+
+
+def _set(raw: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise CompareError(f"compare: {dotted}: {key} is not a section")
+    node[last] = value
+
+
+def check(raw: dict, experiments: Sequence[Experiment]) -> None:
+    """Fail before queueing anything when an experiment's params would not validate."""
+    for exp in experiments:
+        trial = json.loads(json.dumps(raw))
+        for key, value in exp.params.items():
+            _set(trial, key, value)
+        parse_params(trial, source=f"experiment {exp.name}")
+
+
+def _value(value: Any) -> str:
+    """A value as `dvc exp run -S` reads it (YAML)."""
+    return json.dumps(value) if isinstance(value, str | bool) or value is None else repr(value)
+
+
+def _dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise CompareError(f"dvc {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+def shown(root: Path, baseline: str) -> dict[str, dict[str, Any]]:
+    """The experiments of commit `baseline`: name -> {"params": flat, "metrics": tree}."""
+    rows = json.loads(_dvc(root, "exp", "show", "--json", "--rev", baseline).stdout or "[]")
+    out: dict[str, dict[str, Any]] = {}
+    for baseline in rows:
+        for group in baseline.get("experiments") or []:
+            for rev in group.get("revs") or []:
+                data, name = rev.get("data") or {}, rev.get("name")
+                if not name or rev.get("error"):
+                    continue
+                params = (data.get("params") or {}).get(PARAMS_FILE, {}).get("data", {})
+                metrics = (data.get("metrics") or {}).get(METRICS_FILE, {}).get("data")
+                out[name] = {"params": _flatten(params), "metrics": metrics}
+    return out
+
+
+def _matches(exp: Experiment, flat: dict[str, Any]) -> bool:
+    return all(flat.get(key) == value for key, value in exp.params.items())
+
+
+def queue(root: Path, experiments: Sequence[Experiment], baseline: str) -> list[Experiment]:
+    """Queue the experiments not already done with the same params; returns those queued."""
+    done = shown(root, baseline)
+    redo = [
+        e.name
+        for e in experiments
+        if e.name in done and not (_matches(e, done[e.name]["params"]) and done[e.name]["metrics"])
+    ]
+    if redo:
+        _dvc(root, "exp", "remove", *redo)
+    todo = [e for e in experiments if e.name not in done or e.name in redo]
+    if todo:  # tasks an interrupted comparison left in the queue are queued afresh
+        _dvc(root, "queue", "remove", *(e.name for e in todo), check=False)
+    for exp in todo:
+        sets = [
+            arg for key, value in exp.params.items() for arg in ("-S", f"{key}={_value(value)}")
+        ]
+        _dvc(root, "exp", "run", "--queue", "--name", exp.name, *sets)
+    return todo
+
+
+_RUNNING = re.compile(r"^Running stage '([^']+)'", re.MULTILINE)
+
+
+def stages_run(root: Path, name: str) -> list[str] | None:
+    """The stages an experiment ran, from its queue log (None when there is none)."""
+    proc = _dvc(root, "queue", "logs", name, check=False)
+    return _RUNNING.findall(proc.stdout) if proc.returncode == 0 else None
+
+
+def run(root: str | Path = ".", params: Params | None = None, raw: dict | None = None) -> dict:
+    """Plan, queue, run and collect the comparison; writes reports/compare.{json,md,png}."""
+    root = Path(root)
+    if params is None or raw is None:
+        import yaml
+
+        raw = yaml.safe_load((root / PARAMS_FILE).read_text())
+        params = parse_params(raw, source=PARAMS_FILE)
+    experiments = plan(params)
+    check(raw, experiments)
+    if _dvc(root, "status", "--json").stdout.strip() not in ("{}", ""):
+        raise CompareError(
+            "the workspace pipeline is not up to date: run `make repro` and "
+            "commit dvc.lock first (experiments start from the last commit)"
+        )
+    # Experiments belong to the commit they started from, even if HEAD moves meanwhile.
+    git = ["git", "rev-parse", "HEAD"]
+    baseline = subprocess.run(git, cwd=root, capture_output=True, text=True).stdout.strip()
+    if not baseline:
+        raise CompareError("recap compare needs a git repository with a commit")
+    start = time.monotonic()
+    queued = queue(root, experiments, baseline)
+    log.info("compare: %d experiments, %d queued", len(experiments), len(queued))
+    if queued:
+        proc = _dvc(root, "exp", "run", "--run-all", "--jobs", "1", check=False)
+        if proc.returncode != 0:
+            log.warning("dvc exp run --run-all: %s", proc.stderr.strip()[-2000:])
+    minutes = (time.monotonic() - start) / 60
+    done = shown(root, baseline)
+    results = []
+    for exp in experiments:
+        entry = done.get(exp.name)
+        if entry is None or not entry.get("metrics"):
+            raise CompareError(
+                f"experiment {exp.name} did not finish: see `dvc queue logs {exp.name}`"
+            )
+        ran = stages_run(root, exp.name) if exp in queued else None
+        results.append(Result(exp, entry["metrics"], ran))
+    summary = summarise(results, params)
+    summary["sweep_minutes"] = round(minutes, 1)
+    summary["queued"] = len(queued)
+    io.write_json(root / REPORT_JSON, summary)
+    io.write_text(root / REPORT_MD, markdown(summary))
+    figure(summary, root / REPORT_PNG)
+    return summary
+
+
+# ---- statistics and report ------------------------------------------------------------------
+
+
+def _get(tree: dict, path: Sequence[str]) -> float | None:
+    node: Any = tree
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return float(node) if isinstance(node, int | float) else None
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def summarise(results: Sequence[Result], params: Params) -> dict[str, Any]:
+    """Per variant: mean and spread of every score over seeds; per experiment: its figures
+    and the stages it ran; and the study's findings, each checked against the spread."""
+    variants: dict[str, dict[str, Any]] = {}
+    categories = sorted(
+        {
+            c
+            for r in results
+            for c in (r.metrics.get("prompt_following", {}).get(CATEGORY_PHRASING) or {})
+        }
+        - {"overall"}
+    )
+    for variant in params.compare.variants:
+        runs = [r for r in results if r.experiment.variant == variant]
+        row: dict[str, Any] = {"params": COMPARE_VARIANTS[variant], "seeds": len(runs)}
+        for label, path in SCORES.items():
+            values = [v for r in runs if (v := _get(r.metrics, path)) is not None]
+            row[label] = (
+                dict(zip(("mean", "std"), mean_std(values), strict=True)) if values else None
+            )
+        row["categories"] = {}
+        for cat in categories:
+            path = ("prompt_following", CATEGORY_PHRASING, cat)
+            values = [v for r in runs if (v := _get(r.metrics, path)) is not None]
+            if values:
+                row["categories"][cat] = dict(zip(("mean", "std"), mean_std(values), strict=True))
+        variants[variant] = row
+    experiments = [
+        {
+            "name": r.experiment.name,
+            "variant": r.experiment.variant,
+            "seed": r.experiment.seed,
+            "params": r.experiment.params,
+            "stages_run": r.stages_run,
+            **{label: _get(r.metrics, path) for label, path in SCORES.items()},
+        }
+        for r in results
+    ]
+    return {
+        "seeds": params.compare.seeds,
+        "overrides": params.compare.overrides,
+        "variants": variants,
+        "findings": findings(variants),
+        "experiments": experiments,
+    }
+
+
+def _difference(variants: dict, a: str, b: str, label: str) -> dict[str, Any] | None:
+    """a - b on one score, with the standard error of the difference of two means."""
+    if a not in variants or b not in variants:
+        return None
+    x, y = variants[a].get(label), variants[b].get(label)
+    if not x or not y:
+        return None
+    n_a, n_b = variants[a]["seeds"], variants[b]["seeds"]
+    diff = x["mean"] - y["mean"]
+    se = math.sqrt(x["std"] ** 2 / n_a + y["std"] ** 2 / n_b)
+    if n_a < 2 or n_b < 2:
+        verdict = "one seed: no spread to judge by"
+    elif diff > 2 * se:
+        verdict = "holds"
+    elif diff < -2 * se:
+        verdict = "reversed"
+    else:
+        verdict = "within the seed-to-seed spread"
+    return {
+        "a": a,
+        "b": b,
+        "score": label,
+        "difference": diff,
+        "standard_error": se,
+        "verdict": verdict,
+    }
+
+
+def findings(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The study's claims as differences of means: a finding holds when a - b exceeds
+    twice its standard error, is reversed below minus twice, and is noise between."""
+    gt_prompts, desc_prompts = list(SCORES)[:2]
+    d95, s95, gt = "descriptive-95", "short-95", "ground-truth"
+    claims = [
+        (f"with descriptive prompts, {d95} beats {s95}", d95, s95, desc_prompts),
+        (f"with descriptive prompts, {d95} beats {gt}", d95, gt, desc_prompts),
+        (f"with descriptive prompts, {s95} beats {gt}", s95, gt, desc_prompts),
+        (f"with ground-truth prompts, {d95} is at least as good as {gt}", d95, gt, gt_prompts),
+        (f"with ground-truth prompts, {s95} is at least as good as {gt}", s95, gt, gt_prompts),
+    ]
+    ratios = ["descriptive-65", "descriptive-80", "descriptive-90", "descriptive-95"]
+    for low, high in zip(ratios, ratios[1:], strict=False):
+        claims.append(
+            (f"a higher synthetic share helps: {high} beats {low}", high, low, desc_prompts)
+        )
+    top = "past 0.95 more synthetic captions stop helping: descriptive-95 is at least as good"
+    claims.append((top, d95, "descriptive-100", desc_prompts))
+    out = []
+    for claim, a, b, label in claims:
+        diff = _difference(variants, a, b, label)
+        if diff is not None:
+            at_least = "at least as good" in claim
+            if at_least and diff["verdict"] == "within the seed-to-seed spread":
+                diff["verdict"] = "holds (no worse)"
+            out.append({"claim": claim, **diff})
+    return out
+
+
+def _fmt(cell: dict[str, float] | None) -> str:
+    return "-" if not cell else f"{cell['mean']:.3f} ± {cell['std']:.3f}"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    variants = summary["variants"]
+    lines = [
+        "# Caption variants compared",
+        "",
+        f"Each variant trained the generator with {summary['seeds']} seeds "
+        "(`generator.seed`); cells are mean ± sample standard deviation over seeds.",
+        "Every experiment also set: "
+        + (", ".join(f"`{k}={v}`" for k, v in summary["overrides"].items()) or "nothing else")
+        + ".",
+        f"Sweep: {summary.get('queued', 0)} experiments run in {summary.get('sweep_minutes')} min "
+        "(`make compare`; reused experiments take no time).",
+        "",
+        "| variant | " + " | ".join(SCORES) + " |",
+        "|" + " --- |" * (len(SCORES) + 1),
+    ]
+    for name, row in variants.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(row.get(label)) for label in SCORES) + " |")
+    cats = sorted({c for row in variants.values() for c in row["categories"]})
+    if cats:
+        lines += [
+            "",
+            f"Prompt following by category ({CATEGORY_PHRASING} prompts):",
+            "",
+            "| variant | " + " | ".join(cats) + " |",
+            "|" + " --- |" * (len(cats) + 1),
+        ]
+        for name, row in variants.items():
+            lines.append(
+                f"| {name} | " + " | ".join(_fmt(row["categories"].get(c)) for c in cats) + " |"
+            )
+    lines += [
+        "",
+        "## Findings",
+        "",
+        "A difference holds when it exceeds twice its standard error (over seeds).",
+        "",
+        "| claim | score | difference | standard error | verdict |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for f in summary["findings"]:
+        lines.append(
+            f"| {f['claim']} | {f['score']} | {f['difference']:+.4f} | "
+            f"{f['standard_error']:.4f} | {f['verdict']} |"
+        )
+    lines += ["", "![The study's two figures](compare.png)", ""]
+    return "\n".join(lines)
+
+
+def figure(summary: dict[str, Any], path: Path) -> None:
+    """The study's two figures: caption kind x prompt kind, and score against share."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = summary["variants"]
+    gt_prompts, desc_prompts = list(SCORES)[:2]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    kinds = [v for v in ("ground-truth", "short-95", "descriptive-95") if v in variants]
+    width = 0.38
+    for i, label in enumerate((gt_prompts, desc_prompts)):
+        cells = [variants[k].get(label) or {"mean": math.nan, "std": 0} for k in kinds]
+        xs = [j + (i - 0.5) * width for j in range(len(kinds))]
+        left.bar(
+            xs,
+            [c["mean"] for c in cells],
+            width,
+            yerr=[c["std"] for c in cells],
+            capsize=3,
+            label=label.replace("CLIP score, ", ""),
+        )
+    left.set_xticks(range(len(kinds)), kinds)
+    left.set_ylabel("CLIP score")
+    left.set_title("Caption kind trained on x prompt kind")
+    left.legend(fontsize=8)
+    shares = {
+        "ground-truth": 0.0,
+        **{f"descriptive-{p}": int(p) / 100 for p in ("65", "80", "90", "95", "100")},
+    }
+    present = [(share, v) for v, share in shares.items() if v in variants]
+    present.sort()
+    for label in (gt_prompts, desc_prompts):
+        pts = [(s, variants[v].get(label)) for s, v in present if variants[v].get(label)]
+        right.errorbar(
+            [s for s, _ in pts],
+            [c["mean"] for _, c in pts],
+            yerr=[c["std"] for _, c in pts],
+            marker="o",
+            capsize=3,
+            label=label.replace("CLIP score, ", ""),
+        )
+    right.set_xlabel("share of descriptive synthetic captions")
+    right.set_ylabel("CLIP score")
+    right.set_title("Score against synthetic share")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)

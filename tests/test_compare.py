@@ -1,0 +1,120 @@
+"""recap compare: the plan, the statistics and findings, and a real sweep of DVC experiments."""
+
+import json
+
+import pytest
+import yaml
+
+from recaption import compare
+from recaption.params import COMPARE_VARIANTS, Params, ParamsError, parse_params
+
+from tiny_repo import finished_copy, run
+
+
+def params_with(**compare_section) -> Params:
+    return parse_params({"compare": compare_section})
+
+
+def test_plan_names_every_variant_and_seed_with_the_overrides_and_the_variant_last():
+    overrides = {"generator.steps": 50, "blend.synthetic_ratio": 0.5}
+    params = params_with(variants=["ground-truth", "short-95"], seeds=2, overrides=overrides)
+    exps = compare.plan(params)
+    assert [e.name for e in exps] == ["ground-truth-s0", "ground-truth-s1", "short-95-s0",
+                                      "short-95-s1"]  # fmt: skip
+    assert exps[1].params == {"generator.steps": 50, "blend.synthetic_ratio": 0.0,
+                              "generator.seed": 1}  # the variant wins over an override  # fmt: skip
+    assert exps[2].params["blend.synthetic_kind"] == "short"
+
+
+def test_a_bad_variant_or_override_fails_before_anything_is_queued():
+    with pytest.raises(ParamsError, match="compare.variants"):
+        params_with(variants=["descriptive-42"])
+    params = params_with(variants=["ground-truth"], seeds=1, overrides={"generator.stepz": 5})
+    with pytest.raises(ParamsError, match="stepz"):
+        compare.check({}, compare.plan(params))
+
+
+def fake_metrics(gt_clip: float, desc_clip: float) -> dict:
+    return {
+        "clip_score": {"heldout": {"ground_truth": {"clipscore": gt_clip},
+                                   "descriptive": {"clipscore": desc_clip}}},
+        "prompt_following": {"short": {"overall": 0.1},
+                             "descriptive": {"overall": 0.2, "colors": 0.3, "position": 0.0}},
+    }  # fmt: skip
+
+
+def test_summary_gives_mean_and_spread_and_judges_each_finding_against_it():
+    params = params_with(variants=["ground-truth", "short-95", "descriptive-95"], seeds=3)
+    base = {"ground-truth": 0.40, "short-95": 0.42, "descriptive-95": 0.50}
+    results = [
+        compare.Result(exp, fake_metrics(0.45, base[exp.variant] + 0.01 * exp.seed))
+        for exp in compare.plan(params)
+    ]
+    summary = compare.summarise(results, params)
+    desc = summary["variants"]["descriptive-95"]["CLIP score, descriptive prompts"]
+    assert desc["mean"] == pytest.approx(0.51) and desc["std"] == pytest.approx(0.01)
+    assert summary["variants"]["short-95"]["categories"]["colors"]["mean"] == pytest.approx(0.3)
+    verdicts = {f["claim"]: f["verdict"] for f in summary["findings"]}
+    d95_s95 = "with descriptive prompts, descriptive-95 beats short-95"
+    assert verdicts[d95_s95] == "holds"  # 0.08 apart, standard error 0.008
+    # 0.02 apart: 2.4 standard errors, so it holds too
+    assert verdicts["with descriptive prompts, short-95 beats ground-truth"] == "holds"
+    # equal ground-truth-prompt scores: "at least as good" holds, with no difference
+    claim = "with ground-truth prompts, short-95 is at least as good as ground-truth"
+    assert verdicts[claim] == "holds (no worse)"
+    assert all("descriptive-80" not in f["claim"] for f in summary["findings"])  # not run
+    md = compare.markdown(summary)
+    assert "| descriptive-95 | 0.450 ± 0.000 | 0.510 ± 0.010 |" in md
+    assert d95_s95 in md
+
+
+def test_a_reversed_finding_is_reported_as_reversed(tmp_path):
+    params = params_with(variants=["short-95", "descriptive-95"], seeds=2)
+    results = [
+        compare.Result(
+            e, fake_metrics(0.4, (0.6 if e.variant == "short-95" else 0.3) + 0.01 * e.seed)
+        )
+        for e in compare.plan(params)
+    ]
+    summary = compare.summarise(results, params)
+    (finding,) = [f for f in summary["findings"] if "beats short-95" in f["claim"]]
+    assert finding["verdict"] == "reversed" and finding["difference"] == pytest.approx(-0.3)
+    compare.figure(summary, tmp_path / "compare.png")
+    assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_variant_sets_only_blend_params_and_is_a_valid_choice():
+    for name, sets in COMPARE_VARIANTS.items():
+        assert all(key.startswith("blend.") for key in sets)
+        assert params_with(variants=[name]).compare.variants == [name]
+    assert Params().compare.variants == list(COMPARE_VARIANTS)[:7]  # the study's seven
+
+
+@pytest.mark.slow
+def test_compare_runs_each_experiment_below_the_changed_params_only(tiny_repro, tmp_path):
+    repo = finished_copy(tiny_repro, tmp_path / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["compare"] = {"variants": ["ground-truth", "descriptive-95"], "seeds": 1,
+                         "overrides": {}}  # fmt: skip
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "commit", "-qam", "compare two variants"], repo)
+
+    out = run(["recap", "compare"], repo)
+    assert "reports/compare.md: 2 experiments" in out
+    summary = json.loads((repo / "reports" / "compare.json").read_text())
+    ran = {e["name"]: e["stages_run"] for e in summary["experiments"]}
+    # Ratio 0 reruns the blend and what is below it, never the captioner or embed;
+    # descriptive-95 with generator seed 0 is the committed pipeline: nothing runs.
+    assert ran == {"ground-truth-s0": ["blend", "train_generator", "evaluate"],
+                   "descriptive-95-s0": []}  # fmt: skip
+    assert (repo / "reports" / "compare.png").is_file()
+    assert "| ground-truth |" in (repo / "reports" / "compare.md").read_text()
+    run(["recap", "compare"], repo)
+    again = json.loads((repo / "reports" / "compare.json").read_text())
+    assert again["queued"] == 0  # both experiments are reused
+    # The two differ only in blend.synthetic_ratio: two caption versions, one captioner.
+    rows = {r["ref"]: r for r in json.loads(run(["recap", "lineage", "--all", "--json"], repo))}
+    gt, d95 = rows["exp ground-truth-s0"], rows["exp descriptive-95-s0"]
+    assert (gt["synthetic_ratio"], d95["synthetic_ratio"]) == (0.0, 0.95)
+    assert gt["caption_version"] != d95["caption_version"]
+    assert gt["captioner_stage2"] == d95["captioner_stage2"]
