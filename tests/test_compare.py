@@ -109,6 +109,9 @@ def test_compare_runs_each_experiment_below_the_changed_params_only(tiny_repro, 
                    "descriptive-95-s0": []}  # fmt: skip
     assert (repo / "reports" / "compare.png").is_file()
     assert "| ground-truth |" in (repo / "reports" / "compare.md").read_text()
+    # A commit that changes nothing upstream (a report, the README) keeps them reusable.
+    run(["git", "add", "reports/compare.md"], repo)
+    run(["git", "commit", "-qm", "the comparison"], repo)
     run(["recap", "compare"], repo)
     again = json.loads((repo / "reports" / "compare.json").read_text())
     assert again["queued"] == 0  # both experiments are reused

@@ -255,13 +255,17 @@ def lineage_command(
 
 
 @app.command()
-def compare() -> None:
+def compare(
+    seeds: int = typer.Option(
+        None, "--seeds", min=1, help="instead of compare.seeds (a later run reuses these)"
+    ),
+) -> None:
     """The study's comparison: queue a DVC experiment per caption variant and generator
     seed (params: compare), run the queue, and write reports/compare.{md,json,png}."""
     from recaption import compare as compare_lib
 
     def run(_: Path) -> None:
-        summary = compare_lib.run(".")
+        summary = compare_lib.run(".", seeds)
         typer.echo(f"{compare_lib.REPORT_MD}: {len(summary['experiments'])} experiments")
         for finding in summary["findings"]:
             typer.echo(f"  {finding['verdict']:<32} {finding['claim']}")

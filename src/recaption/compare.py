@@ -11,8 +11,10 @@ which stages each experiment ran, read from its queue log.
     plan -> queue (dvc exp run --queue) -> run (dvc exp run --run-all) -> collect
     (dvc exp show --json) -> reports/compare.{json,md,png}
 
-An experiment of the current commit that already has its name and params is
-reused, so an interrupted comparison picks up where it stopped.
+An experiment that already ran with the same name and params from the same pipeline
+above the blend (identical dvc.lock entries, in any commit) is reused, so an
+interrupted comparison picks up where it stopped, and one rerun after a commit that
+changed nothing upstream (the README, the report) costs nothing.
 """
 
 from __future__ import annotations
@@ -118,37 +120,81 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def shown(root: Path, baseline: str) -> dict[str, dict[str, Any]]:
-    """The experiments of commit `baseline`: name -> {"params": flat, "metrics": tree}."""
-    rows = json.loads(_dvc(root, "exp", "show", "--json", "--rev", baseline).stdout or "[]")
-    out: dict[str, dict[str, Any]] = {}
-    for baseline in rows:
-        for group in baseline.get("experiments") or []:
-            for rev in group.get("revs") or []:
-                data, name = rev.get("data") or {}, rev.get("name")
-                if not name or rev.get("error"):
-                    continue
-                params = (data.get("params") or {}).get(PARAMS_FILE, {}).get("data", {})
-                metrics = (data.get("metrics") or {}).get(METRICS_FILE, {}).get("data")
-                out[name] = {"params": _flatten(params), "metrics": metrics}
+# Stages a variant or a generator seed reruns; the rest of the pipeline must be the same
+# for an earlier experiment to be reused.
+VARIANT_STAGES = frozenset({"upsample_captions", "blend", "train_generator", "evaluate"})
+
+
+def _git(root: Path, *args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+    return proc.stdout if proc.returncode == 0 else ""
+
+
+def _upstream(lock: dict) -> dict:
+    """The dvc.lock entries of every stage a variant does not rerun."""
+    return {k: v for k, v in (lock.get("stages") or {}).items() if k not in VARIANT_STAGES}
+
+
+def _expected(raw: dict, exp: Experiment) -> dict[str, Any]:
+    """The flat params an experiment runs with: params.yaml plus its settings."""
+    trial = json.loads(json.dumps(raw))
+    for key, value in exp.params.items():
+        _set(trial, key, value)
+    trial.pop("compare", None)
+    return _flatten(trial)
+
+
+@dataclass(frozen=True)
+class Done:
+    """A finished DVC experiment, read from its git ref."""
+
+    ref: str
+    baseline: str
+    params: dict[str, Any]  # flat, without the compare section
+    metrics: dict[str, Any] | None
+    lock: dict
+
+
+def finished(root: Path) -> dict[str, list[Done]]:
+    """Every DVC experiment in the repository, by name (refs/exps/<xx>/<baseline>/<name>)."""
+    import yaml
+
+    out: dict[str, list[Done]] = {}
+    refs = _git(root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps")
+    for line in refs.splitlines():
+        sha, ref = line.split(" ", 1)
+        parts = ref.split("/")
+        if len(parts) != 5:  # the queue's own refs (stash, celery, exec)
+            continue
+        raw = yaml.safe_load(_git(root, "show", f"{sha}:{PARAMS_FILE}") or "{}") or {}
+        raw.pop("compare", None)
+        metrics = _git(root, "show", f"{sha}:{METRICS_FILE}")
+        lock = yaml.safe_load(_git(root, "show", f"{sha}:dvc.lock") or "{}") or {}
+        done = Done(ref, parts[2] + parts[3], _flatten(raw), json.loads(metrics) if metrics
+                    else None, lock)  # fmt: skip
+        out.setdefault(parts[4], []).append(done)
     return out
 
 
-def _matches(exp: Experiment, flat: dict[str, Any]) -> bool:
-    return all(flat.get(key) == value for key, value in exp.params.items())
+def reusable(exp: Experiment, raw: dict, lock: dict, found: dict[str, list[Done]]) -> Done | None:
+    """An earlier run of `exp`: same name, same params, the same pipeline above the
+    blend (any commit: a change elsewhere, say to the README, keeps it), with metrics."""
+    want, upstream = _expected(raw, exp), _upstream(lock)
+    for done in found.get(exp.name, []):
+        if done.metrics and done.params == want and _upstream(done.lock) == upstream:
+            return done
+    return None
 
 
-def queue(root: Path, experiments: Sequence[Experiment], baseline: str) -> list[Experiment]:
-    """Queue the experiments not already done with the same params; returns those queued."""
-    done = shown(root, baseline)
-    redo = [
-        e.name
-        for e in experiments
-        if e.name in done and not (_matches(e, done[e.name]["params"]) and done[e.name]["metrics"])
-    ]
-    if redo:
-        _dvc(root, "exp", "remove", *redo)
-    todo = [e for e in experiments if e.name not in done or e.name in redo]
+def queue(root: Path, experiments: Sequence[Experiment], raw: dict, lock: dict,
+          baseline: str) -> list[Experiment]:  # fmt: skip
+    """Queue the experiments that have no reusable earlier run; returns those queued."""
+    found = finished(root)
+    todo = [e for e in experiments if reusable(e, raw, lock, found) is None]
+    # A name is unique per commit: an outdated experiment of this commit makes way.
+    clash = [d.ref for e in todo for d in found.get(e.name, []) if d.baseline == baseline]
+    for ref in clash:
+        _git(root, "update-ref", "-d", ref)
     if todo:  # tasks an interrupted comparison left in the queue are queued afresh
         _dvc(root, "queue", "remove", *(e.name for e in todo), check=False)
     for exp in todo:
@@ -168,14 +214,19 @@ def stages_run(root: Path, name: str) -> list[str] | None:
     return _RUNNING.findall(proc.stdout) if proc.returncode == 0 else None
 
 
-def run(root: str | Path = ".", params: Params | None = None, raw: dict | None = None) -> dict:
-    """Plan, queue, run and collect the comparison; writes reports/compare.{json,md,png}."""
-    root = Path(root)
-    if params is None or raw is None:
-        import yaml
+def run(root: str | Path = ".", seeds: int | None = None) -> dict:
+    """Plan, queue, run and collect the comparison; writes reports/compare.{json,md,png}.
 
-        raw = yaml.safe_load((root / PARAMS_FILE).read_text())
-        params = parse_params(raw, source=PARAMS_FILE)
+    `seeds` overrides `compare.seeds` (a first pass with one seed is reused by the next).
+    """
+    import yaml
+
+    root = Path(root)
+    raw = yaml.safe_load((root / PARAMS_FILE).read_text())
+    params = parse_params(raw, source=PARAMS_FILE)
+    if seeds is not None:
+        params = params.model_copy(update={"compare": params.compare.model_copy(
+            update={"seeds": seeds})})  # fmt: skip
     experiments = plan(params)
     check(raw, experiments)
     if _dvc(root, "status", "--json").stdout.strip() not in ("{}", ""):
@@ -183,29 +234,29 @@ def run(root: str | Path = ".", params: Params | None = None, raw: dict | None =
             "the workspace pipeline is not up to date: run `make repro` and "
             "commit dvc.lock first (experiments start from the last commit)"
         )
-    # Experiments belong to the commit they started from, even if HEAD moves meanwhile.
-    git = ["git", "rev-parse", "HEAD"]
-    baseline = subprocess.run(git, cwd=root, capture_output=True, text=True).stdout.strip()
-    if not baseline:
-        raise CompareError("recap compare needs a git repository with a commit")
+    baseline = _git(root, "rev-parse", "HEAD").strip()
+    committed = yaml.safe_load(_git(root, "show", "HEAD:dvc.lock") or "{}") or {}
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    if not baseline or _upstream(committed) != _upstream(lock):
+        raise CompareError("commit dvc.lock first: experiments start from the last commit")
     start = time.monotonic()
-    queued = queue(root, experiments, baseline)
+    queued = queue(root, experiments, raw, lock, baseline)
     log.info("compare: %d experiments, %d queued", len(experiments), len(queued))
     if queued:
         proc = _dvc(root, "exp", "run", "--run-all", "--jobs", "1", check=False)
         if proc.returncode != 0:
             log.warning("dvc exp run --run-all: %s", proc.stderr.strip()[-2000:])
     minutes = (time.monotonic() - start) / 60
-    done = shown(root, baseline)
+    found = finished(root)
     results = []
     for exp in experiments:
-        entry = done.get(exp.name)
-        if entry is None or not entry.get("metrics"):
+        done = reusable(exp, raw, lock, found)
+        if done is None:
             raise CompareError(
                 f"experiment {exp.name} did not finish: see `dvc queue logs {exp.name}`"
             )
         ran = stages_run(root, exp.name) if exp in queued else None
-        results.append(Result(exp, entry["metrics"], ran))
+        results.append(Result(exp, done.metrics or {}, ran))
     summary = summarise(results, params)
     summary["sweep_minutes"] = round(minutes, 1)
     summary["queued"] = len(queued)
