@@ -391,28 +391,34 @@ def findings(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _fmt(cell: dict[str, float] | None) -> str:
-    return "-" if not cell else f"{cell['mean']:.3f} ± {cell['std']:.3f}"
+def _fmt(cell: dict[str, float] | None, seeds: int) -> str:
+    if not cell:
+        return "-"
+    return f"{cell['mean']:.3f}" if seeds < 2 else f"{cell['mean']:.3f} ± {cell['std']:.3f}"
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    variants = summary["variants"]
+    queued = summary.get("queued", 0)
+    # In the study's order, whatever order the JSON was written in.
+    variants = {v: summary["variants"][v] for v in COMPARE_VARIANTS if v in summary["variants"]}
     lines = [
         "# Caption variants compared",
         "",
-        f"Each variant trained the generator with {summary['seeds']} seeds "
-        "(`generator.seed`); cells are mean ± sample standard deviation over seeds.",
+        f"Each variant trained the generator with {summary['seeds']} seed(s) "
+        "(`generator.seed`); cells are mean ± sample standard deviation over seeds "
+        "(the mean alone for one seed).",
         "Every experiment also set: "
         + (", ".join(f"`{k}={v}`" for k, v in summary["overrides"].items()) or "nothing else")
         + ".",
-        f"Sweep: {summary.get('queued', 0)} experiments run in {summary.get('sweep_minutes')} min "
-        "(`make compare`; reused experiments take no time).",
+        f"This `make compare`: {queued} experiments run in {summary.get('sweep_minutes')} min, "
+        f"{len(summary['experiments']) - queued} reused from earlier runs.",
         "",
         "| variant | " + " | ".join(SCORES) + " |",
         "|" + " --- |" * (len(SCORES) + 1),
     ]
     for name, row in variants.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(row.get(label)) for label in SCORES) + " |")
+        cells = (_fmt(row.get(label), row["seeds"]) for label in SCORES)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     cats = sorted({c for row in variants.values() for c in row["categories"]})
     if cats:
         lines += [
@@ -424,7 +430,9 @@ def markdown(summary: dict[str, Any]) -> str:
         ]
         for name, row in variants.items():
             lines.append(
-                f"| {name} | " + " | ".join(_fmt(row["categories"].get(c)) for c in cats) + " |"
+                f"| {name} | "
+                + " | ".join(_fmt(row["categories"].get(c), row["seeds"]) for c in cats)
+                + " |"
             )
     lines += [
         "",
