@@ -90,13 +90,18 @@ def _set(raw: dict, dotted: str, value: Any) -> None:
     node[last] = value
 
 
+def applied(raw: dict, exp: Experiment) -> dict:
+    """A copy of params.yaml's content with the experiment's settings applied."""
+    trial = json.loads(json.dumps(raw))
+    for key, value in exp.params.items():
+        _set(trial, key, value)
+    return trial
+
+
 def check(raw: dict, experiments: Sequence[Experiment]) -> None:
     """Fail before queueing anything when an experiment's params would not validate."""
     for exp in experiments:
-        trial = json.loads(json.dumps(raw))
-        for key, value in exp.params.items():
-            _set(trial, key, value)
-        parse_params(trial, source=f"experiment {exp.name}")
+        parse_params(applied(raw, exp), source=f"experiment {exp.name}")
 
 
 def _value(value: Any) -> str:
@@ -137,9 +142,7 @@ def _upstream(lock: dict) -> dict:
 
 def _expected(raw: dict, exp: Experiment) -> dict[str, Any]:
     """The flat params an experiment runs with: params.yaml plus its settings."""
-    trial = json.loads(json.dumps(raw))
-    for key, value in exp.params.items():
-        _set(trial, key, value)
+    trial = applied(raw, exp)
     trial.pop("compare", None)
     return _flatten(trial)
 
