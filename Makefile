@@ -18,7 +18,7 @@ help: ## Show this help
 setup: ## Create .venv and install recaption with everything the pipeline and tests need
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --progress-bar off -e '.[dev]'
+	$(BIN)/pip install --quiet --progress-bar off -e '.[dev,ray]'
 	$(BIN)/dvc config --local core.analytics false 2>/dev/null || true
 	@echo "ready: $(BIN)/recap --help"
 

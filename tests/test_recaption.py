@@ -10,6 +10,7 @@ import pytest
 from recaption import embed, io, paths, runner
 from recaption.models import captioner as cap
 from recaption.models.captioner import Captioner
+from recaption.params import Params
 from recaption.stages import recaption as stage
 
 TINY_LM = str(Path(__file__).parent / "data" / "tiny-gpt2.json")
@@ -23,32 +24,36 @@ def keys_table(keys: list[str]) -> pa.Table:
     return pa.table({"key": pa.array(keys, pa.string()), "n": pa.array([len(k) for k in keys])})
 
 
+class KeysWorker:
+    """A stage worker that records the chunks it computes and dies at one of them."""
+
+    def __init__(self, calls: list[int] | None = None, dies_at: int | None = None):
+        self.calls, self.dies_at = calls if calls is not None else [], dies_at
+
+    def __call__(self, unit: dict) -> pa.Table:
+        self.calls.append(unit["index"])
+        if unit["index"] == self.dies_at:
+            raise Killed
+        return keys_table(unit["keys"])
+
+
 def test_run_chunks_resumes_after_an_interruption_and_matches_a_clean_run(tmp_path):
     keys = [f"{i:04d}" for i in range(23)]
-    calls: list[int] = []
-    dies_at = {"chunk": 3}
-
-    def compute(index, chunk):
-        calls.append(index)
-        if index == dies_at["chunk"]:
-            raise Killed
-        return keys_table(chunk)
-
+    params, calls = Params(), []
+    work = tmp_path / "work"
     with pytest.raises(Killed):
-        runner.run_chunks(keys, 5, tmp_path / "work", "fp", compute)
-    assert len(list((tmp_path / "work").iterdir())) == 3  # chunks 0-2 finished, nothing else
-    calls.clear()
-    dies_at["chunk"] = None
-    run = runner.run_chunks(keys, 5, tmp_path / "work", "fp", compute)
+        runner.run_chunks(keys, 5, work, "fp", KeysWorker, {"dies_at": 3}, params)
+    assert len(list(work.iterdir())) == 3  # chunks 0-2 finished, nothing else
+    run = runner.run_chunks(keys, 5, work, "fp", KeysWorker, {"calls": calls}, params)
     assert (run.reused, run.computed, calls) == (3, 2, [3, 4])
-    clean = runner.run_chunks(keys, 5, tmp_path / "clean", "fp", lambda i, c: keys_table(c))
+    clean = runner.run_chunks(keys, 5, tmp_path / "clean", "fp", KeysWorker, {}, params)
     assert run.table.equals(clean.table)
 
 
 def test_a_new_fingerprint_recomputes_every_chunk(tmp_path):
     keys = [f"{i:04d}" for i in range(10)]
-    runner.run_chunks(keys, 4, tmp_path, "old", lambda i, c: keys_table(c))
-    run = runner.run_chunks(keys, 4, tmp_path, "new", lambda i, c: keys_table(c))
+    runner.run_chunks(keys, 4, tmp_path, "old", KeysWorker, {}, Params())
+    run = runner.run_chunks(keys, 4, tmp_path, "new", KeysWorker, {}, Params())
     assert (run.reused, run.computed) == (0, 3)
     assert len(list(tmp_path.iterdir())) == 3  # the old run's chunks are gone
 

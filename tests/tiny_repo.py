@@ -98,6 +98,7 @@ FAST = {
         "lm": "configs/captioner/tiny-gpt2.json",
         "vocab_size": 300,
         "steps": 3,
+        "chunk_size": 20,  # upsample_captions: 3 chunks of the 60 images
         "batch_size": 8,
         "warmup_steps": 1,
         "max_source_tokens": 20,

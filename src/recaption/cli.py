@@ -28,9 +28,15 @@ UpsamplerOption = typer.Option(paths.UPSAMPLER, "--upsampler", help="a saved ups
 CheckpointArgument = typer.Argument(..., help="a pickled checkpoint, or a model folder with one")
 
 
-def _run(stage: Callable[[Path], object], params: Path) -> None:
+def _run(stage: Callable[[Path], object], params: Path, trains: bool = False) -> None:
+    """Run a stage; a training stage (`trains`) first hands itself to $RECAP_LAUNCHER if
+    one is set (data-parallel training; see recaption.parallel)."""
     from recaption.errors import UserError
 
+    if trains:
+        from recaption import parallel
+
+        parallel.relaunch(sys.argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         stage(params)
@@ -76,7 +82,7 @@ def clip_pretrain(params: Path = ParamsOption) -> None:
     """Train the CLIP (clip.pretrained: none) or fetch a pretrained one into models/clip/."""
     from recaption.stages import clip_pretrain as stage
 
-    _run(stage.main, params)
+    _run(stage.main, params, trains=True)
 
 
 @app.command()
@@ -99,7 +105,7 @@ def _captioner_command(stage: str, help_text: str) -> None:
     def command(params: Path = ParamsOption) -> None:
         from recaption.stages import captioner
 
-        _run(lambda p: captioner.main(stage, p), params)
+        _run(lambda p: captioner.main(stage, p), params, trains=True)
 
     command.__doc__ = help_text
     app.command(f"captioner-{stage}")(command)
@@ -161,7 +167,7 @@ def train_generator(params: Path = ParamsOption) -> None:
     """Train the text-to-image generator on the blend: models/generator/."""
     from recaption.stages import train_generator as stage
 
-    _run(stage.main, params)
+    _run(stage.main, params, trains=True)
 
 
 @app.command("train-oracle")

@@ -21,9 +21,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from recaption import engine, io
 from recaption import images as imaging
-from recaption import io
+from recaption.models import clip as clip_lib
 from recaption.models.clip import Clip
+from recaption.params import Params
 
 log = logging.getLogger(__name__)
 # Part of every cache key: bump it whenever decoding, preprocessing or `encode` changes,
@@ -162,6 +164,12 @@ def encode(clip: Clip, batch: torch.Tensor, grid: int) -> torch.Tensor:
     return torch.cat([pooled, cells], dim=1)
 
 
+def _to_device(clip: Clip, device: torch.device) -> None:
+    """On CUDA the image tower runs in half precision, channels-last."""
+    if device.type == "cuda":
+        clip.model.half().to(device, memory_format=torch.channels_last)
+
+
 def _forward(clip: Clip, batch: torch.Tensor, device: torch.device, grid: int) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> (B, D [+ G*G*C]) float32 on the CPU."""
     x = clip.normalise(batch.to(device, non_blocking=True))
@@ -186,8 +194,7 @@ def embed_images(
     smaller size.
     """
     dev = torch.device(device)
-    if dev.type == "cuda":
-        clip.model.half().to(dev, memory_format=torch.channels_last)
+    _to_device(clip, dev)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -251,6 +258,17 @@ def read_dir(folder: str | Path) -> Embeddings:
     )
 
 
+def read_keys(folder: str | Path) -> tuple[list[str], str]:
+    """(every key, in order; the CLIP fingerprint) of an embeddings folder, without the
+    vectors."""
+    tables = [pq.read_table(p, columns=["key", "clip"]) for p in io.shard_paths(folder)]
+    keys = [k for t in tables for k in t.column("key").to_pylist()]
+    clips = {c for t in tables for c in t.column("clip").unique().to_pylist()}
+    if len(clips) > 1:
+        raise ValueError(f"{folder}: shards made by {len(clips)} different CLIPs")
+    return keys, clips.pop() if clips else ""
+
+
 class _OldVectors:
     """The previous run's shards that are still valid (same CLIP, procedure and grid):
     the rows each holds, and where each pixel hash's vector lives, read on demand."""
@@ -280,6 +298,44 @@ class _OldVectors:
         return self._cache[path][row]
 
 
+@dataclass
+class _ShardPlan:
+    """One embedding shard to (re)write: its rows, and which of them need the model."""
+
+    index: int
+    keys: list[str]
+    shas: list[str]
+    todo: list[int]  # rows whose pixels have no valid cached vector
+
+
+class Worker:
+    """The CLIP, loaded once; decodes and embeds one batch of a dataset shard per call
+    (the `engine: ray` path; locally a DataLoader overlaps decoding instead)."""
+
+    def __init__(self, clip_dir: str, dataset_dir: str, device: str, grid: int):
+        self.clip = clip_lib.load(clip_dir)
+        self.shards = io.shard_paths(dataset_dir)
+        self.device, self.grid = torch.device(device), grid
+        _to_device(self.clip, self.device)
+
+    @torch.inference_mode()
+    def __call__(self, unit: dict) -> pa.Table:
+        rows = unit["rows"]
+        images = ShardImages(self.shards, [(unit["shard"], r) for r in rows], self.clip.image_size)
+        batch = images.__getitems__(list(range(len(rows))))
+        vectors = _forward(self.clip, batch, self.device, self.grid).numpy().astype(np.float16)
+        return pa.table({"row": pa.array(rows, pa.int64()), "vector": _fixed_list(vectors)})
+
+
+def _batch_units(plans: Sequence[_ShardPlan], batch_size: int) -> list[dict]:
+    """The engine's units: each shard's rows to embed, in the batches the local path uses."""
+    return [
+        {"shard": p.index, "rows": p.todo[start : start + batch_size]}
+        for p in plans
+        for start in range(0, len(p.todo), batch_size)
+    ]
+
+
 def embed_dataset(
     clip: Clip,
     fingerprint: str,
@@ -289,12 +345,16 @@ def embed_dataset(
     num_workers: int,
     device: str = "cpu",
     grid: int = 0,
+    params: Params | None = None,
+    clip_dir: str | Path | None = None,
 ) -> EmbedResult:
     """Bring `out_dir` (one embedding shard per dataset shard) up to date with the dataset.
 
     A shard whose keys, pixel hashes and CLIP are unchanged is left alone; other
     shards are rebuilt from vectors already computed for the same pixels and CLIP,
-    and only the remaining images go through the model.
+    and only the remaining images go through the model. With `params.engine: ray`
+    (which needs `clip_dir`, where replicas load the CLIP from), the batches run on
+    a Ray cluster and each shard is written as soon as its last batch is back.
     """
     out_dir = Path(out_dir)
     shards = io.shard_paths(dataset_dir)
@@ -303,24 +363,57 @@ def embed_dataset(
     old = _OldVectors(out_dir, fingerprint, grid)
     result = EmbedResult(0, 0, 0, 0)
     dim = clip.model_cfg["embed_dim"]
+    plans = []
     for index, shard in enumerate(shards):
         table = pq.read_table(shard, columns=["key", "sha256"])
         keys, shas = table.column("key").to_pylist(), table.column("sha256").to_pylist()
         result.images += len(keys)
-        target = out_dir / io.shard_name(index)
-        if old.unchanged(target, keys, shas):
+        if old.unchanged(out_dir / io.shard_name(index), keys, shas):
             result.reused += len(keys)
             continue
         todo = [row for row, sha in enumerate(shas) if sha not in old.where]
-        dataset = ShardImages(shards, [(index, row) for row in todo], clip.image_size)
-        vectors = embed_images(clip, dataset, batch_size, num_workers, device, grid) if todo else []
-        fresh = dict(zip(todo, vectors, strict=True))
-        rows = np.stack([fresh[r] if r in fresh else old.get(sha) for r, sha in enumerate(shas)])
-        emb = Embeddings(keys, shas, fingerprint, rows[:, :dim], rows[:, dim:] if grid else None)
-        io.write_table(target, to_table(emb))
-        result.computed += len(todo)
-        result.reused += len(keys) - len(todo)
+        plans.append(_ShardPlan(index, keys, shas, todo))
+
+    def write(plan: _ShardPlan, fresh: dict[int, np.ndarray]) -> None:
+        rows = np.stack(
+            [fresh[r] if r in fresh else old.get(sha) for r, sha in enumerate(plan.shas)]
+        )
+        emb = Embeddings(
+            plan.keys, plan.shas, fingerprint, rows[:, :dim], rows[:, dim:] if grid else None
+        )
+        io.write_table(out_dir / io.shard_name(plan.index), to_table(emb))
+        result.computed += len(plan.todo)
+        result.reused += len(plan.keys) - len(plan.todo)
         result.shards_written += 1
+
+    if params is None or params.engine == "local":
+        for plan in plans:
+            dataset = ShardImages(shards, [(plan.index, row) for row in plan.todo], clip.image_size)
+            vectors = (
+                embed_images(clip, dataset, batch_size, num_workers, device, grid)
+                if plan.todo
+                else []
+            )
+            write(plan, dict(zip(plan.todo, vectors, strict=True)))
+    else:
+        if clip_dir is None:
+            raise ValueError("engine: ray needs clip_dir, where the replicas load the CLIP from")
+        units = _batch_units(plans, batch_size)
+        waiting = {p.index: len(_batch_units([p], batch_size)) for p in plans}
+        fresh: dict[int, dict[int, np.ndarray]] = {p.index: {} for p in plans}
+        for plan in plans:
+            if not waiting[plan.index]:  # every row's vector is cached
+                write(plan, {})
+        kwargs = {"clip_dir": str(clip_dir), "dataset_dir": str(dataset_dir), "device": device,
+                  "grid": grid}  # fmt: skip
+        by_index = {p.index: p for p in plans}
+        for position, table in engine.map_units(Worker, kwargs, units, params, "embed", "batch"):
+            shard = units[position]["shard"]
+            vectors = _matrix(table.column("vector"), table.num_rows)
+            fresh[shard].update(zip(table.column("row").to_pylist(), vectors, strict=True))
+            waiting[shard] -= 1
+            if not waiting[shard]:
+                write(by_index[shard], fresh.pop(shard))
     for stale in sorted(out_dir.glob(io.SHARD_GLOB))[len(shards) :]:
         stale.unlink()
     log.info(

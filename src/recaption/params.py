@@ -420,10 +420,29 @@ class CompareParams(Section):
         return self
 
 
+class RayParams(Section):
+    """`engine: ray`: the cluster the per-image stages use and how many model replicas.
+    No stage reads this section into its outputs, so editing it reruns nothing."""
+
+    address: str = ""  # a running cluster ("auto", "ray://head:10001"); empty: a local one
+    replicas: int | Literal["auto"] = Field("auto", union_mode="left_to_right")  # no GPUs
+    cpus_per_replica: int = Field(1, ge=1)
+    replicas_per_gpu: int = Field(1, ge=1)  # with GPUs: replicas sharing each GPU
+
+    @model_validator(mode="after")
+    def _positive(self) -> RayParams:
+        if self.replicas != "auto" and self.replicas < 1:
+            raise ValueError("ray.replicas: give a positive count or auto")
+        return self
+
+
 class Params(Section):
     """The whole params.yaml."""
 
     seed: int = Field(0, ge=0)
+    # Where embed, recaption, upsample_captions and evaluate's sampling run (same bytes).
+    engine: Literal["local", "ray"] = "local"
+    ray: RayParams = RayParams()
     data: DataParams = DataParams()
     prompts: PromptsParams = PromptsParams()
     sample: SampleParams = SampleParams()

@@ -1,26 +1,28 @@
 """Resumable, chunked work over the dataset's keys.
 
-Per-image stages (recaption today) split the keys into fixed chunks and write
-each finished chunk to a work folder. A chunk's file name carries a hash of what
-it was computed from (the stage's fingerprint and the chunk's keys), so a rerun
-after an interruption reuses exactly the chunks that are still valid and
-computes the rest; the stage then writes its output from the chunks in key
-order, so it is byte-identical to an uninterrupted run.
+Per-image stages (recaption, upsample_captions, evaluate) split the keys into fixed
+chunks and write each finished chunk to a work folder as soon as it comes back from
+the engine (`engine.map_units`: this process or a Ray cluster). A chunk's file name
+carries a hash of what it was computed from (the stage's fingerprint and the chunk's
+keys), so a rerun after an interruption reuses exactly the chunks that are still
+valid and computes the rest; the stage then writes its output from the chunks in key
+order, so it is byte-identical to an uninterrupted run on either engine.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from recaption import io
+from recaption import engine, io
+from recaption.params import Params
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +46,21 @@ def run_chunks(
     chunk_size: int,
     work_dir: str | Path,
     fingerprint: str,
-    compute: Callable[[int, list[str]], pa.Table],
+    worker: type[engine.Worker],
+    kwargs: dict[str, Any],
+    params: Params,
     desc: str = "chunks",
 ) -> ChunkRun:
-    """Run `compute(chunk_index, chunk_keys)` over `keys` in chunks, resuming finished ones.
+    """Run the stage's worker over `keys` in chunks, on the params' engine, resuming
+    finished chunks.
 
     Args:
         keys: the keys to process, in the order the output should have.
         work_dir: where finished chunks wait; files of other runs are removed.
         fingerprint: everything the results depend on besides the keys (models,
             params, inputs' hashes): a change invalidates every chunk.
-        compute: returns the chunk's rows as a table (same schema for every chunk).
+        worker: built as `worker(**kwargs)`; called with {"index": i, "keys": [...]},
+            it returns the chunk's rows (same schema for every chunk).
     """
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -63,24 +69,19 @@ def run_chunks(
     for stale in set(p.name for p in work.iterdir()) - set(names):
         path = work / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    tables, computed, reused = [], 0, 0
-    todo = list(enumerate(zip(chunks, names, strict=True)))
-    for index, (chunk, name) in tqdm(todo, desc=desc, unit="chunk"):
-        path = work / name
-        if path.is_file():
-            tables.append(pq.read_table(path))
-            reused += 1
-            continue
-        table = compute(index, chunk)
-        if table.column("key").to_pylist() != chunk:
-            raise RuntimeError(f"chunk {index}: compute() returned rows for other keys")
-        io.write_table(path, table)  # atomic: a killed run never leaves half a chunk
-        tables.append(table)
-        computed += 1
+    todo = [i for i, name in enumerate(names) if not (work / name).is_file()]
+    reused = len(chunks) - len(todo)
     if reused:
         log.info("%s: reused %d finished chunks of %d", desc, reused, len(chunks))
+    units = [{"index": i, "keys": chunks[i]} for i in todo]
+    for position, table in engine.map_units(worker, kwargs, units, params, desc, "chunk"):
+        index = todo[position]
+        if table.column("key").to_pylist() != chunks[index]:
+            raise RuntimeError(f"chunk {index}: the worker returned rows for other keys")
+        io.write_table(work / names[index], table)  # atomic: never half a chunk
+    tables = [pq.read_table(work / name) for name in names]
     table = pa.concat_tables(tables) if tables else pa.table({"key": pa.array([], pa.string())})
-    return ChunkRun(table, computed, reused)
+    return ChunkRun(table, len(todo), reused)
 
 
 def clear(work_dir: str | Path) -> None:

@@ -17,6 +17,7 @@ from open_clip import ClipLoss
 from tqdm import tqdm
 
 from recaption.models.clip import Clip
+from recaption.parallel import Parallel
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ def train_clip(
     config: ClipTrainConfig,
     heldout: tuple[torch.Tensor, Sequence[str]] | None = None,
     log: Callable[[int, dict], None] = lambda step, metrics: None,
+    par: Parallel | None = None,
 ) -> dict:
     """Train `clip` in place.
 
@@ -72,17 +74,26 @@ def train_clip(
         images: uint8 (N, 3, H, W) at the model's image size.
         captions: for each image, one or more captions; each step picks one at random.
         heldout: images and one caption each, for retrieval recall every `eval_every` steps.
-        log: called with (step, metrics) for loss and recall.
+        log: called with (step, metrics) for loss and recall (main process only).
+        par: data-parallel training (see recaption.parallel): every process draws the
+            step's whole batch and encodes its slice; the contrastive loss gathers every
+            process's features, so each image is still contrasted with the whole batch.
     Returns:
         The last logged metrics.
     """
+    par = par or Parallel()
     gen = torch.Generator().manual_seed(config.seed)
-    model = clip.model
+    model = clip.model.to(par.device)
+    forward = par.wrap(model)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = ClipLoss()
+    if par.world > 1:
+        loss_fn = ClipLoss(gather_with_grad=True, rank=par.rank, world_size=par.world)
     order, cursor, metrics = torch.randperm(len(images), generator=gen), 0, {}
     batch_size = min(config.batch_size, len(images))
-    for step in tqdm(range(config.steps), desc="clip_pretrain", unit="step", mininterval=2):
+    steps = tqdm(range(config.steps), desc="clip_pretrain", unit="step", mininterval=2,
+                 disable=not par.is_main)  # fmt: skip
+    for step in steps:
         if cursor + batch_size > len(order):
             order, cursor = torch.randperm(len(images), generator=gen), 0
         idx = order[cursor : cursor + batch_size]
@@ -94,18 +105,22 @@ def train_clip(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, config)
         model.train()
-        device = next(model.parameters()).device
-        with torch.autocast(device.type, torch.bfloat16, enabled=config.precision == "bf16"):
-            img_feat, txt_feat, scale = model(clip.normalise(images[idx]), clip.tokenizer(texts))
+        mine = par.share(range(batch_size), "clip batch_size")
+        pixels = clip.normalise(images[idx[mine]].to(par.device))
+        tokens = clip.tokenizer([texts[i] for i in mine]).to(par.device)
+        with torch.autocast(par.device.type, torch.bfloat16, enabled=config.precision == "bf16"):
+            img_feat, txt_feat, scale = forward(pixels, tokens)
         loss = loss_fn(img_feat.float(), txt_feat.float(), scale.float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         opt.step()
-        metrics = {"loss": loss.item()}
+        metrics = {"loss": par.mean(loss.item())}
         last = step + 1 == config.steps
         if heldout is not None and ((step + 1) % config.eval_every == 0 or last):
-            metrics.update(retrieval_recall(clip, *heldout))
-        log(step, metrics)
-    model.eval()
+            metrics.update(retrieval_recall(clip, *(t.to(par.device) if torch.is_tensor(t) else t
+                                                    for t in heldout)))  # fmt: skip
+        if par.is_main:
+            log(step, metrics)
+    model.eval().to("cpu")
     return metrics

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from recaption import io
 from recaption.models.generator import GeneratorPipeline
 from recaption.models.schedule import warmup_cosine
+from recaption.parallel import Parallel
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +82,39 @@ def to_model_space(pipe: GeneratorPipeline, images: torch.Tensor) -> torch.Tenso
         return pipe.vae.encode(x).latent_dist.mode() * pipe.vae.config.scaling_factor
 
 
+class Denoiser(torch.nn.Module):
+    """A pipeline's trainable parts behind one forward, the denoising loss (what DDP wraps)."""
+
+    def __init__(self, pipe: GeneratorPipeline):
+        super().__init__()
+        self.unet, self.text_encoder = pipe.unet, pipe.text_encoder
+        self._pipe = [pipe]  # in a list: not registered twice as a submodule
+
+    def forward(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, captions: list[str]
+    ) -> torch.Tensor:
+        pipe = self._pipe[0]
+        noisy = pipe.scheduler.add_noise(x0, noise, t)
+        states = pipe.encode_prompts(captions)
+        pred = self.unet(noisy, t, encoder_hidden_states=states).sample
+        return F.mse_loss(pred.float(), noise)
+
+
+def draw_noise(
+    pipe: GeneratorPipeline, shape: torch.Size, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noise of `shape`, a random timestep per row), from `gen`."""
+    noise = torch.randn(shape, generator=gen)
+    t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (shape[0],), generator=gen)
+    return noise, t
+
+
 def denoising_loss(
     pipe: GeneratorPipeline, x0: torch.Tensor, captions: list[str], gen: torch.Generator
 ) -> torch.Tensor:
     """MSE between the noise added at random timesteps and the UNet's prediction of it."""
-    noise = torch.randn(x0.shape, generator=gen)
-    steps = pipe.scheduler.config.num_train_timesteps
-    t = torch.randint(0, steps, (len(x0),), generator=gen)
-    noisy = pipe.scheduler.add_noise(x0, noise, t)
-    states = pipe.encode_prompts(captions)
-    pred = pipe.unet(noisy, t, encoder_hidden_states=states).sample
-    return F.mse_loss(pred.float(), noise)
+    noise, t = draw_noise(pipe, x0.shape, gen)
+    return Denoiser(pipe)(x0, t, noise, captions)
 
 
 def _batch(config: GeneratorTrainConfig, n: int, step: int) -> list[int]:
@@ -113,6 +136,7 @@ def train_generator(
     config: GeneratorTrainConfig,
     checkpoint_dir: Path | None = None,
     log_step: Callable[[int, dict], None] | None = None,
+    par: Parallel | None = None,
 ) -> dict:
     """Train `pipe` in place, then load the EMA weights into it.
 
@@ -120,10 +144,15 @@ def train_generator(
         images: uint8 (N, 3, H, W), the training images.
         captions_for_epoch: the N captions of an epoch (a per-epoch blend redraws them).
         checkpoint_dir: where a checkpoint is kept every `checkpoint_every` steps; a
-            run finding one there resumes from it.
+            run finding one there resumes from it (the main process writes it).
+        par: data-parallel training (see recaption.parallel): each process draws the
+            step's whole batch and its noise, and trains on its slice.
     Returns:
-        {"steps", "resumed_from", "loss" (last window), "images_per_s"}.
+        {"steps", "resumed_from", "loss" (last window, over every process), "images_per_s"}.
     """
+    par = par or Parallel()
+    pipe.to(par.device)
+    denoiser = par.wrap(Denoiser(pipe))
     named = _trainable(pipe, config)
     params = list(named.values())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -131,12 +160,13 @@ def train_generator(
     start, window, logged = 0, [], []  # window: the last 50 losses; logged: (step, metrics)
     if checkpoint_dir:
         start, window, logged = resume(checkpoint_dir, config, named, ema, optimizer)
-    if log_step is not None:
+    if log_step is not None and par.is_main:
         for step, metrics in logged:  # a resumed run's curves start where the first run's did
             log_step(step, metrics)
     captions, epoch, tick = None, -1, time.perf_counter()
     bar = tqdm(total=config.steps * config.batch_size, initial=start * config.batch_size,
-               desc="train_generator", unit="img", unit_scale=True, mininterval=2)  # fmt: skip
+               desc="train_generator", unit="img", unit_scale=True, mininterval=2,
+               disable=not par.is_main)  # fmt: skip
     pipe.unet.train()
     pipe.text_encoder.train(config.train_text_encoder)
     for step in range(start, config.steps):
@@ -149,26 +179,33 @@ def train_generator(
         texts = ["" if d else captions[i] for i, d in zip(idx, dropped.tolist(), strict=True)]
         for group in optimizer.param_groups:
             group["lr"] = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-            loss = denoising_loss(pipe, to_model_space(pipe, images[idx]), texts, gen)
+        mine = par.share(range(len(idx)))  # this process's rows of the step's batch
+        x0 = to_model_space(pipe, images[[idx[i] for i in mine]].to(par.device))
+        noise, t = draw_noise(pipe, torch.Size([len(idx), *x0.shape[1:]]), gen)
+        noise, t = noise[mine].to(par.device), t[mine].to(par.device)
+        with torch.autocast(par.device.type, torch.bfloat16, enabled=config.precision == "bf16"):
+            loss = denoiser(x0, t, noise, [texts[i] for i in mine])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         ema.update(named)
-        window = [*window[-49:], loss.item()]
+        window = [*window[-49:], par.mean(loss.item())]
         bar.update(len(idx))
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
             logged.append((done, {"loss": sum(window) / len(window)}))
-            if log_step is not None:
+            if log_step is not None and par.is_main:
                 log_step(*logged[-1])
         if checkpoint_dir and config.checkpoint_every and done % config.checkpoint_every == 0:
-            history = {"window": window, "logged": logged}
-            save_checkpoint(checkpoint_dir, config, done, named, ema, optimizer, history)
+            if par.is_main:
+                history = {"window": window, "logged": logged}
+                save_checkpoint(checkpoint_dir, config, done, named, ema, optimizer, history)
+            par.wait()
     bar.close()
     seconds = time.perf_counter() - tick
     ema.copy_to(named)
+    pipe.to("cpu")
     pipe.unet.eval()
     pipe.text_encoder.eval()
     return {

@@ -16,12 +16,12 @@ import logging
 from pathlib import Path
 
 import torch
-from dvclive import Live
 
 from recaption import datasets, embed, io, lineage, paths, sampling
 from recaption.errors import UserError
 from recaption.models import captioner as captioner_lib
 from recaption.models.captioner_train import CaptionTrainConfig, train_captioner
+from recaption.parallel import Parallel, main_live
 from recaption.params import CaptionerStageParams, Params, load_params
 from recaption.stages.live import step_logger
 
@@ -101,15 +101,22 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
         len(val_keys),
         config.steps,
     )
-    with Live(str(paths.DVCLIVE / f"captioner_{stage}"), dvcyaml=False, save_dvc_exp=False) as live:
+    par = Parallel.start()
+    with main_live(par, f"captioner_{stage}") as live:
         metrics = train_captioner(
             model,
             (features_of(emb, train_keys), [pairs[k] for k in train_keys]),
             (features_of(emb, val_keys), [pairs[k] for k in val_keys]),
             config,
-            step_logger(live),
+            step_logger(live) if live else None,
+            par,
         )
-        live.summary = {k: v for k, v in metrics.items() if v is not None}
+        if live:
+            live.summary = {k: v for k, v in metrics.items() if v is not None}
+    if not par.is_main:  # the main process writes the model
+        return metrics
+    if par.world > 1:
+        metrics = {**metrics, "processes": par.world}
     with io.atomic_path(folder(stage)) as tmp:
         model.save(tmp)
         inputs = {"embeddings": paths.IMAGE_EMBEDDINGS}

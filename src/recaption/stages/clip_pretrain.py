@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dvclive import Live
-
 from recaption import datasets, io, lineage, paths
 from recaption.models import clip as clip_lib
 from recaption.models.clip_train import ClipTrainConfig, retrieval_recall, train_clip
+from recaption.parallel import Parallel, main_live
 from recaption.params import Params, load_params
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,8 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     pretrained = None if cp.pretrained == "none" else cp.pretrained
     clip = clip_lib.create(cp.model, pretrained, seed=params.seed)
     heldout = heldout_set(clip.image_size)
-    with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
+    par = Parallel.start()
+    with main_live(par, LIVE_DIR.name) as live:
         if pretrained is None:
             _, pngs, captions = training_pairs(params)
             images = datasets.images_tensor(pngs, clip.image_size)
@@ -69,11 +69,15 @@ def main(params_path: Path = paths.PARAMS) -> dict:
                     live.log_metric(("train/" if name == "loss" else "heldout/") + name, value)
                 live.next_step()
 
-            metrics = train_clip(clip, images, captions, config, heldout, log_step)
+            metrics = train_clip(clip, images, captions, config, heldout, log_step, par)
         else:
             metrics = retrieval_recall(clip, *heldout)
-            for name, value in metrics.items():
+            for name, value in metrics.items() if live else ():
                 live.log_metric("heldout/" + name, value)
+    if not par.is_main:  # the main process writes the model
+        return metrics
+    if par.world > 1:
+        metrics = {**metrics, "processes": par.world}
     with io.atomic_path(paths.CLIP) as tmp:
         clip_lib.save(clip, tmp)
         inputs = {"dataset": paths.DATASET, "splits": paths.SPLITS}

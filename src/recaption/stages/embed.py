@@ -41,6 +41,8 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         workers,
         device,
         ep.grid,
+        params,
+        paths.CLIP,
     )
     io.write_table(paths.PROMPT_EMBEDDINGS, prompt_table(clip, fingerprint, device))
     # The report describes the output, not this run: what was computed or reused depends

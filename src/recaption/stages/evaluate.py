@@ -224,38 +224,36 @@ def _grids(samples: pa.Table, per_category: int, scale: int = 3) -> dict[str, di
     return grids
 
 
-def main(params_path: Path = paths.PARAMS) -> dict:
-    params = load_params(params_path)
-    ep = params.evaluate
-    device = torch.device(devices.resolve(ep.device, "evaluate.device"))
-    pipe = gen_lib.load(paths.GENERATOR).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    clip = clip_lib.load(paths.EVAL_CLIP, device)
-    synthetic = params.data.source == "synthetic"
-    oracle = oracle_lib.load(paths.ORACLE).to(device) if synthetic else None
-    jobs = make_jobs(params)
-    by_key = {j.key: j for j in jobs}
-    models = {
-        "generator": lineage.tree_hash(paths.GENERATOR),
-        "clip": clip_lib.fingerprint(paths.EVAL_CLIP),
-        "oracle": lineage.tree_hash(paths.ORACLE) if synthetic else None,
-    }
+class Worker:
+    """The generator, evaluation CLIP and oracle, loaded once; draws and scores one chunk
+    of jobs per call."""
 
-    def compute(index: int, keys: list[str]) -> pa.Table:
-        chunk = [by_key[k] for k in keys]
+    def __init__(self, params: Params, jobs: Sequence[dict]):
+        self.ep = params.evaluate
+        self.device = torch.device(devices.resolve(self.ep.device, "evaluate.device"))
+        self.pipe = gen_lib.load(paths.GENERATOR).to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.clip = clip_lib.load(paths.EVAL_CLIP, self.device)
+        synthetic = params.data.source == "synthetic"
+        self.oracle = oracle_lib.load(paths.ORACLE).to(self.device) if synthetic else None
+        self.by_key = {j["key"]: Job(**j) for j in jobs}
+
+    def __call__(self, unit: dict) -> pa.Table:
+        keys, ep, device = unit["keys"], self.ep, self.device
+        chunk = [self.by_key[k] for k in keys]
         images: list[Image.Image] = []
         with torch.autocast(device.type, torch.bfloat16, enabled=ep.precision == "bf16"):
             for start in range(0, len(chunk), ep.batch_size):
                 batch = chunk[start : start + ep.batch_size]
                 prompts, seeds = [j.prompt for j in batch], [j.seed for j in batch]
-                images += pipe(prompts, ep.steps, ep.guidance, seed=seeds)
+                images += self.pipe(prompts, ep.steps, ep.guidance, seed=seeds)
         pixels = torch.from_numpy(np.stack([np.asarray(i) for i in images])).permute(0, 3, 1, 2)
         pixels = pixels.contiguous().to(device)
-        cos = clip_cosines(clip, pixels, [j.prompt for j in chunk])
+        cos = clip_cosines(self.clip, pixels, [j.prompt for j in chunk])
         detected: list[dict | None] = [None] * len(chunk)
         follows: list[bool | None] = [None] * len(chunk)
-        if oracle is not None:
-            detected = oracle_lib.detections(oracle_lib.predict(oracle, pixels))
+        if self.oracle is not None:
+            detected = oracle_lib.detections(oracle_lib.predict(self.oracle, pixels))
             follows = [
                 geneval.follows(d, json.loads(j.demands), j.category) if j.demands else None
                 for d, j in zip(detected, chunk, strict=True)
@@ -270,9 +268,20 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             }
         )
 
+
+def main(params_path: Path = paths.PARAMS) -> dict:
+    params = load_params(params_path)
+    ep = params.evaluate
+    synthetic = params.data.source == "synthetic"
+    jobs = make_jobs(params)
+    models = {
+        "generator": lineage.tree_hash(paths.GENERATOR),
+        "clip": clip_lib.fingerprint(paths.EVAL_CLIP),
+        "oracle": lineage.tree_hash(paths.ORACLE) if synthetic else None,
+    }
     run = runner.run_chunks(
         [j.key for j in jobs], ep.chunk_size, WORK_DIR, _fingerprint(params, jobs, models),
-        compute, desc="evaluate",
+        Worker, {"params": params, "jobs": [asdict(j) for j in jobs]}, params, "evaluate",
     )  # fmt: skip
     samples = pa.Table.from_pylist([asdict(j) for j in jobs])  # key first
     for name in ("image", "cos", "detection", "follows"):

@@ -18,7 +18,7 @@ import torch
 from recaption import devices, embed, io, paths, runner
 from recaption.models import captioner as captioner_lib
 from recaption.models.captioner import Captioner, Decoding
-from recaption.params import load_params
+from recaption.params import Params, load_params
 
 log = logging.getLogger(__name__)
 WORK_DIR = paths.WORK / "recaption"
@@ -45,47 +45,59 @@ def caption_batches(
     return out
 
 
+class Worker:
+    """Both tuned captioners and the cached embeddings, loaded once; one chunk per call."""
+
+    def __init__(self, params: Params):
+        self.rp, self.seed = params.recaption, params.seed
+        self.device = torch.device(devices.resolve(self.rp.device, "recaption.device"))
+        self.emb = embed.read_dir(paths.IMAGE_EMBEDDINGS)
+        self.models = {
+            kind: captioner_lib.load(paths.CAPTIONER / stage).to(self.device).eval()
+            for kind, stage in KINDS.items()
+        }
+        self.hashes = captioner_hashes()
+        self.decodings = {kind: Decoding(**getattr(self.rp, kind).model_dump()) for kind in KINDS}
+
+    def __call__(self, unit: dict) -> pa.Table:
+        index, keys = unit["index"], unit["keys"]
+        features = torch.from_numpy(self.emb.features_of(keys)).to(self.device)
+        seed = self.seed * 1_000_003 + index * 10_007  # a chunk's draw never depends on others
+        columns = {"key": pa.array(keys, pa.string())}
+        for kind, model in self.models.items():
+            captions = caption_batches(
+                model, features, self.decodings[kind], self.rp.batch_size, seed, self.rp.precision
+            )
+            columns[kind] = pa.array(captions, pa.string())
+        for kind in KINDS:
+            columns[f"{kind}_captioner"] = pa.array([self.hashes[kind]] * len(keys), pa.string())
+        return pa.table(columns)
+
+
+def captioner_hashes() -> dict[str, str]:
+    """Caption kind -> the content hash of the captioner that writes it."""
+    return {kind: captioner_lib.fingerprint(paths.CAPTIONER / s) for kind, s in KINDS.items()}
+
+
 def main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     rp = params.recaption
-    device = torch.device(devices.resolve(rp.device, "recaption.device"))
-    emb = embed.read_dir(paths.IMAGE_EMBEDDINGS)
-    models = {
-        kind: captioner_lib.load(paths.CAPTIONER / stage).to(device).eval()
-        for kind, stage in KINDS.items()
-    }
-    hashes = {
-        kind: captioner_lib.fingerprint(paths.CAPTIONER / stage) for kind, stage in KINDS.items()
-    }
-    decodings = {kind: Decoding(**getattr(rp, kind).model_dump()) for kind in KINDS}
+    keys, clip = embed.read_keys(paths.IMAGE_EMBEDDINGS)
+    hashes = captioner_hashes()
     fingerprint = io.sha256_bytes(
         json.dumps(
             {
                 "captioners": hashes,
-                "embeddings": emb.clip,
+                "embeddings": clip,
                 "recaption": rp.model_dump(exclude={"device"}),
                 "seed": params.seed,
             },
             sort_keys=True,
         ).encode()
     )
-
-    def compute(index: int, keys: list[str]) -> pa.Table:
-        features = torch.from_numpy(emb.features_of(keys)).to(device)
-        columns = {"key": pa.array(keys, pa.string())}
-        for kind, model in models.items():
-            seed = (
-                params.seed * 1_000_003 + index * 10_007
-            )  # a chunk's draw never depends on others
-            captions = caption_batches(
-                model, features, decodings[kind], rp.batch_size, seed, rp.precision
-            )
-            columns[kind] = pa.array(captions, pa.string())
-        for kind in KINDS:
-            columns[f"{kind}_captioner"] = pa.array([hashes[kind]] * len(keys), pa.string())
-        return pa.table(columns)
-
-    run = runner.run_chunks(emb.keys, rp.chunk_size, WORK_DIR, fingerprint, compute, "recaption")
+    run = runner.run_chunks(
+        keys, rp.chunk_size, WORK_DIR, fingerprint, Worker, {"params": params}, params, "recaption"
+    )
     summary = {**runner.finish(run, paths.SYNTHETIC_CAPTIONS, WORK_DIR), "captioners": hashes}
     log.info("recaption: %s", summary)
     return summary

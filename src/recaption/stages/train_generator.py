@@ -17,13 +17,13 @@ import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from dvclive import Live
 
 from recaption import datasets, io, lineage, paths
 from recaption.blend import SOURCES
 from recaption.models import generator as gen_lib
 from recaption.models.generator_train import GeneratorTrainConfig, train_generator
 from recaption.models.tokenizer import train_tokenizer
+from recaption.parallel import Parallel, main_live
 from recaption.params import Params, load_params
 from recaption.stages.blend import blend_of
 from recaption.stages.live import step_logger
@@ -45,9 +45,9 @@ def seed_of(params: Params) -> int:
     return params.seed + params.generator.seed
 
 
-def checkpoint_dir(params: Params, caption_version: str) -> Path:
+def checkpoint_dir(params: Params, caption_version: str, clean: bool = True) -> Path:
     """Where this run's checkpoints live: named by everything training depends on, so a
-    run never resumes another's (and other runs' leftovers are removed)."""
+    run never resumes another's (and, with `clean`, other runs' leftovers are removed)."""
     key = {
         "captions": caption_version,
         "dataset": lineage.tree_hash(paths.DATASET),
@@ -57,7 +57,7 @@ def checkpoint_dir(params: Params, caption_version: str) -> Path:
         "seed": params.seed,
     }
     folder = CHECKPOINTS / io.sha256_bytes(json.dumps(key, sort_keys=True).encode())[:16]
-    if CHECKPOINTS.is_dir():
+    if clean and CHECKPOINTS.is_dir():
         for other in CHECKPOINTS.iterdir():
             if other != folder:
                 shutil.rmtree(other, ignore_errors=True)
@@ -78,16 +78,21 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     fields = params.generator.model_dump(exclude={"model", "vocab_size", "seed"})
     config = GeneratorTrainConfig(seed=seed_of(params), **fields)
     caption_version = lineage.tree_hash(paths.RELABELED)
-    checkpoints = checkpoint_dir(params, caption_version)
-    with Live(str(paths.DVCLIVE / "train_generator"), dvcyaml=False, save_dvc_exp=False) as live:
+    par = Parallel.start()
+    checkpoints = checkpoint_dir(params, caption_version, clean=par.is_main)
+    with main_live(par, "train_generator") as live:
         metrics = train_generator(
             pipe,
             images,
             lambda epoch: blend.captions(keys, candidates, epoch)[0],
             config,
             checkpoints,
-            step_logger(live),
+            step_logger(live) if live else None,
+            par,
         )
+    if not par.is_main:  # the main process writes the model
+        return metrics
+    extra = {"processes": par.world} if par.world > 1 else {}
     with io.atomic_path(paths.GENERATOR) as tmp:
         pipe.save_pretrained(tmp)
         lineage.write_lineage(
@@ -100,7 +105,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
                 "blend": params.blend.model_dump(),
             },  # fmt: skip
             caption_version=caption_version,
-            metrics={"loss": metrics["loss"], "steps": metrics["steps"]},
+            metrics={"loss": metrics["loss"], "steps": metrics["steps"], **extra},
         )
     shutil.rmtree(CHECKPOINTS, ignore_errors=True)
     log.info("train_generator: %s", metrics)

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from recaption import datasets, io, lineage, paths, runner
 from recaption.models import upsampler as up_lib
-from recaption.params import load_params
+from recaption.params import Params, load_params
 
 log = logging.getLogger(__name__)
 WORK_DIR = paths.WORK / "upsample_captions"
@@ -33,6 +33,31 @@ SCHEMA = pa.schema(
 )
 
 
+class Worker:
+    """The upsampler and the ground truth, loaded once; one chunk of rewrites per call."""
+
+    def __init__(self, params: Params):
+        self.us, self.seed = params.upsample, params.seed
+        self.model = up_lib.load(paths.UPSAMPLER)
+        self.upsampler = lineage.tree_hash(paths.UPSAMPLER)
+        self.truth = ground_truth()
+
+    def __call__(self, unit: dict) -> pa.Table:
+        index, chunk = unit["index"], unit["keys"]
+        sources = [self.truth[k] for k in chunk]
+        seed = self.seed * 1_000_003 + index * 10_007  # a chunk's draw never depends on others
+        rewrites = self.model.rewrite(
+            sources, None, self.us.generate_batch_size, seed, desc=f"upsample chunk {index}"
+        )
+        columns = [chunk, sources, rewrites, [self.upsampler] * len(chunk)]
+        return pa.Table.from_arrays([pa.array(c, pa.string()) for c in columns], schema=SCHEMA)
+
+
+def ground_truth() -> dict[str, str]:
+    """Key -> ground-truth caption of every dataset image, in the dataset's order."""
+    return {r["key"]: r["caption"] for r in datasets.load_rows(paths.DATASET, ["caption"])}
+
+
 def main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     if not params.blend.use_upsampled:
@@ -41,11 +66,9 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         log.info("upsample_captions: blend.use_upsampled is false, nothing to rewrite")
         return {"images": 0}
     us = params.upsample
-    model = up_lib.load(paths.UPSAMPLER)
     upsampler = lineage.tree_hash(paths.UPSAMPLER)
-    rows = datasets.load_rows(paths.DATASET, ["caption"])
-    truth = {r["key"]: r["caption"] for r in rows}
-    keys = [r["key"] for r in rows]
+    truth = ground_truth()
+    keys = list(truth)
     fingerprint = io.sha256_bytes(
         json.dumps(
             {
@@ -57,17 +80,9 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             sort_keys=True,
         ).encode()
     )
-
-    def compute(index: int, chunk: list[str]) -> pa.Table:
-        sources = [truth[k] for k in chunk]
-        seed = params.seed * 1_000_003 + index * 10_007  # a chunk's draw never depends on others
-        rewrites = model.rewrite(
-            sources, None, us.generate_batch_size, seed, desc=f"upsample chunk {index}"
-        )
-        columns = [chunk, sources, rewrites, [upsampler] * len(chunk)]
-        return pa.Table.from_arrays([pa.array(c, pa.string()) for c in columns], schema=SCHEMA)
-
-    run = runner.run_chunks(keys, us.chunk_size, WORK_DIR, fingerprint, compute, "upsample")
+    run = runner.run_chunks(
+        keys, us.chunk_size, WORK_DIR, fingerprint, Worker, {"params": params}, params, "upsample"
+    )
     summary = {**runner.finish(run, paths.UPSAMPLED_CAPTIONS, WORK_DIR), "upsampler": upsampler}
     log.info("upsample_captions: %s", summary)
     return summary
