@@ -237,3 +237,37 @@ def test_annotated_images_are_repeated_in_clip_training(project, arch):
     for key, caps in zip(keys, captions, strict=True):
         assert keys.count(key) == (3 if key in short | descriptive else 1)
         assert len(caps) == 1 + (key in short) + (key in descriptive)
+
+
+def test_batches_finishing_out_of_order_still_write_shards_in_order(project, arch, monkeypatch):
+    """engine: ray hands batches back as they finish; shards are written in the local
+    path's order (a shard rebuilt from an earlier shard's vectors reads them before that
+    file is replaced), with the local path's bytes."""
+    from recaption import engine, io
+
+    settings = {"clip": {"model": str(arch), "train": TRAIN},
+                "embed": {"num_workers": 0, "batch_size": 8, "probe_train_size": 20}}  # fmt: skip
+    project.write_params(**settings)
+    prepare(project)
+    clip_pretrain.main()
+    embed_stage.main()
+    local = {p.name: p.read_bytes() for p in io.shard_paths(paths.IMAGE_EMBEDDINGS)}
+    shutil.rmtree(paths.IMAGE_EMBEDDINGS)
+
+    def last_first(worker, kwargs, units, params, desc, unit_name="unit"):
+        instance = worker(**kwargs)
+        for index in reversed(range(len(units))):
+            yield index, instance(units[index])
+
+    written, write_table = [], io.write_table
+
+    def recording(path, table):
+        written.append(Path(path).name)
+        write_table(path, table)
+
+    monkeypatch.setattr(engine, "map_units", last_first)
+    monkeypatch.setattr(io, "write_table", recording)
+    project.write_params(engine="ray", **settings)
+    embed_stage.main()
+    assert [n for n in written if n in local] == sorted(local)  # 3 shards, in order
+    assert {p.name: p.read_bytes() for p in io.shard_paths(paths.IMAGE_EMBEDDINGS)} == local

@@ -401,19 +401,25 @@ def embed_dataset(
         units = _batch_units(plans, batch_size)
         waiting = {p.index: len(_batch_units([p], batch_size)) for p in plans}
         fresh: dict[int, dict[int, np.ndarray]] = {p.index: {} for p in plans}
-        for plan in plans:
-            if not waiting[plan.index]:  # every row's vector is cached
-                write(plan, {})
+        written = 0
+
+        def write_ready() -> None:
+            # In shard order, as the local path writes: a shard rebuilt from vectors of
+            # earlier shards must read them before those files are replaced.
+            nonlocal written
+            while written < len(plans) and not waiting[plans[written].index]:
+                write(plans[written], fresh.pop(plans[written].index))
+                written += 1
+
+        write_ready()  # the leading shards whose every vector is cached
         kwargs = {"clip_dir": str(clip_dir), "dataset_dir": str(dataset_dir), "device": device,
                   "grid": grid}  # fmt: skip
-        by_index = {p.index: p for p in plans}
         for position, table in engine.map_units(Worker, kwargs, units, params, "embed", "batch"):
             shard = units[position]["shard"]
             vectors = _matrix(table.column("vector"), table.num_rows)
             fresh[shard].update(zip(table.column("row").to_pylist(), vectors, strict=True))
             waiting[shard] -= 1
-            if not waiting[shard]:
-                write(by_index[shard], fresh.pop(shard))
+            write_ready()
     for stale in sorted(out_dir.glob(io.SHARD_GLOB))[len(shards) :]:
         stale.unlink()
     log.info(
