@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -31,6 +32,19 @@ def test_no_launcher_runs_the_stage_in_this_process(monkeypatch):
     ]  # fmt: skip
     monkeypatch.setenv("RECAP_LAUNCHED", "1")  # inside the launched processes
     assert parallel.launch_command(["train-generator"]) is None
+
+
+def test_a_launcher_that_is_not_installed_is_a_clear_error(monkeypatch):
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+
+    monkeypatch.setenv(parallel.LAUNCHER_ENV, "no-such-launcher launch --num_processes 2")
+    monkeypatch.delenv("RECAP_LAUNCHED", raising=False)
+    monkeypatch.setattr(sys, "argv", ["recap", "train-generator"])
+    result = CliRunner().invoke(app, ["train-generator"])
+    assert result.exit_code == 2
+    assert "'no-such-launcher', which is not on PATH" in result.output
 
 
 def test_each_process_takes_an_equal_slice_of_the_batch():

@@ -28,17 +28,30 @@ UpsamplerOption = typer.Option(paths.UPSAMPLER, "--upsampler", help="a saved ups
 CheckpointArgument = typer.Argument(..., help="a pickled checkpoint, or a model folder with one")
 
 
+def _relaunch() -> None:
+    """Hand a training stage to $RECAP_LAUNCHER, if one is set (see recaption.parallel)."""
+    from recaption import parallel
+    from recaption.errors import UserError
+
+    command = parallel.launch_command(sys.argv[1:])
+    try:
+        parallel.relaunch(sys.argv[1:])
+    except FileNotFoundError:
+        raise UserError(
+            f"{parallel.LAUNCHER_ENV} names {command[0]!r}, which is not on PATH "
+            f"(pip install accelerate, or unset {parallel.LAUNCHER_ENV} to train in one process)"
+        ) from None
+
+
 def _run(stage: Callable[[Path], object], params: Path, trains: bool = False) -> None:
     """Run a stage; a training stage (`trains`) first hands itself to $RECAP_LAUNCHER if
     one is set (data-parallel training; see recaption.parallel)."""
     from recaption.errors import UserError
 
-    if trains:
-        from recaption import parallel
-
-        parallel.relaunch(sys.argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if trains:
+            _relaunch()
         stage(params)
     except (UserError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
