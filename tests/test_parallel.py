@@ -40,7 +40,8 @@ def test_a_launcher_that_is_not_installed_is_a_clear_error(monkeypatch):
     from recaption.cli import app
 
     monkeypatch.setenv(parallel.LAUNCHER_ENV, "no-such-launcher launch --num_processes 2")
-    monkeypatch.delenv("RECAP_LAUNCHED", raising=False)
+    # Empty, so relaunch tries; set through monkeypatch, so the "1" it writes is undone.
+    monkeypatch.setenv("RECAP_LAUNCHED", "")
     monkeypatch.setattr(sys, "argv", ["recap", "train-generator"])
     result = CliRunner().invoke(app, ["train-generator"])
     assert result.exit_code == 2
