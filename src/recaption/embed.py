@@ -9,6 +9,7 @@ and computes only the rest.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -399,7 +400,7 @@ def embed_dataset(
         if clip_dir is None:
             raise ValueError("engine: ray needs clip_dir, where the replicas load the CLIP from")
         units = _batch_units(plans, batch_size)
-        waiting = {p.index: len(_batch_units([p], batch_size)) for p in plans}
+        waiting = Counter(unit["shard"] for unit in units)  # batches still out, per shard
         fresh: dict[int, dict[int, np.ndarray]] = {p.index: {} for p in plans}
         written = 0
 
