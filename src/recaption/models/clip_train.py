@@ -67,6 +67,7 @@ def train_clip(
     heldout: tuple[torch.Tensor, Sequence[str]] | None = None,
     log: Callable[[int, dict], None] = lambda step, metrics: None,
     par: Parallel | None = None,
+    desc: str = "clip",
 ) -> dict:
     """Train `clip` in place.
 
@@ -78,6 +79,7 @@ def train_clip(
         par: data-parallel training (see recaption.parallel): every process draws the
             step's whole batch and encodes its slice; the contrastive loss gathers every
             process's features, so each image is still contrasted with the whole batch.
+        desc: the progress bar's label (the stage's name).
     Returns:
         The last logged metrics.
     """
@@ -91,7 +93,7 @@ def train_clip(
         loss_fn = ClipLoss(gather_with_grad=True, rank=par.rank, world_size=par.world)
     order, cursor, metrics = torch.randperm(len(images), generator=gen), 0, {}
     batch_size = min(config.batch_size, len(images))
-    steps = tqdm(range(config.steps), desc="clip_pretrain", unit="step", mininterval=2,
+    steps = tqdm(range(config.steps), desc=desc, unit="step", mininterval=2,
                  disable=not par.is_main)  # fmt: skip
     for step in steps:
         if cursor + batch_size > len(order):

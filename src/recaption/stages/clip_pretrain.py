@@ -69,7 +69,9 @@ def main(params_path: Path = paths.PARAMS) -> dict:
                     live.log_metric(("train/" if name == "loss" else "heldout/") + name, value)
                 live.next_step()
 
-            metrics = train_clip(clip, images, captions, config, heldout, log_step, par)
+            metrics = train_clip(
+                clip, images, captions, config, heldout, log_step, par, desc="clip_pretrain"
+            )
         else:
             metrics = retrieval_recall(clip, *heldout)
             for name, value in metrics.items() if live else ():

@@ -118,7 +118,13 @@ def eval_clip_main(params_path: Path = paths.PARAMS) -> dict:
         config = ClipTrainConfig(seed=params.evaluate.seed, eval_every=cp.steps, **train)
         with Live(str(paths.DVCLIVE / "eval_clip"), dvcyaml=False, save_dvc_exp=False) as live:
             metrics = train_clip(
-                clip, images[: cp.train_size], captions, config, held, step_logger(live)
+                clip,
+                images[: cp.train_size],
+                captions,
+                config,
+                held,
+                step_logger(live),
+                desc="eval_clip",
             )
     else:
         metrics = retrieval_recall(clip, *held)
