@@ -4,7 +4,8 @@ forward/backward loop on the same model and batch, in the same run.
     .venv/bin/python benchmarks/generator.py [--images 2000] [--steps 60] [--size 32]
 
 Both use the default architecture (`generator.model`), batch `generator.batch_size`,
-the params' precision, random weights, and synthetic images in memory. "loop" is
+the params' precision (resolved for this CPU), random weights, and synthetic images
+in memory. "loop" is
 `train_generator` (per-epoch captions, seeded batches, caption dropout, EMA,
 no checkpoints); "bare" repeats one preloaded batch through the same denoising loss,
 backward and optimizer step, and nothing else.
@@ -18,7 +19,7 @@ import time
 
 import torch
 
-from recaption import paths
+from recaption import paths, precision
 from recaption.models import generator as gen_lib
 from recaption.models.generator_train import (
     GeneratorTrainConfig,
@@ -45,8 +46,9 @@ def main() -> None:
     captions = [captions[i % len(captions)] for i in range(args.images)]
     tok = train_tokenizer(captions, gp.vocab_size, wrap=True)
     images = torch.randint(0, 256, (args.images, 3, args.size, args.size), dtype=torch.uint8)
-    fields = gp.model_dump(exclude={"model", "vocab_size"})
-    fields.update(steps=args.steps, checkpoint_every=0, warmup_steps=5)
+    compute, _ = precision.settle(gp.precision, "cpu", "generator.precision")
+    fields = gp.model_dump(exclude={"model", "vocab_size", "seed"})
+    fields.update(steps=args.steps, checkpoint_every=0, warmup_steps=5, precision=compute)
     config = GeneratorTrainConfig(seed=0, **fields)
 
     pipe = gen_lib.create_builtin(ROOT / gp.model, tok, args.size, 0)
@@ -60,7 +62,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     for _ in range(args.steps):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=gp.precision == "bf16"):
+        with precision.autocast(compute, "cpu"):
             loss = denoising_loss(pipe, x0, texts, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from recaption import lineage, paths
+from recaption import lineage, paths, precision
 from recaption.models import captioner as cap
 from recaption.stages import captioner as stages
 from recaption.stages import clip_pretrain
@@ -68,6 +68,13 @@ def test_stages_chain_with_pretraining_off_and_epochs(embedded, arch):
     stage1 = read_lineage("stage1")
     n_train = 10 - 2  # sample.size 10, val_fraction 0.2
     assert stage1["metrics"]["steps"] == math.ceil(2 * n_train / 4)
+    # Each lineage names the precision `auto` resolved to on this machine, and why.
+    _, expected = precision.settle("auto", "cpu", "test")
+    assert stage1["compute"] == expected
+    assert (
+        f"Trained in **{expected['precision']}**"
+        in (paths.CAPTIONER / "stage1" / "README.md").read_text()
+    )
     stage2 = read_lineage("stage2")
     assert stage2["inputs"]["parent"]["sha256"] == lineage.tree_hash(paths.CAPTIONER / "stage1")
     assert stage2["inputs"]["captions"]["path"] == str(paths.DESCRIPTIVE)

@@ -10,6 +10,7 @@ RECORD = {
     "params": {"seed": 0, "blend": {"synthetic_ratio": 0.95}},
     "caption_version": "cd" * 32,
     "metrics": {"loss": 0.0282, "steps": 1200},
+    "compute": {"precision": "fp32", "device": "cpu", "hardware": "AVX2", "native_bf16": False},
 }
 
 
@@ -21,6 +22,7 @@ def test_a_generator_card_names_its_caption_version_data_params_and_figures():
     assert "synthetic_ratio: 0.95" in card
     assert "| loss | 0.0282 |" in card and "| steps | 1200 |" in card
     assert 'GeneratorPipeline.from_pretrained("models/generator"' in card
+    assert "Trained in **fp32** on cpu (`AVX2`, no native bf16)" in card
 
 
 def test_a_card_without_inputs_or_caption_version_says_where_its_data_came_from():
@@ -28,6 +30,7 @@ def test_a_card_without_inputs_or_caption_version_says_where_its_data_came_from(
     assert "Caption version" not in card
     assert "Fresh renders of the built-in world" in card
     assert "## Figures of the run" not in card
+    assert "## Compute" not in card  # loaded, not trained here: nothing to say
 
 
 def test_write_lineage_writes_the_card_from_the_same_record(tmp_path):

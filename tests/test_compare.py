@@ -90,6 +90,32 @@ def test_every_variant_sets_only_blend_params_and_is_a_valid_choice():
     assert Params().compare.variants == list(COMPARE_VARIANTS)[:7]  # the study's seven
 
 
+def test_the_reference_variant_is_planned_validated_and_read_as_the_upper_bound():
+    assert "reference-95" not in list(COMPARE_VARIANTS)[:7]  # not one of the study's
+    params = params_with(variants=["descriptive-95", "reference-95"], seeds=2)
+    exps = compare.plan(params)
+    ref = [e for e in exps if e.variant == "reference-95"]
+    assert ref[0].params == {"blend.synthetic_source": "reference",
+                             "blend.synthetic_kind": "descriptive",
+                             "blend.synthetic_ratio": 0.95, "generator.seed": 0}  # fmt: skip
+    compare.check({}, exps)  # every experiment's params validate
+    scores = {"descriptive-95": 0.41, "reference-95": 0.47}
+    results = [
+        compare.Result(e, fake_metrics(0.4, scores[e.variant] + 0.01 * e.seed)) for e in exps
+    ]
+    summary = compare.summarise(results, params)
+    claim = (
+        "a perfect captioner is the upper bound: reference-95 is at least as good as descriptive-95"
+    )
+    (finding,) = [f for f in summary["findings"] if f["claim"] == claim]
+    assert finding["verdict"] == "holds" and finding["difference"] == pytest.approx(0.06)
+    assert "| reference-95 | 0.400 ± 0.000 | 0.475 ± 0.007 |" in compare.markdown(summary)
+    alone = params_with(variants=["reference-95"], seeds=1)
+    no_pair = compare.summarise([compare.Result(e, fake_metrics(0.4, 0.5))
+                                 for e in compare.plan(alone)], alone)  # fmt: skip
+    assert all("reference-95" not in f["claim"] for f in no_pair["findings"])
+
+
 @pytest.mark.slow
 def test_compare_runs_each_experiment_below_the_changed_params_only(tiny_repro, tmp_path):
     repo = finished_copy(tiny_repro, tmp_path / "repo")

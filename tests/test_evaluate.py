@@ -7,11 +7,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from recaption.metrics import geneval
+from recaption.metrics import evaluation_page, geneval
+from recaption.metrics.noise_guard import NoiseError
 from recaption.models import oracle as oracle_lib
 from recaption.params import ParamsError, load_params
-from recaption.stages import eval_models, evaluate
-from recaption.world import Scene, SceneObject, SceneText, WorldConfig, make_example
+from recaption.stages import eval_models, evaluate, evaluate_facts
+from recaption.world import CATEGORIES, Scene, SceneObject, SceneText, WorldConfig, make_example
 
 
 def scene(*objects, text=None, background="white"):
@@ -163,6 +164,93 @@ def test_overall_prompt_following_is_the_mean_over_categories():
     assert summary["images"] == 5
 
 
+def red_circle(colour="red"):
+    """A detection of one circle of `colour` at the top left on white."""
+    objects = [{"shape": "circle", "colour": colour, "row": 0, "col": 0}]
+    return {"background": "white", "objects": objects, "glyph": None}
+
+
+def sample(item, category, phrasing, detection, demands=None, set_="suite"):
+    return {"set": set_, "item": item, "category": category, "phrasing": phrasing,
+            "demands": json.dumps(demands) if demands else "",
+            "detection": json.dumps(detection) if detection else None}  # fmt: skip
+
+
+@pytest.fixture
+def fact_summary():
+    red, two = demand(("circle", "red", 1)), demand(("square", "blue", 2))
+    one_square = {**red_circle(), "objects": [{"shape": "square", "colour": "blue", "row": 1,
+                                                "col": 1}]}  # fmt: skip
+    placed = [{"shape": "circle", "colour": "red", "count": 1, "positions": ["top left"]}]
+    heldout = {"k1": {"objects": placed, "relation": None, "background": "white"}}
+    rows = [
+        sample("colors-000", "colors", "short", red_circle(), red),  # 2 facts of 2
+        sample("colors-000", "colors", "short", red_circle(), red),
+        sample("colors-001", "colors", "short", red_circle(), red),
+        sample("colors-001", "colors", "short", red_circle("blue"), red),  # colour wrong: 1/2
+        sample("counting-000", "counting", "short", one_square, two),  # count wrong: 2/3
+        sample("counting-000", "counting", "short", one_square, two),
+        sample("colors-000", "colors", "descriptive", None, red),  # no oracle: not scored
+        sample("k1", "heldout", "descriptive", red_circle(), set_="heldout"),  # 4 facts of 4
+        sample("k1", "heldout", "short", red_circle(), set_="heldout"),  # not scored
+    ]
+    scored = evaluate_facts.score_facts(pa.Table.from_pylist(rows), heldout)
+    return scored, evaluate_facts.summarise_facts(scored)
+
+
+def test_fact_accuracy_per_image(fact_summary):
+    scored, _ = fact_summary
+    assert scored.column("fact_accuracy").to_pylist() == pytest.approx(
+        [1.0, 1.0, 1.0, 0.5, 2 / 3, 2 / 3, None, 1.0, None]
+    )
+    verdicts = json.loads(scored.column("facts")[3].as_py())
+    assert verdicts == [{"kind": "object", "fact": "a circle", "holds": True},
+                        {"kind": "colour", "fact": "a red circle", "holds": False}]  # fmt: skip
+
+
+def test_fact_accuracy_summary_per_phrasing_and_category_with_intervals(fact_summary):
+    _, summary = fact_summary
+    # colors: prompts 1.0 and 0.75; counting: one prompt at 2/3; overall over categories.
+    assert summary["fact_accuracy"] == {
+        "short": {
+            "overall": 0.7708, "colors": 0.875, "counting": 0.6667,
+            "ci95": {"overall": [0.7083, 0.8333], "colors": [0.75, 1.0],
+                     "counting": [0.6667, 0.6667]},
+        }
+    }  # fmt: skip
+    assert summary["fact_accuracy_heldout"] == {
+        "descriptive": {"overall": 1.0, "ci95": {"overall": [1.0, 1.0]}}
+    }
+    assert summary["fact_accuracy_by_kind"] == {
+        "short": {"object": 1.0, "colour": 0.8333, "count": 0.0}
+    }
+
+
+def test_the_page_and_plots_show_fact_accuracy(fact_summary, tmp_path):
+    _, summary = fact_summary
+    chance = {"overall": 0.3, "colors": 0.4, "counting": 0.2}
+    metrics = {"generator": {"sha256": "g", "caption_version": "v"}, "images": 9,
+               "prompt_following": {}, "clip_score": {}, **summary,
+               "fact_accuracy_chance": chance}  # fmt: skip
+    html = evaluation_page.render_index(metrics, {}, "grids")
+    assert "Fact accuracy" in html and "0.875 [0.750, 1.000]" in html
+    assert "held-out descriptive" in html and "look like noise" not in html
+    evaluate_facts.write_fact_plots(metrics, tmp_path)
+    assert (tmp_path / "fact_accuracy_short.csv").read_text() == (
+        "category,accuracy,ci95_low,ci95_high\ncolors,0.875,0.75,1.0\n"
+        "counting,0.6667,0.6667,0.6667\n"
+    )
+
+
+def test_chance_fact_accuracy():
+    suite = [{"category": "colors", "demands": json.dumps(demand(("circle", "red", 1)))},
+             {"category": "colors", "demands": json.dumps(demand(("circle", "blue", 1)))},
+             {"category": "two_objects",
+              "demands": json.dumps(demand(("circle", None, 1), ("square", None, 1)))}]  # fmt: skip
+    chance = evaluate_facts.chance_fact_accuracy([red_circle()], suite)
+    assert chance == {"overall": 0.625, "colors": 0.75, "two_objects": 0.5}
+
+
 def test_item_seeds_are_shared_by_phrasings_and_differ_by_item():
     assert evaluate.item_seed(1, "colors-000", 0) == evaluate.item_seed(1, "colors-000", 0)
     assert evaluate.item_seed(1, "colors-000", 1) == evaluate.item_seed(1, "colors-000", 0) + 1
@@ -249,10 +337,21 @@ def test_evaluate_resumes_a_killed_run_and_writes_what_a_clean_run_writes(
         evaluate.main()
     assert not paths.EVAL_SAMPLES.exists()
     calls["n"] = 100
-    with caplog.at_level("INFO"):
-        metrics = evaluate.main()
+    with caplog.at_level("INFO"), pytest.raises(NoiseError, match="look like noise"):
+        evaluate.main()  # an untrained generator draws noise: no metric of it is written
     assert "evaluate: reused 1 finished chunks of 3" in caplog.text  # 3 * 6 * 2 + 2 * 3 = 42
+    assert paths.EVAL_SAMPLES.exists() and not paths.METRICS.exists()
+    project.write_params(
+        evaluate={"images_per_prompt": 1, "heldout_prompts": 2, "steps": 2, "batch_size": 8,
+                  "chunk_size": 16, "grid_prompts": 2, "noise_guard": False},
+    )  # fmt: skip
+    metrics = evaluate.main()
     assert metrics["images"] == 42
+    assert metrics["noise_check"]["looks_like_noise"] is True
+    assert "look like noise" in paths.INDEX_HTML.read_text()
+    assert set(metrics["fact_accuracy"]["short"]["ci95"]) == {"overall", *CATEGORIES}
+    assert set(metrics["fact_accuracy_heldout"]) == {"descriptive"}
+    assert (paths.EVAL_PLOTS / "fact_accuracy_descriptive.csv").is_file()
     assert not evaluate.WORK_DIR.exists()
     resumed = paths.EVAL_SAMPLES.read_bytes()
     paths.EVAL_SAMPLES.unlink()

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from recaption.models import generator as gen_lib
 from recaption.models.generator_train import (
+    EMA,
     GeneratorTrainConfig,
     denoising_loss,
     to_model_space,
@@ -66,6 +67,31 @@ def test_training_lowers_the_denoising_loss_and_leaves_ema_weights(tmp_path):
     assert fixed_loss(pipe, images, captions) < 0.6 * before
     assert [s for s, _ in logged] == [10, 20, 30, 40, 50, 60]
     assert result["images_per_s"] > 0
+
+
+def test_ema_of_a_short_run_is_not_pulled_toward_the_initialisation():
+    weight = torch.nn.Parameter(torch.zeros(4))  # the initialisation
+    ema = EMA({"w": weight}, decay=0.995)
+    with torch.no_grad():
+        weight.fill_(1.0)  # where training took it
+    for step in range(50):
+        ema.update({"w": weight}, step)
+    # A fixed 0.995 from the first step would leave 0.995**50 = 78 % of the initialisation.
+    assert ema.shadow["w"].min().item() > 1 - 1e-6
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10**6) == 0.995
+
+
+def test_short_training_saves_weights_far_from_the_initialisation():
+    images, captions = dataset()
+    pipe = tiny_pipeline()
+    start = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+    before = fixed_loss(pipe, images, captions)
+    train_generator(pipe, images, lambda epoch: captions, config(steps=30, ema_decay=0.995))
+    # The saved (EMA) weights carry the training: the loss falls as it does without EMA.
+    assert fixed_loss(pipe, images, captions) < 0.8 * before
+    moved = [(p.detach() - start[n]).norm() / start[n].norm().clamp_min(1e-6)
+             for n, p in pipe.unet.named_parameters() if n.endswith("weight")]  # fmt: skip
+    assert float(torch.stack(moved).median()) > 0.01
 
 
 def test_a_saved_pipeline_loads_samples_the_same_and_fine_tunes(tmp_path):
@@ -172,3 +198,19 @@ def test_a_stable_diffusion_folder_fine_tunes_in_latent_space_with_a_frozen_text
     assert any(not torch.equal(p, unet_before[n]) for n, p in pipe.unet.named_parameters())
     drawn = pipe(["red on the left"], num_inference_steps=3, seed=0)
     assert drawn[0].size == (16, 16)  # decoded by the VAE from 8 x 8 latents
+
+
+def test_same_precision_gives_the_same_bytes_another_gives_other_bytes():
+    """What "byte-identical" means: the same params, inputs and precision on the same class
+    of hardware give the same weights; another precision gives other (valid) weights."""
+    images, captions = dataset()
+
+    def trained(compute: str) -> dict[str, torch.Tensor]:
+        pipe = tiny_pipeline()
+        train_generator(pipe, images, lambda epoch: captions, config(steps=4, precision=compute))
+        return {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+
+    fp32 = trained("fp32")
+    assert all(torch.equal(fp32[n], p) for n, p in trained("fp32").items())
+    bf16 = trained("bf16")
+    assert not all(torch.equal(fp32[n], p) for n, p in bf16.items())

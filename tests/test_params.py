@@ -125,3 +125,15 @@ def test_params_never_reach_a_shell():
     assert stages
     for name, spec in stages.items():
         assert re.fullmatch(r"recap [a-z][a-z0-9-]*", spec["cmd"]), (name, spec["cmd"])
+
+
+def test_blend_synthetic_source_defaults_to_the_captioner_and_names_its_choices():
+    assert Params().blend.synthetic_source == "captioner"
+    assert load_params(ROOT / "params.yaml").blend.synthetic_source == "captioner"
+    params = parse_params({"blend": {"synthetic_source": "reference"}})
+    assert params.blend.synthetic_source == "reference"
+    with pytest.raises(ParamsError) as err:
+        parse_params({"blend": {"synthetic_source": "oracle"}})
+    message = str(err.value)
+    assert "blend.synthetic_source = 'oracle'" in message
+    assert "'captioner'" in message and "'reference'" in message

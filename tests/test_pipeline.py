@@ -39,6 +39,7 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
         "models/eval/clip/open_clip_model.safetensors",
         "data/evaluation/samples.parquet",
         "reports/plots/prompt_following_short.csv",
+        "reports/plots/fact_accuracy_short.csv",
         "reports/plots/clip_score.csv",
         "reports/grids/counting.png",
         "reports/grids/heldout.png",
@@ -75,6 +76,8 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
     categories = {"single_object", "two_objects", "counting", "colors", "position", "color_attr"}
     for phrasing in ("short", "descriptive", "upsampled"):
         assert set(metrics["prompt_following"][phrasing]) == {"overall", *categories}
+        assert set(metrics["fact_accuracy"][phrasing]) == {"overall", "ci95", *categories}
+    assert set(metrics["fact_accuracy_heldout"]) == {"descriptive"}
     assert set(metrics["clip_score"]["heldout"]) == {"ground_truth", "short", "descriptive"}
     assert metrics["images"] == 3 * 6 * 3 + 3 * 3  # suite in 3 phrasings, 3 held-out in 3
     trained_on = json.loads((repo / "models/generator/lineage.json").read_text())

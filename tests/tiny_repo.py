@@ -77,6 +77,9 @@ FAST = {
         "batch_size": 16,
         "chunk_size": 16,
         "grid_prompts": 2,
+        # A 3-step generator draws noise; the guard that refuses it is tested in-process
+        # (tests/test_facts.py, tests/test_evaluate.py).
+        "noise_guard": False,
         # A 3-step oracle cannot read images; the real threshold is tested in-process.
         "oracle": {
             "train_size": 100,

@@ -10,7 +10,9 @@ generator down to the dataset:
       <- captioner stage 2 <- stage 1 <- pretrain <- annotations, subset <- dataset
 
 (with `blend.use_upsampled`, the caption version also names the upsampled captions,
-and they name the upsampler that wrote them)
+and they name the upsampler that wrote them; with `blend.synthetic_source: reference`,
+its synthetic captions are the dataset's own reference captions, a perfect captioner,
+and the chain names those columns of the dataset instead of the captioners)
 
 and, for each link, compares the hash the model above it recorded with the hash of
 what is on disk now. A link whose file changed since the model above it was
@@ -32,6 +34,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from recaption import lineage, paths
+from recaption.blend import SYNTHETIC
 from recaption.errors import UserError
 
 
@@ -96,8 +99,13 @@ def chain(generator: str | Path, root: str | Path = ".") -> list[Link]:
     if (root / rel / "blend.json").is_file():
         blend = json.loads((root / rel / "blend.json").read_text())
     links.append(_link("caption version", root, rel, caption_version, **blend))
-    synthetic = paths.SYNTHETIC_CAPTIONS
-    links.append(_link("synthetic captions", root, synthetic, blend.get("synthetic_captions")))
+    reference = blend.get("synthetic_source") == "reference"
+    if reference:  # no captioner wrote them: the dataset's own short and descriptive columns
+        links.append(_link("reference captions", root, paths.DATASET, blend.get("dataset"),
+                           columns=list(SYNTHETIC)))  # fmt: skip
+    else:
+        synthetic = paths.SYNTHETIC_CAPTIONS
+        links.append(_link("synthetic captions", root, synthetic, blend.get("synthetic_captions")))
     if blend.get("upsampled_captions"):  # blend.use_upsampled: the upsampler's rewrites
         upsampled = paths.UPSAMPLED_CAPTIONS
         links.append(_link("upsampled captions", root, upsampled, blend["upsampled_captions"]))
@@ -105,10 +113,28 @@ def chain(generator: str | Path, root: str | Path = ".") -> list[Link]:
         links.append(_link("upsampler", root, paths.UPSAMPLER,
                            _column_value(root / upsampled, "upsampler"),
                            **own.get("params", {})))  # fmt: skip
+    if not reference:
+        links += _captioner_links(root)
+    for name in ("splits", "dataset"):
+        rel, recorded = _recorded(record, name)
+        links.append(_link(name, root, rel, recorded))
+    modified = dvc_modified_outputs(root)
+    for link in links:
+        link.dvc_modified = any(
+            link.path == out or link.path.startswith(out.rstrip("/") + "/") for out in modified
+        )
+    return links
+
+
+def _captioner_links(root: Path) -> list[Link]:
+    """The captioners that wrote the synthetic captions, stage 2 down to pretraining, each
+    followed by the captions it was trained on."""
+    synthetic = root / paths.SYNTHETIC_CAPTIONS
     parents = {
-        "stage2": _column_value(root / synthetic, "descriptive_captioner"),
-        "stage1": _column_value(root / synthetic, "short_captioner"),
+        "stage2": _column_value(synthetic, "descriptive_captioner"),
+        "stage1": _column_value(synthetic, "short_captioner"),
     }
+    links = []
     for stage, child in (("stage2", None), ("stage1", "stage2"), ("pretrain", "stage1")):
         folder = paths.CAPTIONER / stage
         if child is not None:  # the stage below names its parent
@@ -120,14 +146,6 @@ def chain(generator: str | Path, root: str | Path = ".") -> list[Link]:
         captions_rel, captions_hash = _recorded(own, "captions")
         if captions_rel:
             links.append(_link(f"{stage} captions", root, captions_rel, captions_hash))
-    for name in ("splits", "dataset"):
-        rel, recorded = _recorded(record, name)
-        links.append(_link(name, root, rel, recorded))
-    modified = dvc_modified_outputs(root)
-    for link in links:
-        link.dvc_modified = any(
-            link.path == out or link.path.startswith(out.rstrip("/") + "/") for out in modified
-        )
     return links
 
 
@@ -168,21 +186,27 @@ def _lock_row(lock: dict) -> dict[str, Any] | None:
     blend = params.get("blend", {})
     recaption = stages.get("recaption", {})
     captioner = {d["path"]: d.get("md5") for d in recaption.get("deps", [])}
+    source = blend.get("synthetic_source", "captioner")
     return {
         "generator": outs.get(str(paths.GENERATOR)),
         "caption_version": deps.get(str(paths.RELABELED)),
         "synthetic_ratio": blend.get("synthetic_ratio"),
         "synthetic_kind": blend.get("synthetic_kind"),
+        "synthetic_source": source,
         "use_upsampled": blend.get("use_upsampled", False),
         "generator_seed": params.get("generator", {}).get("seed", 0),
-        "captioner_stage2": captioner.get(str(paths.CAPTIONER / "stage2")),
+        # the dataset's reference captions: no captioner wrote them
+        "captioner_stage2": None
+        if source == "reference"
+        else captioner.get(str(paths.CAPTIONER / "stage2")),
     }
 
 
 def history(root: str | Path = ".") -> list[dict[str, Any]]:
     """For every commit that touched dvc.lock and every DVC experiment: which caption
     version (DVC's hash of data/relabeled) trained which generator (DVC's hash of
-    models/generator), with the blend params and the stage-2 captioner."""
+    models/generator), with the blend params and the stage-2 captioner (none for the
+    dataset's reference captions)."""
     root = Path(root)
     refs = [("commit", line) for line in _git(root, "log", "--format=%H", "--", "dvc.lock").split()]
     for line in _git(root, "for-each-ref", "--format=%(objectname) %(refname)",
@@ -227,7 +251,8 @@ def format_history(rows: list[dict[str, Any]]) -> str:
     """A table: ref, commit, generator, caption version, blend params, generator seed and
     stage-2 captioner."""
     head = ("ref", "commit", "generator", "caption_version", "synthetic_ratio", "synthetic_kind",
-            "use_upsampled", "generator_seed", "captioner_stage2")  # fmt: skip
+            "synthetic_source", "use_upsampled", "generator_seed",
+            "captioner_stage2")  # fmt: skip
     digests = {"generator", "caption_version", "captioner_stage2"}
     table = [head] + [
         tuple(_short(r.get(k)) if k in digests else str(r.get(k)) for k in head) for r in rows

@@ -14,6 +14,10 @@ With kind "mixed", a synthetic image gets its short caption with probability
 `short_fraction`, its descriptive one otherwise. With `upsampled`, an image that
 does not draw a synthetic caption gets the upsampler's rewrite of its ground truth
 instead of the ground truth itself; the draws themselves do not change.
+
+Where the synthetic captions come from (the trained captioner, or the dataset's
+reference captions: a perfect captioner) is the caller's business: the draws do
+not depend on it, so the same images are synthetic whichever source fills them.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 SOURCES = ("ground_truth", "short", "descriptive", "upsampled")
-SYNTHETIC = ("short", "descriptive")  # written by the captioner
+SYNTHETIC = ("short", "descriptive")  # the captioner's, or the reference captions
 
 
 def uniform(seed: int, salt: str, key: str, epoch: int | None = None) -> float:
@@ -42,6 +46,11 @@ class Blend:
     mode: Literal["static", "per_epoch"] = "static"
     seed: int = 0
     upsampled: bool = False  # the ground truth's slot takes its upsampled rewrite
+
+    @property
+    def synthetic_kinds(self) -> tuple[str, ...]:
+        """The synthetic captions this blend can give an image (whatever the ratio)."""
+        return SYNTHETIC if self.kind == "mixed" else (self.kind,)
 
     def source(self, key: str, epoch: int = 0) -> str:
         """Which caption `key` trains with: one of `SOURCES`.

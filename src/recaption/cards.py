@@ -78,6 +78,20 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
+def _compute_lines(compute: dict[str, Any] | None) -> list[str]:
+    """What the weights were computed with: their bytes depend on it."""
+    if not compute:
+        return []
+    native = "native bf16" if compute.get("native_bf16") else "no native bf16"
+    return [
+        "", "## Compute", "",
+        f"Trained in **{compute['precision']}** on {compute['device']} "
+        f"(`{compute['hardware']}`, {native}). The same params and inputs give the same bytes "
+        "on hardware of the same class; another class or precision gives other, equally "
+        "valid bytes.",
+    ]  # fmt: skip
+
+
 def render(record: dict[str, Any]) -> str:
     """The card of a model whose lineage record is `record`."""
     stage = record["stage"]
@@ -101,6 +115,7 @@ def render(record: dict[str, Any]) -> str:
         lines.append("Fresh renders of the built-in world (see the params below).")
     params = yaml.safe_dump(record.get("params", {}), sort_keys=True, default_flow_style=False)
     lines += ["", "## Params", "", "```yaml", params.rstrip(), "```"]
+    lines += _compute_lines(record.get("compute"))
     metrics = record.get("metrics") or {}
     if metrics:
         lines += ["", "## Figures of the run", ""]

@@ -1,7 +1,8 @@
 """recap compare: the study's comparison of caption variants, as DVC experiments.
 
 Each variant (`params.COMPARE_VARIANTS`: ground truth only, short or descriptive
-synthetic captions at several shares) is trained with `compare.seeds` generator
+synthetic captions at several shares, and the dataset's reference captions, a perfect
+captioner, as the upper bound) is trained with `compare.seeds` generator
 seeds (`generator.seed`), each one a DVC experiment named `<variant>-s<seed>` that
 sets the variant's blend params and `compare.overrides` (a lighter generator, say).
 Only the stages below the changed params run in an experiment, so the captioner
@@ -383,6 +384,9 @@ def findings(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         )
     top = "past 0.95 more synthetic captions stop helping: descriptive-95 is at least as good"
     claims.append((top, d95, "descriptive-100", desc_prompts))
+    ref = "reference-95"  # the upper bound: how far the trained captioner is from perfect
+    bound = f"a perfect captioner is the upper bound: {ref} is at least as good as {d95}"
+    claims.append((bound, ref, d95, desc_prompts))
     out = []
     for claim, a, b, label in claims:
         diff = _difference(variants, a, b, label)

@@ -42,6 +42,10 @@ def _not_pickled(value: str) -> str:
 # A model named in params (architecture file, local folder or file, hub id or tag): a
 # local pickled checkpoint is refused here, before any stage runs.
 ModelRef = Annotated[str, AfterValidator(_not_pickled)]
+# Autocast precision (recaption.precision): auto is bf16 where the device computes it
+# natively (a bf16 GPU, a CPU with AVX-512 BF16 or AMX) and fp32 elsewhere; fp16 is for
+# GPUs without bf16 (with a gradient scaler).
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class Section(BaseModel):
@@ -153,7 +157,7 @@ class ContrastiveParams(Section):
     warmup_steps: int = Field(50, ge=0)
     weight_decay: float = Field(0.1, ge=0)
     grad_clip: float = Field(1.0, gt=0)
-    precision: Literal["fp32", "bf16"] = "bf16"
+    precision: Precision = "auto"
 
 
 class ClipTrainParams(ContrastiveParams):
@@ -199,7 +203,7 @@ class CaptionerStageParams(Section):
     eval_every: int = Field(100, ge=1)
     patience: int = Field(3, ge=1)  # evaluations without a better val loss before stopping
     max_tokens: int = Field(64, ge=2)  # caption tokens kept, EOS included
-    precision: Literal["fp32", "bf16"] = "bf16"
+    precision: Precision = "auto"
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> CaptionerStageParams:
@@ -277,7 +281,7 @@ class RecaptionParams(Section):
     batch_size: int = Field(256, ge=1)
     chunk_size: int = Field(2000, ge=1)  # images per resumable unit of work
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast: ~1.8x faster on the CPU
+    precision: Precision = "auto"
     short: DecodingParams = DecodingParams(**_DECODING_DEFAULTS["short"])
     descriptive: DecodingParams = DecodingParams(**_DECODING_DEFAULTS["descriptive"])
 
@@ -302,7 +306,7 @@ class UpsampleParams(Section):
     grad_clip: float = Field(1.0, gt=0)
     max_source_tokens: int = Field(40, ge=1)  # the text to rewrite, truncated
     max_tokens: int = Field(80, ge=2)  # the rewrite, in training
-    precision: Literal["fp32", "bf16"] = "bf16"
+    precision: Precision = "auto"
     decoding: DecodingParams = DecodingParams(max_new_tokens=80)
     generate_batch_size: int = Field(128, ge=1)
     heldout_prompts: int = Field(300, ge=0)  # held-out short captions the faithfulness uses
@@ -317,6 +321,11 @@ class BlendParams(Section):
 
     synthetic_ratio: float = Field(0.95, ge=0, le=1)  # chance of a synthetic caption
     synthetic_kind: Literal["descriptive", "short", "mixed"] = "descriptive"
+    # Who writes the synthetic captions: "captioner", the trained captioner
+    # (data/captions/synthetic.parquet), or "reference", the dataset's own `short` and
+    # `descriptive` columns (a perfect captioner: the built-in world's scene descriptions;
+    # real data needs those columns). Same kinds, ratio and draws either way.
+    synthetic_source: Literal["captioner", "reference"] = "captioner"
     short_fraction: float = Field(0.5, ge=0, le=1)  # mixed: share of synthetic that is short
     mode: Literal["static", "per_epoch"] = "static"  # per_epoch: redrawn every epoch
     # true: the ground-truth captions are replaced by the upsampler's rewrites of them
@@ -343,7 +352,7 @@ class GeneratorParams(Section):
     ema_decay: float = Field(0.995, ge=0, lt=1)
     checkpoint_every: int = Field(200, ge=0)  # steps between resumable checkpoints (0: none)
     train_text_encoder: bool = True  # built-in: trained jointly; false keeps it frozen
-    precision: Literal["fp32", "bf16"] = "bf16"
+    precision: Precision = "auto"
 
 
 class OracleParams(Section):
@@ -379,8 +388,11 @@ class EvaluateParams(Section):
     batch_size: int = Field(128, ge=1)
     chunk_size: int = Field(256, ge=1)  # images per resumable unit
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16"] = "bf16"
+    precision: Precision = "auto"
     grid_prompts: int = Field(6, ge=1)  # prompts per category in reports/grids/
+    # Refuse to report on generated images that look like noise (an untrained or broken
+    # generator); false reports anyway, flagged as noise in metrics.json and the page.
+    noise_guard: bool = True
     oracle: OracleParams = OracleParams()
     clip: EvalClipParams = EvalClipParams()
 
@@ -396,11 +408,18 @@ COMPARE_VARIANTS: dict[str, dict[str, Any]] = {
     "descriptive-100": {"blend.synthetic_kind": "descriptive", "blend.synthetic_ratio": 1.0},
     # Not in the study's figures: the ground truth rewritten by the upsampler, no captioner.
     "upsampled-ground-truth": {"blend.synthetic_ratio": 0.0, "blend.use_upsampled": True},
+    # The upper bound every variant is read against: a perfect captioner (the dataset's
+    # reference captions) at the study's blend.
+    "reference-95": {
+        "blend.synthetic_source": "reference",
+        "blend.synthetic_kind": "descriptive",
+        "blend.synthetic_ratio": 0.95,
+    },
 }
 STUDY_VARIANTS = list(COMPARE_VARIANTS)[:7]
 CompareVariant = Literal[
     "ground-truth", "short-95", "descriptive-95", "descriptive-65", "descriptive-80",
-    "descriptive-90", "descriptive-100", "upsampled-ground-truth",
+    "descriptive-90", "descriptive-100", "upsampled-ground-truth", "reference-95",
 ]  # fmt: skip
 
 

@@ -1,7 +1,8 @@
 """reports/index.html: the evaluation at a glance, linking every other report.
 
 One page with the generator's caption version, prompt following per category
-and phrasing, CLIP scores, the evaluation models' own accuracy, and a sample
+and phrasing (GenEval's all-or-nothing rules, and fact accuracy, graded with a 95 %
+interval), CLIP scores, the evaluation models' own accuracy, and a sample
 grid per category with the prompts of its rows. Grids are linked PNGs beside the
 page (reports/grids/); all text is HTML-escaped.
 """
@@ -23,6 +24,13 @@ _CHANCE_NOTE = (
     "chance: the same rules applied to scenes drawn from the world with the prompt ignored, "
     "what a generator that draws good pictures but does not read the prompt would score."
 )
+_FACTS_NOTE = (
+    "fact accuracy: the share of a prompt's atomic facts (each object's presence, colour, "
+    "count, the relation; a fact fails with the facts it presupposes) an image gets right, "
+    "averaged over a prompt's images, then over prompts, then over categories; in brackets "
+    "the 95 % bootstrap interval over prompts. Held-out: descriptive captions, judged on the "
+    "facts they state that are true of the image's scene, background and cells included."
+)
 _LINKS = (
     ("captions.html", "caption table: held-out images with their three captions"),
     ("captions.json", "caption quality figures"),
@@ -40,6 +48,37 @@ def _following_table(following: Mapping[str, Mapping[str, float]]) -> str:
         for category, value in scores.items():
             pivot.setdefault(category, {})[phrasing] = value
     return summary_table(pivot)
+
+
+def _with_interval(value: float, ci: list[float]) -> str:
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _facts_table(metrics: Mapping[str, Any]) -> str:
+    """Categories as rows; each phrasing (value and interval), chance and held-out as columns."""
+    pivot: dict[str, dict[str, Any]] = {}
+    for phrasing, table in metrics["fact_accuracy"].items():
+        for category, value in table.items():
+            if category != "ci95":
+                pivot.setdefault(category, {})[phrasing] = _with_interval(
+                    value, table["ci95"][category]
+                )
+    for category, value in metrics.get("fact_accuracy_chance", {}).items():
+        pivot.setdefault(category, {})["chance (prompt ignored)"] = value
+    for phrasing, table in metrics.get("fact_accuracy_heldout", {}).items():
+        pivot.setdefault("overall", {})[f"held-out {phrasing}"] = _with_interval(
+            table["overall"], table["ci95"]["overall"]
+        )
+    return summary_table(pivot)
+
+
+def _by_kind(by_kind: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """Kinds of fact as rows, phrasings as columns."""
+    pivot: dict[str, dict[str, float]] = {}
+    for phrasing, shares in by_kind.items():
+        for kind, share in shares.items():
+            pivot.setdefault(kind, {})[phrasing] = share
+    return pivot
 
 
 def _clip_table(clip: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
@@ -78,12 +117,21 @@ def render_index(metrics: Mapping[str, Any], grids: Mapping[str, Mapping], folde
         + "".join(f'<li><a href="{escape(h)}">{escape(h)}</a>: {escape(d)}</li>' for h, d in _LINKS)
         + "</ul>",
     ]
+    if metrics.get("noise_check", {}).get("looks_like_noise"):
+        parts.append(
+            '<p class="warning"><strong>The generated images look like noise</strong> (see '
+            "noise_check in metrics.json): no score on this page means anything.</p>"
+        )
     if metrics["prompt_following"]:
         columns = dict(metrics["prompt_following"])
         if "prompt_following_chance" in metrics:
             columns["chance (prompt ignored)"] = metrics["prompt_following_chance"]
         parts += ["<h2>Prompt following (oracle detector)</h2>", _following_table(columns),
                   f"<p>{escape(_CHANCE_NOTE)}</p>"]  # fmt: skip
+    if metrics.get("fact_accuracy"):
+        parts += ["<h2>Fact accuracy (oracle detector, graded)</h2>", _facts_table(metrics),
+                  f"<p>{escape(_FACTS_NOTE)}</p>", "<h3>Facts that hold, by kind</h3>",
+                  summary_table(_by_kind(metrics["fact_accuracy_by_kind"]))]  # fmt: skip
     parts += ["<h2>CLIP score (evaluation CLIP)</h2>", _clip_table(metrics["clip_score"])]
     models = metrics.get("evaluation_models", {})
     if models.get("oracle_accuracy"):

@@ -1,9 +1,9 @@
 """One training routine for every captioner stage: pretraining and both tunings.
 
 The stages differ only in their data and their `CaptionTrainConfig`; the loop is
-the same: seeded shuffles, linear warm-up then cosine decay, optional bf16
-autocast, validation loss every `eval_every` steps with early stopping, and the
-best weights restored at the end.
+the same: seeded shuffles, linear warm-up then cosine decay, autocast to the
+resolved precision (recaption.precision), validation loss every `eval_every` steps
+with early stopping, and the best weights restored at the end.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from recaption import precision
 from recaption.models.captioner import Captioner
 from recaption.models.schedule import warmup_cosine
 from recaption.parallel import Parallel
@@ -34,7 +35,7 @@ class CaptionTrainConfig:
     eval_every: int
     patience: int  # evaluations without improvement before stopping
     max_tokens: int
-    precision: str  # "bf16" | "fp32"
+    precision: str  # resolved: fp32 | bf16 | fp16 (recaption.precision)
     seed: int
 
 
@@ -53,23 +54,18 @@ class _Batches:
         return self.features[picked], [self.ids[i] for i in picked]
 
 
-def _autocast(precision: str, device: torch.device | None = None):
-    kind = device.type if device is not None else "cpu"
-    return torch.autocast(kind, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 @torch.inference_mode()
 def mean_loss(
-    model: Captioner, features: torch.Tensor, ids: list[list[int]], precision: str, batch: int = 256
+    model: Captioner, features: torch.Tensor, ids: list[list[int]], compute: str, batch: int = 256
 ) -> float:
-    """Token-weighted mean caption loss over a whole set."""
+    """Token-weighted mean caption loss over a whole set, in the resolved precision `compute`."""
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(ids), batch):
         chunk = ids[start : start + batch]
         tokens, mask = (t.to(device) for t in model.pad(chunk))
-        with _autocast(precision, device):
+        with precision.autocast(compute, device):
             loss = model.loss(features[start : start + batch].to(device), tokens, mask)
         n = int(mask.sum())
         total, count = total + float(loss) * n, count + n
@@ -127,6 +123,7 @@ def train_captioner(
     params = _trainable(model, config.train_lm)
     step_loss = par.wrap(_CaptionLoss(model))
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scaler = precision.grad_scaler(config.precision, par.device)
     batches = _Batches(train[0], train_ids, config.batch_size, config.seed)
     best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     window: list[float] = []
@@ -140,12 +137,9 @@ def train_captioner(
         features, chunk = batches.next()
         mine = par.share(range(len(chunk)), "captioner batch_size")
         tokens, mask = (t.to(par.device) for t in model.pad([chunk[i] for i in mine]))
-        with _autocast(config.precision, par.device):
+        with precision.autocast(config.precision, par.device):
             loss = step_loss(features[mine].to(par.device), tokens, mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
+        precision.backward_step(loss, optimizer, params, config.grad_clip, scaler)
         window = [*window[-49:], par.mean(loss.item())]
         bar.set_postfix(loss=f"{window[-1]:.3f}", refresh=False)
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:

@@ -25,6 +25,7 @@ from jinja2.exceptions import TemplateError
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from recaption import precision
 from recaption.models.captioner import CaptionerError, Decoding, create_lm
 from recaption.models.schedule import warmup_cosine
 
@@ -207,7 +208,7 @@ class UpsampleTrainConfig:
     weight_decay: float
     grad_clip: float
     max_tokens: int  # of the target (the source is cut at the upsampler's own limit)
-    precision: str  # "bf16" | "fp32"
+    precision: str  # resolved: fp32 | bf16 (recaption.precision)
     seed: int
 
 
@@ -234,6 +235,7 @@ def train(
     data = training_ids(up, pairs, config.max_tokens)
     params = [p for p in up.lm.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scaler = precision.grad_scaler(config.precision, "cpu")
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)  # dropout
     order: list[int] = []
@@ -247,12 +249,9 @@ def train(
         labels, _ = pad([data[i][1] for i in picked], -100, left=False)
         for group in optimizer.param_groups:
             group["lr"] = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        with precision.autocast(config.precision, "cpu"):
             loss = up.lm(input_ids=ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
+        precision.backward_step(loss, optimizer, params, config.grad_clip, scaler)
         window = [*window[-49:], loss.item()]
         if log_step is not None and ((step + 1) % 50 == 0 or step + 1 == config.steps):
             log_step(step + 1, {"loss": sum(window) / len(window)})

@@ -3,7 +3,9 @@
 Writes data/relabeled/captions.parquet (key, caption, source, and the candidates:
 ground_truth, short, descriptive, and upsampled (null unless `blend.use_upsampled`),
 so per-epoch training can redraw) and data/relabeled/blend.json (the blend's params
-and the hashes of what it read).
+and the hashes of what it read). The short and descriptive candidates are the
+captioner's, or with `blend.synthetic_source: reference` the dataset's own reference
+captions (a perfect captioner; data/captions/synthetic.parquet is then not read).
 The caption version, the content hash of data/relabeled/, names the captions a
 generator was trained on; reports/blend.json gives it with the realised shares.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -34,34 +37,84 @@ def blend_of(params: Params) -> Blend:
     )  # fmt: skip
 
 
-def candidates(keys: list[str], use_upsampled: bool) -> dict[str, list[str | None]]:
+def candidates(
+    keys: list[str], use_upsampled: bool, source: str = "captioner",
+    kinds: Sequence[str] = SYNTHETIC,
+) -> dict[str, list[str | None]]:  # fmt: skip
     """Every candidate caption of every key, in key order: the ground truth, both
-    synthetic captions, and the ground truth's upsampled rewrite (None when unused)."""
-    truth = {r["key"]: r["caption"] for r in datasets.load_rows(paths.DATASET, ["caption"])}
-    synthetic = pq.read_table(paths.SYNTHETIC_CAPTIONS, columns=["key", "short", "descriptive"])
-    made = {r["key"]: r for r in synthetic.to_pylist()}
+    synthetic captions (the captioner's, or with `source` "reference" the dataset's own,
+    where every key needs those of `kinds`), and the ground truth's upsampled rewrite
+    (None when unused)."""
+    reference = source == "reference"
+    columns = ["caption", *SYNTHETIC] if reference else ["caption"]
+    rows = {r["key"]: r for r in datasets.load_rows(paths.DATASET, columns)}
+    synthetic = reference_captions(keys, rows, kinds) if reference else captioner_captions(keys)
+    return {
+        "ground_truth": [rows[k]["caption"] for k in keys],
+        **synthetic,
+        "upsampled": upsampled_captions(keys) if use_upsampled else [None] * len(keys),
+    }
+
+
+def captioner_captions(keys: list[str]) -> dict[str, list[str | None]]:
+    """The captioner's short and descriptive caption of every key."""
+    table = pq.read_table(paths.SYNTHETIC_CAPTIONS, columns=["key", *SYNTHETIC])
+    made = {r["key"]: r for r in table.to_pylist()}
     missing = [k for k in keys if k not in made]
     if missing:
         raise UserError(
             f"{len(missing)} dataset images have no synthetic caption (first: {missing[0]}): "
             "rerun recaption"
         )
-    upsampled: list[str | None] = [None] * len(keys)
-    if use_upsampled:
-        rewrites = pq.read_table(paths.UPSAMPLED_CAPTIONS, columns=["key", "upsampled"])
-        by_key = dict(zip(*rewrites.to_pydict().values(), strict=True))
-        missing = [k for k in keys if by_key.get(k) is None]
-        if missing:
-            raise UserError(
-                f"blend.use_upsampled: {len(missing)} dataset images have no upsampled caption "
-                f"(first: {missing[0]}): rerun upsample_captions"
-            )
-        upsampled = [by_key[k] for k in keys]
+    return {kind: [made[k][kind] for k in keys] for kind in SYNTHETIC}
+
+
+def reference_captions(
+    keys: list[str], rows: dict[str, dict], kinds: Sequence[str]
+) -> dict[str, list[str | None]]:
+    """The dataset's own short and descriptive caption of every key (a perfect
+    captioner: the built-in world writes them from the scene; real data seldom has
+    them). Every key needs those of `kinds`, the ones the blend can draw."""
+    lacking = [k for k in keys if any(not rows[k][kind] for kind in kinds)]
+    if lacking:
+        raise UserError(
+            f"blend.synthetic_source = 'reference': {len(lacking)} of {len(keys)} dataset "
+            f"images have no reference {' or '.join(kinds)} caption (first: {lacking[0]}): "
+            "add `short`/`descriptive` columns to the source (data.columns.short and "
+            "data.columns.descriptive name them) and rerun ingest, or set "
+            "blend.synthetic_source: captioner"
+        )
+    return {kind: [rows[k][kind] for k in keys] for kind in SYNTHETIC}
+
+
+def upsampled_captions(keys: list[str]) -> list[str | None]:
+    """The upsampler's rewrite of the ground truth of every key."""
+    rewrites = pq.read_table(paths.UPSAMPLED_CAPTIONS, columns=["key", "upsampled"])
+    by_key = dict(zip(*rewrites.to_pydict().values(), strict=True))
+    missing = [k for k in keys if by_key.get(k) is None]
+    if missing:
+        raise UserError(
+            f"blend.use_upsampled: {len(missing)} dataset images have no upsampled caption "
+            f"(first: {missing[0]}): rerun upsample_captions"
+        )
+    return [by_key[k] for k in keys]
+
+
+def config(params: Params) -> dict:
+    """blend.json: the blend's params and the hashes of what it read. The default source,
+    the captioner, goes unsaid, so a captioner blend keeps the caption version it had
+    before the reference source existed."""
+    bp = params.blend
+    captioner = bp.synthetic_source == "captioner"
     return {
-        "ground_truth": [truth[k] for k in keys],
-        "short": [made[k]["short"] for k in keys],
-        "descriptive": [made[k]["descriptive"] for k in keys],
-        "upsampled": upsampled,
+        **bp.model_dump(exclude={"synthetic_source"} if captioner else None),
+        "seed": params.seed,
+        "synthetic_captions": lineage.tree_hash(paths.SYNTHETIC_CAPTIONS) if captioner else None,
+        "upsampled_captions": lineage.tree_hash(paths.UPSAMPLED_CAPTIONS)
+        if bp.use_upsampled
+        else None,
+        # with the reference source, also where the synthetic captions came from
+        "dataset": lineage.tree_hash(paths.DATASET),
     }
 
 
@@ -71,7 +124,7 @@ def shares(sources: list[str]) -> dict[str, float]:
 
 
 def synthetic_share(sources: list[str]) -> float:
-    """The share of captions the captioner wrote (short or descriptive)."""
+    """The share of synthetic captions (short or descriptive, from either source)."""
     return round(sum(s in SYNTHETIC for s in sources) / len(sources), 6)
 
 
@@ -79,7 +132,8 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     blend = blend_of(params)
     keys = [r["key"] for r in datasets.load_rows(paths.DATASET, [])]
-    cands = candidates(keys, blend.upsampled)
+    source = params.blend.synthetic_source
+    cands = candidates(keys, blend.upsampled, source, blend.synthetic_kinds)
     captions, sources = blend.captions(keys, cands)
     table = pa.table(
         {
@@ -92,18 +146,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     with io.atomic_path(paths.RELABELED) as tmp:
         tmp.mkdir()
         io.write_table(tmp / paths.RELABELED_CAPTIONS.name, table)
-        io.write_json(
-            tmp / paths.BLEND_CONFIG.name,
-            {
-                **params.blend.model_dump(),
-                "seed": params.seed,
-                "synthetic_captions": lineage.tree_hash(paths.SYNTHETIC_CAPTIONS),
-                "upsampled_captions": lineage.tree_hash(paths.UPSAMPLED_CAPTIONS)
-                if blend.upsampled
-                else None,
-                "dataset": lineage.tree_hash(paths.DATASET),
-            },
-        )
+        io.write_json(tmp / paths.BLEND_CONFIG.name, config(params))
     low, high = binomial_bounds(len(keys), blend.ratio)
     epochs = range(CHECK_EPOCHS if blend.mode == "per_epoch" else 1)
     realised = [synthetic_share([blend.source(k, e) for k in keys]) for e in epochs]
@@ -118,5 +161,6 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         "within_interval": all(low <= r <= high for r in realised),
     }
     io.write_json(paths.BLEND_REPORT, report)
-    log.info("blend: version %s, shares %s", report["caption_version"][:12], report["shares"])
+    log.info("blend: version %s, %s captions, shares %s", report["caption_version"][:12],
+             source, report["shares"])  # fmt: skip
     return report

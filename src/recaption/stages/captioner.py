@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from recaption import datasets, embed, io, lineage, paths, sampling
+from recaption import datasets, embed, io, lineage, paths, precision, sampling
 from recaption.errors import UserError
 from recaption.models import captioner as captioner_lib
 from recaption.models.captioner_train import CaptionTrainConfig, train_captioner
@@ -78,8 +78,12 @@ def start_model(stage: str, params: Params, emb: embed.Embeddings, pairs: dict[s
     )
 
 
-def train_config(sp: CaptionerStageParams, examples: int, seed: int) -> CaptionTrainConfig:
+def train_config(
+    sp: CaptionerStageParams, examples: int, seed: int, compute: str
+) -> CaptionTrainConfig:
+    """The stage's loop settings; `compute` is its resolved precision."""
     fields = sp.model_dump(exclude={"enabled", "steps", "epochs"})
+    fields["precision"] = compute
     return CaptionTrainConfig(steps=sp.total_steps(examples), seed=seed, **fields)
 
 
@@ -93,7 +97,10 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
     train_keys = sorted(set(keys) - set(val_keys))
     emb = embed.read_dir(paths.IMAGE_EMBEDDINGS)
     model = start_model(stage, params, emb, pairs)
-    config = train_config(sp, len(train_keys), params.seed)
+    par = Parallel.start()
+    key = f"captioner.{stage}.precision"
+    compute, record = precision.settle(sp.precision, par.device, key)
+    config = train_config(sp, len(train_keys), params.seed, compute)
     log.info(
         "captioner %s: %d train / %d val pairs, %d steps",
         stage,
@@ -101,7 +108,6 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
         len(val_keys),
         config.steps,
     )
-    par = Parallel.start()
     with main_live(par, f"captioner_{stage}") as live:
         metrics = train_captioner(
             model,
@@ -127,6 +133,8 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
         stage_params = {"seed": params.seed, stage: sp.model_dump()}
         if stage == "pretrain":
             stage_params["captioner"] = params.captioner.model_dump(exclude=set(STAGES))
-        lineage.write_lineage(tmp, f"captioner_{stage}", inputs, stage_params, metrics=metrics)
+        lineage.write_lineage(
+            tmp, f"captioner_{stage}", inputs, stage_params, metrics=metrics, compute=record
+        )
     log.info("captioner %s: %s", stage, metrics)
     return metrics

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from recaption import datasets, io, lineage, paths
+from recaption import datasets, io, lineage, paths, precision
 from recaption.models import clip as clip_lib
 from recaption.models.clip_train import ClipTrainConfig, retrieval_recall, train_clip
 from recaption.parallel import Parallel, main_live
@@ -57,12 +57,13 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     clip = clip_lib.create(cp.model, pretrained, seed=params.seed)
     heldout = heldout_set(clip.image_size)
     par = Parallel.start()
+    compute, record = precision.settle(cp.train.precision, par.device, "clip.train.precision")
     with main_live(par, LIVE_DIR.name) as live:
         if pretrained is None:
             _, pngs, captions = training_pairs(params)
             images = datasets.images_tensor(pngs, clip.image_size)
             train = cp.train.model_dump(exclude={"captions", "annotated_repeat"})
-            config = ClipTrainConfig(seed=params.seed, **train)
+            config = ClipTrainConfig(seed=params.seed, **{**train, "precision": compute})
 
             def log_step(step: int, metrics: dict) -> None:
                 for name, value in metrics.items():
@@ -91,6 +92,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             inputs,
             {"seed": params.seed, "clip": cp.model_dump()},
             metrics={k: round(v, 6) for k, v in metrics.items()},
+            compute=record if pretrained is None else None,
         )
     log.info("clip_pretrain: %s", {k: round(v, 3) for k, v in metrics.items()})
     return metrics

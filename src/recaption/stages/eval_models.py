@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from dvclive import Live
 
-from recaption import io, lineage, paths
+from recaption import io, lineage, paths, precision
 from recaption.errors import UserError
 from recaption.models import clip as clip_lib
 from recaption.models import oracle as oracle_lib
@@ -56,14 +56,15 @@ def fresh_renders(params: Params, start: int, count: int, size: int | None = Non
 
 
 def _save(folder: Path, save: Callable[[Path], None], stage: str, params: Params,
-          metrics: dict) -> None:  # fmt: skip
-    """Write a model folder atomically with a lineage: its params, its held-out figures."""
+          metrics: dict, compute: dict | None = None) -> None:  # fmt: skip
+    """Write a model folder atomically with a lineage: its params, its held-out figures and
+    (trained here in a chosen precision) the resolved precision and hardware."""
     section = {"oracle": params.evaluate.oracle, "eval_clip": params.evaluate.clip}[stage]
     with io.atomic_path(folder) as tmp:
         save(tmp)
         lineage.write_lineage(
             tmp, stage, {}, {"evaluate.seed": params.evaluate.seed, stage: section.model_dump()},
-            metrics=metrics,
+            metrics=metrics, compute=compute,
         )  # fmt: skip
 
 
@@ -112,10 +113,13 @@ def eval_clip_main(params_path: Path = paths.PARAMS) -> dict:
         params, CLIP_RENDERS, cp.train_size + cp.heldout_size, clip.image_size
     )
     held = (images[cp.train_size :], [e.descriptive for e in examples[cp.train_size :]])
+    record = None
     if pretrained is None:
+        compute, record = precision.settle(cp.precision, "cpu", "evaluate.clip.precision")
         captions = [[e.descriptive, e.short] for e in examples[: cp.train_size]]
         train = cp.model_dump(include=set(ContrastiveParams.model_fields))
-        config = ClipTrainConfig(seed=params.evaluate.seed, eval_every=cp.steps, **train)
+        config = ClipTrainConfig(seed=params.evaluate.seed, eval_every=cp.steps,
+                                 **{**train, "precision": compute})  # fmt: skip
         with Live(str(paths.DVCLIVE / "eval_clip"), dvcyaml=False, save_dvc_exp=False) as live:
             metrics = train_clip(
                 clip,
@@ -129,7 +133,9 @@ def eval_clip_main(params_path: Path = paths.PARAMS) -> dict:
     else:
         metrics = retrieval_recall(clip, *held)
     metrics = {k: round(v, 4) for k, v in metrics.items()}
-    io.write_json(paths.EVAL_CLIP_REPORT, {"heldout_renders": cp.heldout_size, **metrics})
-    _save(paths.EVAL_CLIP, lambda tmp: clip_lib.save(clip, tmp), "eval_clip", params, metrics)
+    report = {"heldout_renders": cp.heldout_size, **metrics, "compute": record}
+    io.write_json(paths.EVAL_CLIP_REPORT, report)
+    _save(paths.EVAL_CLIP, lambda tmp: clip_lib.save(clip, tmp), "eval_clip", params, metrics,
+          record)  # fmt: skip
     log.info("evaluation CLIP held-out retrieval: %s", metrics)
     return metrics

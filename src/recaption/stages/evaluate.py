@@ -6,7 +6,9 @@ Two prompt sets, each in several phrasings of the same content:
   (short, GenEval style), in its reference descriptive form and as the upsampler
   rewrote it (data/upsampled/prompts.parquet), `evaluate.images_per_prompt` images
   each; the oracle detector judges each image against the prompt's demands
-  (`recaption.metrics.geneval`), giving prompt-following accuracy per category;
+  (`recaption.metrics.geneval`), giving prompt-following accuracy per category, and
+  fact by fact, giving graded fact accuracy with a bootstrap interval
+  (`recaption.stages.evaluate_facts`, which also refuses images that look like noise);
 - held-out captions: the first `evaluate.heldout_prompts` held-out images' ground
   truth (alt-text style), short and descriptive captions, one image each.
 
@@ -34,12 +36,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from recaption import datasets, devices, io, lineage, paths, runner
+from recaption import datasets, devices, io, lineage, paths, precision, runner
 from recaption.metrics import evaluation_page, geneval
 from recaption.models import clip as clip_lib
 from recaption.models import generator as gen_lib
 from recaption.models import oracle as oracle_lib
 from recaption.params import Params, load_params
+from recaption.stages import evaluate_facts
 
 log = logging.getLogger(__name__)
 WORK_DIR = paths.WORK / "evaluate"
@@ -133,12 +136,21 @@ def _png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _fingerprint(params: Params, jobs: Sequence[Job], models: dict[str, str]) -> str:
+def compute_of(params: Params) -> tuple[str, dict]:
+    """The resolved sampling precision and the record the report keeps of it."""
+    device = devices.resolve(params.evaluate.device, "evaluate.device")
+    return precision.settle(params.evaluate.precision, device, "evaluate.precision")
+
+
+def _fingerprint(params: Params, jobs: Sequence[Job], models: dict[str, str], compute: dict) -> str:
     return io.sha256_bytes(
         json.dumps(
             {
                 "models": models,
-                "evaluate": params.evaluate.model_dump(exclude={"device", "chunk_size"}),
+                "compute": compute,
+                "evaluate": params.evaluate.model_dump(
+                    exclude={"device", "chunk_size", "noise_guard"}
+                ),
                 "jobs": io.sha256_bytes(json.dumps([asdict(j) for j in jobs]).encode()),
             },
             sort_keys=True,
@@ -167,18 +179,23 @@ def summarise(samples: pa.Table) -> dict:
     return {"prompt_following": following, "clip_score": clip, "images": len(rows)}
 
 
-def chance_following(params: Params, scenes: int = 500) -> dict[str, float]:
-    """Prompt following of scenes drawn from the world with the prompt ignored: what a
-    generator that draws good pictures but does not read the prompt would score."""
+def chance_detections(params: Params, scenes: int = 500) -> list[dict]:
+    """Perfect detections of `scenes` scenes drawn from the world with the prompt ignored."""
     from recaption.stages.ingest import world_config
     from recaption.world import example_rng, sample_scene
 
     cfg = world_config(params)
     start = CHANCE_SCENES
-    drawn = [
+    return [
         oracle_lib.scene_detection(sample_scene(example_rng(params.evaluate.seed, start + i), cfg))
         for i in range(scenes)
     ]
+
+
+def chance_following(params: Params, scenes: int = 500) -> dict[str, float]:
+    """Prompt following of scenes drawn from the world with the prompt ignored: what a
+    generator that draws good pictures but does not read the prompt would score."""
+    drawn = chance_detections(params, scenes)
     hits: dict[str, list[float]] = defaultdict(list)
     for row in pq.read_table(paths.PROMPTS).to_pylist():
         demands = json.loads(row["demands"])
@@ -186,6 +203,16 @@ def chance_following(params: Params, scenes: int = 500) -> dict[str, float]:
         hits[category].append(np.mean([geneval.follows(d, demands, category) for d in drawn]))
     scores = {c: round(float(np.mean(v)), 4) for c, v in hits.items()}
     return {"overall": round(float(np.mean(list(scores.values()))), 4), **scores}
+
+
+def _heldout_demands(params: Params, jobs: Sequence[Job]) -> dict[str, dict]:
+    """Demands of the held-out descriptive captions drawn (built-in world only)."""
+    if params.data.source != "synthetic":
+        return {}
+    phrasing = evaluate_facts.HELDOUT_PHRASING
+    return evaluate_facts.heldout_demands(
+        j.item for j in jobs if j.set == "heldout" and j.phrasing == phrasing
+    )
 
 
 def _write_plots(metrics: dict, out: Path) -> None:
@@ -231,6 +258,7 @@ class Worker:
     def __init__(self, params: Params, jobs: Sequence[dict]):
         self.ep = params.evaluate
         self.device = torch.device(devices.resolve(self.ep.device, "evaluate.device"))
+        self.compute, _ = compute_of(params)
         self.pipe = gen_lib.load(paths.GENERATOR).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.clip = clip_lib.load(paths.EVAL_CLIP, self.device)
@@ -242,7 +270,7 @@ class Worker:
         keys, ep, device = unit["keys"], self.ep, self.device
         chunk = [self.by_key[k] for k in keys]
         images: list[Image.Image] = []
-        with torch.autocast(device.type, torch.bfloat16, enabled=ep.precision == "bf16"):
+        with precision.autocast(self.compute, device):
             for start in range(0, len(chunk), ep.batch_size):
                 batch = chunk[start : start + ep.batch_size]
                 prompts, seeds = [j.prompt for j in batch], [j.seed for j in batch]
@@ -274,33 +302,44 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     ep = params.evaluate
     synthetic = params.data.source == "synthetic"
     jobs = make_jobs(params)
+    _, record = compute_of(params)
     models = {
         "generator": lineage.tree_hash(paths.GENERATOR),
         "clip": clip_lib.fingerprint(paths.EVAL_CLIP),
         "oracle": lineage.tree_hash(paths.ORACLE) if synthetic else None,
     }
     run = runner.run_chunks(
-        [j.key for j in jobs], ep.chunk_size, WORK_DIR, _fingerprint(params, jobs, models),
+        [j.key for j in jobs], ep.chunk_size, WORK_DIR, _fingerprint(params, jobs, models, record),
         Worker, {"params": params, "jobs": [asdict(j) for j in jobs]}, params, "evaluate",
     )  # fmt: skip
     samples = pa.Table.from_pylist([asdict(j) for j in jobs])  # key first
     for name in ("image", "cos", "detection", "follows"):
         samples = samples.append_column(name, run.table.column(name))
+    samples = evaluate_facts.score_facts(samples, _heldout_demands(params, jobs))
     io.write_table(paths.EVAL_SAMPLES, samples)
-    metrics = summarise(samples)
+    noise = evaluate_facts.noise_check(
+        samples, ep.noise_guard
+    )  # raises before any metric is written
+    metrics = {**summarise(samples), **evaluate_facts.summarise_facts(samples)}
     if synthetic:
         metrics["prompt_following_chance"] = chance_following(params)
+        metrics["fact_accuracy_chance"] = evaluate_facts.chance_fact_accuracy(
+            chance_detections(params), pq.read_table(paths.PROMPTS).to_pylist()
+        )
+    metrics["noise_check"] = noise
     gen_lineage = lineage.read_lineage(paths.GENERATOR)
     metrics["generator"] = {
         "sha256": models["generator"],
         "caption_version": gen_lineage.get("caption_version"),
     }
+    metrics["compute"] = record  # the images' bytes depend on it
     metrics["evaluation_models"] = {
         "oracle_accuracy": lineage.read_lineage(paths.ORACLE).get("metrics") if synthetic else None,
         "clip_heldout": lineage.read_lineage(paths.EVAL_CLIP).get("metrics"),
     }
     io.write_json(paths.METRICS, metrics)
     _write_plots(metrics, paths.EVAL_PLOTS)
+    evaluate_facts.write_fact_plots(metrics, paths.EVAL_PLOTS)
     grids = _grids(samples, ep.grid_prompts)
     with io.atomic_path(paths.GRIDS) as tmp:
         tmp.mkdir()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
-from recaption import devices, embed, io, paths, runner
+from recaption import devices, embed, io, paths, precision, runner
 from recaption.models import captioner as captioner_lib
 from recaption.models.captioner import Captioner, Decoding
 from recaption.params import Params, load_params
@@ -31,15 +31,15 @@ def caption_batches(
     decoding: Decoding,
     batch_size: int,
     seed: int,
-    precision: str = "fp32",
+    compute: str = "fp32",
 ) -> list[str]:
     """Captions of every row of `features`, batch by batch; batch b samples with seed + b.
 
-    `precision` "bf16" decodes under bf16 autocast (faster; a few captions differ).
+    `compute` is the resolved precision (recaption.precision): "bf16" decodes under bf16
+    autocast (faster where the hardware has it; a few captions differ).
     """
     out: list[str] = []
-    device = features.device.type
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with precision.autocast(compute, features.device):
         for b, start in enumerate(range(0, len(features), batch_size)):
             out += model.generate(features[start : start + batch_size], decoding, seed=seed + b)
     return out
@@ -51,6 +51,7 @@ class Worker:
     def __init__(self, params: Params):
         self.rp, self.seed = params.recaption, params.seed
         self.device = torch.device(devices.resolve(self.rp.device, "recaption.device"))
+        self.compute, _ = compute_of(params)
         self.emb = embed.read_dir(paths.IMAGE_EMBEDDINGS)
         self.models = {
             kind: captioner_lib.load(paths.CAPTIONER / stage).to(self.device).eval()
@@ -66,12 +67,18 @@ class Worker:
         columns = {"key": pa.array(keys, pa.string())}
         for kind, model in self.models.items():
             captions = caption_batches(
-                model, features, self.decodings[kind], self.rp.batch_size, seed, self.rp.precision
+                model, features, self.decodings[kind], self.rp.batch_size, seed, self.compute
             )
             columns[kind] = pa.array(captions, pa.string())
         for kind in KINDS:
             columns[f"{kind}_captioner"] = pa.array([self.hashes[kind]] * len(keys), pa.string())
         return pa.table(columns)
+
+
+def compute_of(params: Params) -> tuple[str, dict]:
+    """The resolved decoding precision and the record the report keeps of it."""
+    device = devices.resolve(params.recaption.device, "recaption.device")
+    return precision.settle(params.recaption.precision, device, "recaption.precision")
 
 
 def captioner_hashes() -> dict[str, str]:
@@ -84,10 +91,12 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     rp = params.recaption
     keys, clip = embed.read_keys(paths.IMAGE_EMBEDDINGS)
     hashes = captioner_hashes()
+    _, record = compute_of(params)
     fingerprint = io.sha256_bytes(
         json.dumps(
             {
                 "captioners": hashes,
+                "compute": record,
                 "embeddings": clip,
                 "recaption": rp.model_dump(exclude={"device"}),
                 "seed": params.seed,
@@ -99,5 +108,9 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         keys, rp.chunk_size, WORK_DIR, fingerprint, Worker, {"params": params}, params, "recaption"
     )
     summary = {**runner.finish(run, paths.SYNTHETIC_CAPTIONS, WORK_DIR), "captioners": hashes}
+    # What the captions' bytes depend on besides the inputs; no run history (chunks
+    # reused), so the report is the same for the same captions.
+    io.write_json(paths.RECAPTION_REPORT, {"images": summary["images"], "captioners": hashes,
+                                          "compute": record})  # fmt: skip
     log.info("recaption: %s", summary)
     return summary

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from recaption import datasets, io, lineage, paths
+from recaption import datasets, io, lineage, paths, precision
 from recaption.blend import SOURCES
 from recaption.models import generator as gen_lib
 from recaption.models.generator_train import GeneratorTrainConfig, train_generator
@@ -45,10 +45,12 @@ def seed_of(params: Params) -> int:
     return params.seed + params.generator.seed
 
 
-def checkpoint_dir(params: Params, caption_version: str, clean: bool = True) -> Path:
-    """Where this run's checkpoints live: named by everything training depends on, so a
-    run never resumes another's (and, with `clean`, other runs' leftovers are removed)."""
+def checkpoint_dir(params: Params, caption_version: str, compute: dict, clean: bool = True) -> Path:
+    """Where this run's checkpoints live: named by everything training depends on, the
+    resolved precision and hardware included, so a run never resumes another's (and,
+    with `clean`, other runs' leftovers are removed)."""
     key = {
+        "compute": compute,
         "captions": caption_version,
         "dataset": lineage.tree_hash(paths.DATASET),
         "splits": lineage.tree_hash(paths.SPLITS),
@@ -75,11 +77,13 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     rows = datasets.load_rows(paths.DATASET, ["image"], set(keys))
     pipe = start_pipeline(params, [r["caption"] for r in table])
     images = datasets.images_tensor([r["image"] for r in rows], pipe.image_size)
-    fields = params.generator.model_dump(exclude={"model", "vocab_size", "seed"})
-    config = GeneratorTrainConfig(seed=seed_of(params), **fields)
-    caption_version = lineage.tree_hash(paths.RELABELED)
     par = Parallel.start()
-    checkpoints = checkpoint_dir(params, caption_version, clean=par.is_main)
+    compute, record = precision.settle(params.generator.precision, par.device,
+                                       "generator.precision")  # fmt: skip
+    fields = params.generator.model_dump(exclude={"model", "vocab_size", "seed"})
+    config = GeneratorTrainConfig(seed=seed_of(params), **{**fields, "precision": compute})
+    caption_version = lineage.tree_hash(paths.RELABELED)
+    checkpoints = checkpoint_dir(params, caption_version, record, clean=par.is_main)
     with main_live(par, "train_generator") as live:
         metrics = train_generator(
             pipe,
@@ -106,6 +110,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             },  # fmt: skip
             caption_version=caption_version,
             metrics={"loss": metrics["loss"], "steps": metrics["steps"], **extra},
+            compute=record,
         )
     shutil.rmtree(CHECKPOINTS, ignore_errors=True)
     log.info("train_generator: %s", metrics)

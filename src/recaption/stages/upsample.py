@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from dvclive import Live
 
-from recaption import datasets, io, lineage, paths, sampling
+from recaption import datasets, io, lineage, paths, precision, sampling
 from recaption.metrics.upsampling import faithfulness
 from recaption.models import upsampler as up_lib
 from recaption.models.captioner import Decoding
@@ -74,8 +74,9 @@ def heldout_shorts(params: Params) -> list[tuple[str, str]]:
     return [(r["key"], r["short"]) for r in rows]
 
 
-def build(params: Params) -> tuple[up_lib.Upsampler, dict]:
-    """The upsampler, trained here when it is built in; and what training reported."""
+def build(params: Params) -> tuple[up_lib.Upsampler, dict, dict | None]:
+    """The upsampler, trained here when it is built in; what training reported; and the
+    resolved precision and hardware it trained with (None: not trained here)."""
     us = params.upsample
     pairs = training_pairs(params)
     texts = sorted({t for pair in pairs for t in pair})
@@ -83,17 +84,20 @@ def build(params: Params) -> tuple[up_lib.Upsampler, dict]:
     model = up_lib.create(us.lm, texts, us.vocab_size, params.seed, us.max_source_tokens, decoding)
     if not model.builtin:
         log.info("upsample: %s is used as it is, through its instruction", us.lm)
-        return model, {}
+        return model, {}, None
+    compute, record = precision.settle(us.precision, "cpu", "upsample.precision")
     fields = up_lib.UpsampleTrainConfig.__dataclass_fields__.keys() - {"seed"}
-    config = up_lib.UpsampleTrainConfig(seed=params.seed, **us.model_dump(include=fields))
+    config = up_lib.UpsampleTrainConfig(
+        seed=params.seed, **{**us.model_dump(include=fields), "precision": compute}
+    )
     with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
-        return model, up_lib.train(model, pairs, config, step_logger(live))
+        return model, up_lib.train(model, pairs, config, step_logger(live)), record
 
 
 def main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     us = params.upsample
-    model, trained = build(params)
+    model, trained, record = build(params)
 
     def rewrite(texts: list[str], what: str) -> list[str]:
         return model.rewrite(texts, None, us.generate_batch_size, params.seed, desc=what)
@@ -106,6 +110,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         "lm": us.lm,
         "builtin": model.builtin,
         "training": trained,
+        "compute": record,
         "heldout": faithfulness([s for _, s in held], held_rewritten) if held else None,
         # The evaluation prompts state counts, pairs and positions, which held-out short
         # captions (the main subject only) never do.
@@ -131,6 +136,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             {"dataset": paths.DATASET, "short": paths.SHORT, "descriptive": paths.DESCRIPTIVE},
             {"seed": params.seed, "upsample": us.model_dump(exclude={"chunk_size"})},
             metrics={"training": trained, "heldout": report["heldout"]},
+            compute=record,
         )
     io.write_json(paths.UPSAMPLE_REPORT, report)
     log.info("upsample: %s", {k: report[k] for k in ("heldout", "suite")})
