@@ -9,7 +9,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help setup repro compare test lint format clean
+.PHONY: help setup repro compare ladder test lint format clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -27,6 +27,9 @@ repro: ## Run the pipeline (dvc repro) on params.yaml
 
 compare: ## Compare caption variants as DVC experiments: reports/compare.md (hours; commit first)
 	$(BIN)/recap compare
+
+ladder: ## A perfect captioner, ours, none and chance at the default budget: reports/ladder.md (two full trainings; commit first)
+	$(BIN)/recap ladder
 
 test: ## Run the test suite (offline; includes the slow end-to-end tests)
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q

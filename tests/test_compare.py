@@ -4,8 +4,9 @@ import json
 
 import pytest
 import yaml
+from PIL import Image
 
-from recaption import compare
+from recaption import compare, ladder
 from recaption.params import COMPARE_VARIANTS, Params, ParamsError, parse_params
 
 from tiny_repo import finished_copy, run
@@ -147,3 +148,29 @@ def test_compare_runs_each_experiment_below_the_changed_params_only(tiny_repro, 
     assert (gt["synthetic_ratio"], d95["synthetic_ratio"]) == (0.0, 0.95)
     assert gt["caption_version"] != d95["caption_version"]
     assert gt["captioner_stage2"] == d95["captioner_stage2"]
+
+    # The ladder runs on the same machinery, under its own names (compare's are not reused):
+    # reference-95 and ground-truth rerun the blend and below; descriptive-95 is the
+    # committed pipeline (the tiny default budget), so nothing runs.
+    assert "reports/ladder.md: 3 rungs" in run(["recap", "ladder"], repo)
+    report = json.loads((repo / "reports" / "ladder.json").read_text())
+    rungs = report["rungs"]
+    below = ["blend", "train_generator", "evaluate"]
+    assert {r: row["stages_run"] for r, row in rungs.items()} == {
+        "reference-95": below, "descriptive-95": [], "ground-truth": below}  # fmt: skip
+    assert all(row["scores"][ladder.FACT_DESC]["ci95"] for row in rungs.values())
+    assert report["chance"][ladder.FACT_DESC] is not None
+    assert [t["holds"] is None for t in report["targets"]] == [False] * 4  # all measured
+    # Each rung's figure is drawn from its own experiment's grids: descriptive-95's are
+    # the workspace's, ground-truth's generator (other captions) drew other images.
+    own = {c: Image.open(repo / "reports" / "grids" / f"{c}.png").convert("RGB")
+           for c in ladder.GRID_CATEGORIES}  # fmt: skip
+    figures = {r: Image.open(repo / "reports" / "ladder" / f"{r}.png").convert("RGB")
+               for r in ladder.RUNGS}  # fmt: skip
+    assert figures["descriptive-95"].tobytes() == ladder.stacked(own, "descriptive-95").tobytes()
+    width, height = own["color_attr"].size
+    grid = (0, ladder.LABEL_HEIGHT, width, ladder.LABEL_HEIGHT + height)  # below the label
+    pixels = {r: figures[r].crop(grid).tobytes() for r in figures}
+    assert pixels["ground-truth"] != pixels["descriptive-95"]
+    md = (repo / "reports" / "ladder.md").read_text()
+    assert all(f"![{r}](ladder/{r}.png)" in md for r in ladder.RUNGS)

@@ -292,6 +292,22 @@ def compare(
     _run(run, paths.PARAMS)
 
 
+@app.command()
+def ladder() -> None:
+    """The ladder at the default budget: DVC experiments for a perfect captioner
+    (reference-95), the pipeline's (descriptive-95) and none (ground-truth), read against
+    chance; writes reports/ladder.{md,json} and reports/ladder/<rung>.png."""
+    from recaption import ladder as ladder_lib
+
+    def run(_: Path) -> None:
+        summary = ladder_lib.run(".")
+        typer.echo(f"{ladder_lib.REPORT_MD}: {len(summary['rungs'])} rungs")
+        for target in summary["targets"]:
+            typer.echo(f"  {ladder_lib.verdict(target['holds']):<12} {target['target']}")
+
+    _run(run, paths.PARAMS)
+
+
 @app.command("convert-checkpoint")
 def convert_checkpoint(
     path: Path = CheckpointArgument,

@@ -1,0 +1,261 @@
+"""Run a list of DVC experiments, reusing finished ones, and collect their metrics.
+
+What `recap compare` and `recap ladder` share:
+
+    check params -> queue (dvc exp run --queue) -> run (dvc exp run --run-all) -> collect
+    (each experiment's reports/metrics.json, read from its git ref)
+
+An experiment that already ran with the same name and params from the same pipeline
+above the blend (identical dvc.lock entries, in any commit) is reused, so an
+interrupted sweep picks up where it stopped, and one rerun after a commit that
+changed nothing upstream (the README, a report) costs nothing. Experiments start
+from the last commit, so the workspace pipeline must be up to date and committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recaption.errors import UserError
+from recaption.params import parse_params
+
+log = logging.getLogger(__name__)
+PARAMS_FILE = "params.yaml"
+METRICS_FILE = "reports/metrics.json"
+# Stages a variant or a generator seed reruns; the rest of the pipeline must be the same
+# for an earlier experiment to be reused.
+VARIANT_STAGES = frozenset({"upsample_captions", "blend", "train_generator", "evaluate"})
+
+
+class ExperimentError(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    variant: str
+    seed: int
+    params: dict[str, Any]  # dotted key -> value, what `dvc exp run -S` sets
+
+
+@dataclass
+class Result:
+    experiment: Experiment
+    metrics: dict[str, Any] = field(default_factory=dict)
+    stages_run: list[str] | None = None  # None: reused from an earlier run, log not read
+    ref: str | None = None  # the experiment's git ref, to read its other outputs from
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What `run_all` ran and collected."""
+
+    results: list[Result]  # in the order of the experiments given
+    queued: int  # experiments run this time; the others were reused
+    minutes: float
+
+
+def metric(tree: Mapping[str, Any], path: Sequence[str]) -> float | None:
+    """The number at `path` in a metrics dict; None when absent or not a number."""
+    node: Any = tree
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return float(node) if isinstance(node, int | float) else None
+
+
+def _set(raw: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ExperimentError(f"experiment params: {dotted}: {key} is not a section")
+    node[last] = value
+
+
+def applied(raw: dict, exp: Experiment) -> dict:
+    """A copy of params.yaml's content with the experiment's settings applied."""
+    trial = json.loads(json.dumps(raw))
+    for key, value in exp.params.items():
+        _set(trial, key, value)
+    return trial
+
+
+def check(raw: dict, experiments: Sequence[Experiment]) -> None:
+    """Fail before queueing anything when an experiment's params would not validate."""
+    for exp in experiments:
+        parse_params(applied(raw, exp), source=f"experiment {exp.name}")
+
+
+def _value(value: Any) -> str:
+    """A value as `dvc exp run -S` reads it (YAML)."""
+    return json.dumps(value) if isinstance(value, str | bool) or value is None else repr(value)
+
+
+def _dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise ExperimentError(f"dvc {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+def _git(root: Path, *args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+    return proc.stdout if proc.returncode == 0 else ""
+
+
+def read_file(root: Path, ref: str, path: str) -> bytes | None:
+    """The bytes of `path` at git `ref` (an experiment's, say); None when it has none."""
+    proc = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=root, capture_output=True,
+                          check=False)  # fmt: skip
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _upstream(lock: dict) -> dict:
+    """The dvc.lock entries of every stage a variant does not rerun."""
+    return {k: v for k, v in (lock.get("stages") or {}).items() if k not in VARIANT_STAGES}
+
+
+def _expected(raw: dict, exp: Experiment) -> dict[str, Any]:
+    """The flat params an experiment runs with: params.yaml plus its settings."""
+    trial = applied(raw, exp)
+    trial.pop("compare", None)
+    return _flatten(trial)
+
+
+@dataclass(frozen=True)
+class Done:
+    """A finished DVC experiment, read from its git ref."""
+
+    ref: str
+    baseline: str
+    params: dict[str, Any]  # flat, without the compare section
+    metrics: dict[str, Any] | None
+    lock: dict
+
+
+def finished(root: Path) -> dict[str, list[Done]]:
+    """Every DVC experiment in the repository, by name (refs/exps/<xx>/<baseline>/<name>)."""
+    import yaml
+
+    out: dict[str, list[Done]] = {}
+    refs = _git(root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps")
+    for line in refs.splitlines():
+        sha, ref = line.split(" ", 1)
+        parts = ref.split("/")
+        if len(parts) != 5:  # the queue's own refs (stash, celery, exec)
+            continue
+        raw = yaml.safe_load(_git(root, "show", f"{sha}:{PARAMS_FILE}") or "{}") or {}
+        raw.pop("compare", None)
+        metrics = _git(root, "show", f"{sha}:{METRICS_FILE}")
+        lock = yaml.safe_load(_git(root, "show", f"{sha}:dvc.lock") or "{}") or {}
+        done = Done(ref, parts[2] + parts[3], _flatten(raw), json.loads(metrics) if metrics
+                    else None, lock)  # fmt: skip
+        out.setdefault(parts[4], []).append(done)
+    return out
+
+
+def reusable(exp: Experiment, raw: dict, lock: dict, found: dict[str, list[Done]]) -> Done | None:
+    """An earlier run of `exp`: same name, same params, the same pipeline above the
+    blend (any commit: a change elsewhere, say to the README, keeps it), with metrics."""
+    want, upstream = _expected(raw, exp), _upstream(lock)
+    for done in found.get(exp.name, []):
+        if done.metrics and done.params == want and _upstream(done.lock) == upstream:
+            return done
+    return None
+
+
+def queue(root: Path, experiments: Sequence[Experiment], raw: dict, lock: dict,
+          baseline: str) -> list[Experiment]:  # fmt: skip
+    """Queue the experiments that have no reusable earlier run; returns those queued."""
+    found = finished(root)
+    todo = [e for e in experiments if reusable(e, raw, lock, found) is None]
+    # A name is unique per commit: an outdated experiment of this commit makes way.
+    clash = [d.ref for e in todo for d in found.get(e.name, []) if d.baseline == baseline]
+    for ref in clash:
+        _git(root, "update-ref", "-d", ref)
+    if todo:  # tasks an interrupted sweep left in the queue are queued afresh
+        _dvc(root, "queue", "remove", *(e.name for e in todo), check=False)
+    for exp in todo:
+        sets = [
+            arg for key, value in exp.params.items() for arg in ("-S", f"{key}={_value(value)}")
+        ]
+        _dvc(root, "exp", "run", "--queue", "--name", exp.name, *sets)
+    return todo
+
+
+_RUNNING = re.compile(r"^Running stage '([^']+)'", re.MULTILINE)
+
+
+def stages_run(root: Path, name: str) -> list[str] | None:
+    """The stages an experiment ran, from its queue log (None when there is none)."""
+    proc = _dvc(root, "queue", "logs", name, check=False)
+    return _RUNNING.findall(proc.stdout) if proc.returncode == 0 else None
+
+
+def committed_lock(root: Path) -> tuple[str, dict]:
+    """The baseline commit and the workspace's dvc.lock, once both are known to be what
+    experiments start from: the pipeline up to date, and its dvc.lock committed."""
+    import yaml
+
+    if _dvc(root, "status", "--json").stdout.strip() not in ("{}", ""):
+        raise ExperimentError(
+            "the workspace pipeline is not up to date: run `make repro` and "
+            "commit dvc.lock first (experiments start from the last commit)"
+        )
+    baseline = _git(root, "rev-parse", "HEAD").strip()
+    committed = yaml.safe_load(_git(root, "show", "HEAD:dvc.lock") or "{}") or {}
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    if not baseline or _upstream(committed) != _upstream(lock):
+        raise ExperimentError("commit dvc.lock first: experiments start from the last commit")
+    return baseline, lock
+
+
+def run_all(root: Path, experiments: Sequence[Experiment], raw: dict) -> Sweep:
+    """Queue the experiments that have no reusable earlier run, run the queue one at a
+    time, and collect every experiment's metrics.
+
+    Args:
+        raw: params.yaml's content, which every experiment's settings apply to.
+    """
+    check(raw, experiments)
+    baseline, lock = committed_lock(root)
+    start = time.monotonic()
+    queued = queue(root, experiments, raw, lock, baseline)
+    log.info("%d experiments, %d queued", len(experiments), len(queued))
+    if queued:
+        proc = _dvc(root, "exp", "run", "--run-all", "--jobs", "1", check=False)
+        if proc.returncode != 0:
+            log.warning("dvc exp run --run-all: %s", proc.stderr.strip()[-2000:])
+    minutes = (time.monotonic() - start) / 60
+    found = finished(root)
+    results = []
+    for exp in experiments:
+        done = reusable(exp, raw, lock, found)
+        if done is None:
+            raise ExperimentError(
+                f"experiment {exp.name} did not finish: see `dvc queue logs {exp.name}`"
+            )
+        ran = stages_run(root, exp.name) if exp in queued else None
+        results.append(Result(exp, done.metrics or {}, ran, done.ref))
+    return Sweep(results, len(queued), minutes)
