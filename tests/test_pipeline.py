@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tiny_repo import run, stale, write_params
+from tiny_repo import finished_copy, run, stale, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,12 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
         "reports/captions.html",
         "data/relabeled/captions.parquet",
         "reports/blend.json",
+        "models/autoencoder/config.json",
+        "reports/autoencoder.json",
+        "reports/autoencoder.png",
+        "data/latents/part-00000.parquet",
         "models/generator/model_index.json",
+        "models/generator/vae/config.json",
         "models/eval/oracle/oracle.safetensors",
         "models/eval/clip/open_clip_model.safetensors",
         "data/evaluation/samples.parquet",
@@ -67,6 +72,8 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
         "upsample",
         "upsample_captions",
         "blend",
+        "train_autoencoder",
+        "encode_latents",
         "train_generator",
         "oracle",
         "eval_clip",
@@ -85,7 +92,8 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
     assert trained_on["caption_version"] == blend["caption_version"]
     assert metrics["generator"]["caption_version"] == blend["caption_version"]
     for folder in ("clip", "captioner/pretrain", "captioner/stage1", "captioner/stage2",
-                   "upsampler", "generator", "eval/oracle", "eval/clip"):  # fmt: skip
+                   "upsampler", "autoencoder", "generator", "eval/oracle",
+                   "eval/clip"):  # fmt: skip
         card = (repo / "models" / folder / "README.md").read_text()
         assert card.startswith("# ") and "## Params" in card, folder
     assert (repo / "models/upsampler/README.md").read_text().startswith("# Upsampler")
@@ -191,6 +199,23 @@ def test_a_typo_in_params_fails_before_any_work(repo):
     )
     assert proc.returncode == 2
     assert "sample.overlapp: unknown key; did you mean 'overlap'?" in proc.stderr
+
+
+def test_latents_are_reused_and_a_new_autoencoder_reencodes(tiny_repro, tmp_path):
+    repo = finished_copy(tiny_repro, tmp_path / "run")
+    first = json.loads((repo / "reports/latents.json").read_text())
+    n = first["images"]
+    assert n > 0 and (first["encoded"], first["reused"]) == (n, 0)
+    shards = {p.name: p.read_bytes() for p in (repo / "data/latents").iterdir()}
+    run(["dvc", "repro", "-f", "encode_latents"], repo)
+    again = json.loads((repo / "reports/latents.json").read_text())
+    assert (again["encoded"], again["reused"]) == (0, n)
+    assert {p.name: p.read_bytes() for p in (repo / "data/latents").iterdir()} == shards
+    write_params(repo, autoencoder={"steps": 4})
+    assert {"train_autoencoder", "encode_latents", "train_generator"} <= would_run(repo)
+    run(["dvc", "repro", "encode_latents"], repo)
+    other = json.loads((repo / "reports/latents.json").read_text())
+    assert (other["encoded"], other["reused"]) == (n, 0)
 
 
 def test_recap_generate_draws_with_the_trained_generator(repo):

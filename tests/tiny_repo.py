@@ -62,6 +62,15 @@ FAST = {
             "max_tokens": 40,
         },  # fmt: skip
     },
+    # The tiny run goes through latent space, so the autoencoder, the latent cache and
+    # decoding are exercised end to end; a 3-step autoencoder keeps no scene.
+    "autoencoder": {
+        "model": "configs/autoencoder/tiny-kl-16.json",
+        "steps": 3,
+        "batch_size": 8,
+        "warmup_steps": 1,
+        "min_scene_accuracy": 0.0,
+    },
     "generator": {
         "model": "configs/generator/tiny-unet-16.json",
         "vocab_size": 300,
@@ -138,6 +147,7 @@ def make_project(repo: Path) -> str:
     shutil.copy(ROOT / "tests" / "data" / "tiny-clip-16.json", repo / "configs" / "clip")
     shutil.copy(ROOT / "tests" / "data" / "tiny-gpt2.json", repo / "configs" / "captioner")
     shutil.copy(ROOT / "tests" / "data" / "tiny-unet-16.json", repo / "configs" / "generator")
+    shutil.copy(ROOT / "tests" / "data" / "tiny-kl-16.json", repo / "configs" / "autoencoder")
     (repo / "data" / "raw").mkdir(parents=True)
     shutil.copy(ROOT / "data" / "raw" / "README.md", repo / "data" / "raw" / "README.md")
     write_params(repo)

@@ -175,6 +175,22 @@ def blend(params: Path = ParamsOption) -> None:
     _run(stage.main, params)
 
 
+@app.command("train-autoencoder")
+def train_autoencoder(params: Path = ParamsOption) -> None:
+    """Train the generator's autoencoder: models/autoencoder/, reports/autoencoder.json."""
+    from recaption.stages import train_autoencoder as stage
+
+    _run(stage.main, params)
+
+
+@app.command("encode-latents")
+def encode_latents(params: Path = ParamsOption) -> None:
+    """Cache the autoencoder's latents of every dataset image: data/latents/."""
+    from recaption.stages import train_autoencoder as stage
+
+    _run(stage.encode_main, params)
+
+
 @app.command("train-generator")
 def train_generator(params: Path = ParamsOption) -> None:
     """Train the text-to-image generator on the blend: models/generator/."""

@@ -355,6 +355,26 @@ class GeneratorParams(Section):
     precision: Precision = "auto"
 
 
+class AutoencoderParams(Section):
+    """train_autoencoder: the latent space the built-in generator denoises in."""
+
+    model: str = "none"  # an AutoencoderKL architecture JSON (trained here), or none (pixels)
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0, le=1)
+    warmup_steps: int = Field(50, ge=0)
+    kl_weight: float = Field(1e-4, ge=0)  # KL term against the per-pixel L1
+    grad_clip: float = Field(1.0, gt=0)
+    # Synthetic world: the stage fails when the oracle reads fewer held-out
+    # reconstructions exactly right (every cell, colour and the background).
+    min_scene_accuracy: float = Field(0.98, ge=0, le=1)
+    precision: Precision = "auto"
+
+    @property
+    def enabled(self) -> bool:
+        return self.model != "none"
+
+
 class OracleParams(Section):
     """oracle: the detector that reads generated built-in-world images back into scenes."""
 
@@ -472,6 +492,7 @@ class Params(Section):
     recaption: RecaptionParams = RecaptionParams()
     upsample: UpsampleParams = UpsampleParams()
     blend: BlendParams = BlendParams()
+    autoencoder: AutoencoderParams = AutoencoderParams()
     generator: GeneratorParams = GeneratorParams()
     evaluate: EvaluateParams = EvaluateParams()
     compare: CompareParams = CompareParams()
@@ -482,6 +503,15 @@ class Params(Section):
             raise ValueError(
                 "evaluate.seed must differ from seed: the oracle and evaluation CLIP train on "
                 "fresh renders, never on the dataset's images"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_latent_space(self) -> Params:
+        if self.autoencoder.enabled and Path(self.generator.model).suffix != ".json":
+            raise ValueError(
+                "generator.model is a saved pipeline, which brings its own VAE (or none): "
+                "set autoencoder.model: none"
             )
         return self
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
 
@@ -35,20 +36,30 @@ class GeneratorPipeline(DiffusionPipeline):
 
     _optional_components = ["vae"]
 
-    def __init__(self, unet, scheduler, text_encoder, tokenizer, vae=None):
+    def __init__(self, unet, scheduler, text_encoder, tokenizer, vae=None, patch_size: int = 1):
         super().__init__()
         self.register_modules(
             unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae
         )
+        self.register_to_config(patch_size=patch_size)
+
+    @property
+    def patch_size(self) -> int:
+        """Without a VAE: the side of the pixel patches one UNet position holds (1: plain
+        pixels). Space-to-depth is lossless and needs no training."""
+        return self.config.get("patch_size", 1)
+
+    @property
+    def factor(self) -> int:
+        """Pixels per model-space position, per side: the VAE's downsampling, or the patch."""
+        if self.vae is None:
+            return self.patch_size
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def image_size(self) -> int:
-        """Side of the images it draws and trains on: the UNet's sample size, times the
-        VAE's downsampling factor in latent space."""
-        size = self.unet.config.sample_size
-        if self.vae is None:
-            return size
-        return size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+        """Side of the images it draws and trains on."""
+        return self.unet.config.sample_size * self.factor
 
     @property
     def max_tokens(self) -> int:
@@ -65,11 +76,19 @@ class GeneratorPipeline(DiffusionPipeline):
             tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device)
         ).last_hidden_state
 
+    def to_model_space(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1] -> what the UNet denoises: VAE latents (scaled), patches, or
+        the pixels themselves."""
+        if self.vae is not None:
+            latents = self.vae.encode(pixels).latent_dist.mode()
+            return latents * self.vae.config.scaling_factor
+        return F.pixel_unshuffle(pixels, self.patch_size) if self.patch_size > 1 else pixels
+
     def to_images(self, latents: torch.Tensor) -> torch.Tensor:
-        """Model space -> pixels in [-1, 1] (a VAE decodes; in pixel space, identity)."""
-        if self.vae is None:
-            return latents
-        return self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        """Model space -> pixels in [-1, 1]: a VAE decodes, patches are put back in place."""
+        if self.vae is not None:
+            return self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return F.pixel_shuffle(latents, self.patch_size) if self.patch_size > 1 else latents
 
     @torch.no_grad()
     def __call__(
@@ -125,9 +144,15 @@ def _pad_to(states: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def create_builtin(
-    config_path: str | Path, tokenizer: PreTrainedTokenizerBase, image_size: int, seed: int
+    config_path: str | Path,
+    tokenizer: PreTrainedTokenizerBase,
+    image_size: int,
+    seed: int,
+    vae: AutoencoderKL | None = None,
 ) -> GeneratorPipeline:
-    """A fresh pixel-space pipeline from an architecture JSON (unet, text_encoder, scheduler)."""
+    """A fresh pipeline from an architecture JSON (unet, text_encoder, scheduler; optional
+    patch_size): in pixel space, in patches of patch_size^2 pixels (space-to-depth), or,
+    given a trained `vae`, in its latent space (which takes the place of patches)."""
     path = Path(config_path)
     if not path.is_file():
         raise GeneratorError(f"generator.model: {config_path} does not exist")
@@ -142,15 +167,22 @@ def create_builtin(
             eos_token_id=tokenizer.eos_token_id,
         )
     )
+    patch = 1 if vae is not None else int(config.get("patch_size", 1))
+    channels = 3 * patch * patch if vae is None else vae.config.latent_channels
+    factor = patch if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
+    if image_size % factor:
+        raise GeneratorError(
+            f"image size {image_size} is not a multiple of the model space's factor {factor}"
+        )
     unet = UNet2DConditionModel(
         **config["unet"],
-        sample_size=image_size,
-        in_channels=3,
-        out_channels=3,
+        sample_size=image_size // factor,
+        in_channels=channels,
+        out_channels=channels,
         cross_attention_dim=text_encoder.config.hidden_size,
     )
     scheduler = DDIMScheduler(**config["scheduler"])
-    return GeneratorPipeline(unet, scheduler, text_encoder, tokenizer)
+    return GeneratorPipeline(unet, scheduler, text_encoder, tokenizer, vae, patch)
 
 
 def load(folder: str | Path) -> GeneratorPipeline:

@@ -43,6 +43,7 @@ class GeneratorTrainConfig:
     precision: str  # resolved: fp32 | bf16 | fp16 (recaption.precision)
     seed: int
     log_every: int = 50
+    snr_gamma: float = 0.0  # Min-SNR loss weighting (0: plain MSE)
 
 
 class EMA:
@@ -85,20 +86,21 @@ def _trainable(pipe: GeneratorPipeline, config: GeneratorTrainConfig) -> dict:
 
 
 def to_model_space(pipe: GeneratorPipeline, images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> what the UNet denoises: pixels in [-1, 1], or VAE latents."""
-    x = images.float() / 127.5 - 1
-    if pipe.vae is None:
-        return x
+    """uint8 (B, 3, H, W) -> what the UNet denoises (see `GeneratorPipeline.to_model_space`).
+    A float tensor is taken to be there already (cached latents)."""
+    if images.is_floating_point():
+        return images
     with torch.no_grad():
-        return pipe.vae.encode(x).latent_dist.mode() * pipe.vae.config.scaling_factor
+        return pipe.to_model_space(images.float() / 127.5 - 1)
 
 
 class Denoiser(torch.nn.Module):
     """A pipeline's trainable parts behind one forward, the denoising loss (what DDP wraps)."""
 
-    def __init__(self, pipe: GeneratorPipeline):
+    def __init__(self, pipe: GeneratorPipeline, snr_gamma: float = 0.0):
         super().__init__()
         self.unet, self.text_encoder = pipe.unet, pipe.text_encoder
+        self.snr_gamma = snr_gamma
         self._pipe = [pipe]  # in a list: not registered twice as a submodule
 
     def forward(
@@ -108,7 +110,18 @@ class Denoiser(torch.nn.Module):
         noisy = pipe.scheduler.add_noise(x0, noise, t)
         states = pipe.encode_prompts(captions)
         pred = self.unet(noisy, t, encoder_hidden_states=states).sample
-        return F.mse_loss(pred.float(), noise)
+        if not self.snr_gamma:
+            return F.mse_loss(pred.float(), noise)
+        per_sample = (pred.float() - noise).pow(2).flatten(1).mean(1)
+        return (per_sample * min_snr_weights(pipe, t, self.snr_gamma)).mean()
+
+
+def min_snr_weights(pipe: GeneratorPipeline, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights of timesteps `t` (Hang et al. 2023), for a noise target:
+    min(SNR, gamma) / SNR, so the low-noise steps, which are easy, do not dominate."""
+    alphas = pipe.scheduler.alphas_cumprod.to(t.device)[t].float()
+    snr = alphas / (1 - alphas)
+    return torch.clamp(snr, max=gamma) / snr
 
 
 def draw_noise(
@@ -152,7 +165,8 @@ def train_generator(
     """Train `pipe` in place, then load the EMA weights into it.
 
     Args:
-        images: uint8 (N, 3, H, W), the training images.
+        images: uint8 (N, 3, H, W), the training images, or float (N, C, h, w) model-space
+            tensors (scaled VAE latents, cached by the caller).
         captions_for_epoch: the N captions of an epoch (a per-epoch blend redraws them).
         checkpoint_dir: where a checkpoint is kept every `checkpoint_every` steps; a
             run finding one there resumes from it (the main process writes it).
@@ -163,7 +177,7 @@ def train_generator(
     """
     par = par or Parallel()
     pipe.to(par.device)
-    denoiser = par.wrap(Denoiser(pipe))
+    denoiser = par.wrap(Denoiser(pipe, config.snr_gamma))
     named = _trainable(pipe, config)
     params = list(named.values())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

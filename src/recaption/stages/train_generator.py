@@ -2,8 +2,10 @@
 
 Trains on every image outside the held-out split with the caption the blend gave
 it (redrawn each epoch when `blend.mode` is per_epoch). Built in, a fresh
-pixel-space pipeline from an architecture JSON whose tokenizer is trained on the
-blend's captions; otherwise a saved pipeline folder is fine-tuned. A checkpoint
+pipeline from an architecture JSON whose tokenizer is trained on the blend's
+captions: in the trained autoencoder's latent space (models/autoencoder, trained
+on the cached latents of data/latents) when there is one, else on pixels or pixel
+patches (the JSON's `patch_size`). Otherwise a saved pipeline folder is fine-tuned. A checkpoint
 every `generator.checkpoint_every` steps under data/.work/ lets a killed run
 resume. Output: models/generator/ (save_pretrained, EMA weights) with a
 lineage.json naming the caption version it was trained on.
@@ -17,14 +19,17 @@ import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import torch
 
-from recaption import datasets, io, lineage, paths, precision
+from recaption import datasets, io, latents, lineage, paths, precision
 from recaption.blend import SOURCES
+from recaption.models import autoencoder as ae_lib
 from recaption.models import generator as gen_lib
 from recaption.models.generator_train import GeneratorTrainConfig, train_generator
 from recaption.models.tokenizer import train_tokenizer
 from recaption.parallel import Parallel, main_live
 from recaption.params import Params, load_params
+from recaption.stages import train_autoencoder as autoencoder
 from recaption.stages.blend import blend_of
 from recaption.stages.live import step_logger
 
@@ -33,11 +38,24 @@ CHECKPOINTS = paths.WORK / "train_generator"
 
 
 def start_pipeline(params: Params, texts: list[str]) -> gen_lib.GeneratorPipeline:
+    """Built in: a fresh pipeline, in the trained autoencoder's latent space if there is
+    one; otherwise the saved pipeline `generator.model`."""
     gp = params.generator
     if Path(gp.model).suffix == ".json":
         tokenizer = train_tokenizer(texts, gp.vocab_size, wrap=True)
-        return gen_lib.create_builtin(gp.model, tokenizer, params.data.image_size, seed_of(params))
+        vae = ae_lib.load(paths.AUTOENCODER) if autoencoder.is_trained() else None
+        return gen_lib.create_builtin(
+            gp.model, tokenizer, params.data.image_size, seed_of(params), vae
+        )
     return gen_lib.load(gp.model)
+
+
+def training_data(pipe: gen_lib.GeneratorPipeline, keys: list[str], pngs) -> torch.Tensor:
+    """What the UNet trains on: the cached latents (scaled) of a built-in latent pipeline,
+    else the images (a saved pipeline's VAE encodes each batch)."""
+    if pipe.vae is not None and autoencoder.is_trained():
+        return latents.read(paths.LATENTS, keys) * pipe.vae.config.scaling_factor
+    return datasets.images_tensor(pngs(), pipe.image_size)
 
 
 def seed_of(params: Params) -> int:
@@ -74,9 +92,9 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     keys = [r["key"] for r in table]
     candidates = {s: [r[s] for r in table] for s in SOURCES}
     blend = blend_of(params)
-    rows = datasets.load_rows(paths.DATASET, ["image"], set(keys))
     pipe = start_pipeline(params, [r["caption"] for r in table])
-    images = datasets.images_tensor([r["image"] for r in rows], pipe.image_size)
+    rows = lambda: datasets.load_rows(paths.DATASET, ["image"], set(keys))  # noqa: E731
+    images = training_data(pipe, keys, lambda: [r["image"] for r in rows()])
     par = Parallel.start()
     compute, record = precision.settle(params.generator.precision, par.device,
                                        "generator.precision")  # fmt: skip
@@ -102,7 +120,12 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         lineage.write_lineage(
             tmp,
             "train_generator",
-            {"captions": paths.RELABELED, "dataset": paths.DATASET, "splits": paths.SPLITS},
+            {
+                "captions": paths.RELABELED,
+                "dataset": paths.DATASET,
+                "splits": paths.SPLITS,
+                **({"autoencoder": paths.AUTOENCODER} if autoencoder.is_trained() else {}),
+            },
             {
                 "seed": params.seed,
                 "generator": params.generator.model_dump(),

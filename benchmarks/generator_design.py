@@ -1,0 +1,177 @@
+"""Generator designs measured on a perfect captioner: what learns the world in the budget.
+
+    .venv/bin/python benchmarks/generator_design.py VARIANT [--steps N] [--prompts 300]
+
+Trains one design on 7,500 world renders (the default dataset's seed and size), each
+captioned as the reference-95 rung is (the world's reference descriptive caption with
+probability 0.95, its alt-text otherwise), then draws one image per suite prompt
+(descriptive and short phrasing, fixed seeds, 20 DDIM steps, guidance 3) and scores
+them with the evaluation's oracle (models/eval/oracle: run `dvc repro oracle` first):
+fact accuracy and GenEval, as `evaluate` does. Latent designs first train the built-in
+autoencoder (configs/autoencoder/) and report the oracle's scene accuracy on its
+reconstructions of fresh renders. Prints one JSON line; the table is in
+reports/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recaption import paths
+from recaption.metrics import facts, geneval
+from recaption.models import autoencoder as ae_lib
+from recaption.models import generator as gen_lib
+from recaption.models import oracle as oracle_lib
+from recaption.models.generator_train import GeneratorTrainConfig, train_generator
+from recaption.models.tokenizer import train_tokenizer
+from recaption.params import load_params
+from recaption.stages.ingest import world_config
+from recaption.world import make_example, prompt_suite
+
+from common import ROOT
+
+# name -> generator architecture JSON (relative to configs/generator/ or /tmp), the
+# autoencoder JSON (None: pixel space), and training overrides.
+VARIANTS: dict[str, dict] = {
+    "pixel": {"model": "tiny-unet-32.json", "vae": None},
+    "latent": {"model": "tiny-unet-latent-8.json", "vae": "tiny-kl-f4.json"},
+    "patch4": {"model": "tiny-unet-latent-8.json", "vae": None, "patch": 4},
+    "patch2": {"model": "tiny-unet-latent-8.json", "vae": None, "patch": 2},
+}
+
+
+def world(n: int, seed: int, cfg) -> tuple[torch.Tensor, list, list[str]]:
+    """(uint8 images, scenes, reference-95 captions) of examples 0..n-1."""
+    rng = np.random.default_rng(seed)
+    images, scenes, captions = [], [], []
+    for i in range(n):
+        ex = make_example(seed, i, cfg)
+        images.append(torch.from_numpy(np.asarray(ex.image)).permute(2, 0, 1))
+        scenes.append(ex.scene)
+        captions.append(ex.descriptive if rng.random() < 0.95 else ex.caption)
+    return torch.stack(images), scenes, captions
+
+
+def train_vae(config: Path, images: torch.Tensor, steps: int, seed: int):
+    vae = ae_lib.create_builtin(config, images.shape[-1], seed)
+    cfg = ae_lib.AutoencoderTrainConfig(steps=steps, batch_size=64, lr=1e-3, warmup_steps=50,
+                                        kl_weight=1e-4, grad_clip=1.0, precision="fp32",
+                                        seed=seed)  # fmt: skip
+    start = time.perf_counter()
+    metrics = ae_lib.train_autoencoder(vae, images, cfg)
+    return vae, {**metrics, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def score(pipe, oracle, suite, phrasing: str, steps: int, guidance: float) -> dict:
+    prompts = [p.descriptive if phrasing == "descriptive" else p.prompt for p in suite]
+    images = []
+    for i in range(0, len(prompts), 100):
+        batch = prompts[i : i + 100]
+        images += pipe(batch, steps, guidance, seed=list(range(i, i + len(batch))))
+    pixels = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2)
+    found = oracle_lib.detections(oracle_lib.predict(oracle, pixels.contiguous()))
+    fact = [facts.fact_accuracy(d, p.demands) for d, p in zip(found, suite, strict=True)]
+    follow = [geneval.follows(d, p.demands, p.category) for d, p in zip(found, suite, strict=True)]
+    by_cat: dict[str, list[float]] = {}
+    for p, f in zip(suite, fact, strict=True):
+        by_cat.setdefault(p.category, []).append(f)
+    return {
+        "fact": round(float(np.mean(fact)), 3),
+        "geneval": round(float(np.mean(follow)), 3),
+        "fact_by_category": {c: round(float(np.mean(v)), 3) for c, v in by_cat.items()},
+        "images": images,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variant")
+    parser.add_argument("--model", help="generator JSON, overriding the variant's")
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--vae-model", help="autoencoder JSON, overriding the variant's")
+    parser.add_argument("--vae-only", action="store_true", help="stop after the autoencoder")
+    parser.add_argument("--images", type=int, default=7500)
+    parser.add_argument("--prompts", type=int, default=50, help="per category")
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--snr-gamma", type=float, default=0.0)
+    parser.add_argument("--save", help="save the trained pipeline here")
+    parser.add_argument("--load", help="score a saved pipeline instead of training one")
+    parser.add_argument("--sample-steps", type=int, default=20)
+    parser.add_argument("--grid", help="write a sample grid (descriptive prompts) here")
+    args = parser.parse_args()
+    variant = VARIANTS[args.variant]
+    params = load_params(ROOT / paths.PARAMS)
+    cfg = world_config(params)
+    images, _, captions = world(args.images, params.seed, cfg)
+    oracle = oracle_lib.load(ROOT / paths.ORACLE)
+    out: dict = {"variant": args.variant, "steps": args.steps, "batch_size": args.batch_size,
+                 "snr_gamma": args.snr_gamma, "model": args.model,
+                 "lr": args.lr, "capability": torch.backends.cpu.get_cpu_capability(),
+                 "threads": torch.get_num_threads()}  # fmt: skip
+    vae, data = None, images
+    if variant["vae"]:
+        vae_model = args.vae_model or ROOT / "configs/autoencoder" / variant["vae"]
+        vae, out["vae"] = train_vae(Path(vae_model), images, args.vae_steps, params.seed)
+        fresh = [make_example(params.evaluate.seed, i, cfg) for i in range(1000)]
+        arrays = [torch.from_numpy(np.asarray(e.image)).permute(2, 0, 1) for e in fresh]
+        pixels = torch.stack(arrays)
+        recon = ae_lib.reconstruct(vae, pixels)
+        target = oracle_lib.stack_targets([e.scene for e in fresh])
+        out["vae"]["oracle_on_recon"] = {
+            k: round(v, 4)
+            for k, v in oracle_lib.accuracy(oracle_lib.predict(oracle, recon), target).items()
+        }
+        if args.vae_only:
+            print(json.dumps(out))
+            return
+        data = ae_lib.encode(vae, images) * vae.config.scaling_factor
+    model = Path(args.model) if args.model else ROOT / "configs/generator" / variant["model"]
+    if variant.get("patch"):  # the same architecture on patches of pixels (space-to-depth)
+        spec = {**json.loads(model.read_text()), "patch_size": variant["patch"]}
+        model = Path(f"/tmp/{args.variant}.json")
+        model.write_text(json.dumps(spec))
+    tokenizer = train_tokenizer(captions, params.generator.vocab_size, wrap=True)
+    pipe = gen_lib.create_builtin(model, tokenizer, images.shape[-1], params.seed, vae)
+    gp = params.generator
+    config = GeneratorTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                  warmup_steps=gp.warmup_steps, weight_decay=gp.weight_decay,
+                                  grad_clip=gp.grad_clip, cond_dropout=gp.cond_dropout,
+                                  ema_decay=gp.ema_decay, checkpoint_every=0,
+                                  train_text_encoder=True, precision="fp32",
+                                  seed=params.seed, snr_gamma=args.snr_gamma)  # fmt: skip
+    start = time.perf_counter()
+    if args.load:
+        pipe = gen_lib.load(args.load)
+    else:
+        metrics = train_generator(pipe, data, lambda epoch: captions, config)
+        out["train_seconds"] = round(time.perf_counter() - start, 1)
+        out["loss"] = round(metrics["loss"], 4)
+    if args.save:
+        pipe.save_pretrained(args.save)
+    out["unet_params"] = sum(p.numel() for p in pipe.unet.parameters())
+    pipe.set_progress_bar_config(disable=True)
+    suite = prompt_suite(params.prompts.seed, args.prompts)
+    start = time.perf_counter()
+    for phrasing in ("descriptive", "short"):
+        result = score(pipe, oracle, suite, phrasing, args.sample_steps, args.guidance)
+        images_drawn = result.pop("images")
+        out[phrasing] = result
+        if args.grid and phrasing == "descriptive":
+            gen_lib.image_grid(images_drawn[:: max(1, len(images_drawn) // 48)][:48], 8).resize(
+                (8 * 34 * 3, 6 * 34 * 3), 0
+            ).save(args.grid)
+    out["sample_seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

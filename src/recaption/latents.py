@@ -1,0 +1,144 @@
+"""Autoencoder latents of every dataset image, content-addressed, computed once per image.
+
+The latent-space generator trains on these instead of encoding each batch again. One
+shard per dataset shard under data/latents/, each row the image's key, its pixel hash,
+the autoencoder's fingerprint and its latent (the posterior mean, unscaled, float32;
+the generator multiplies by the autoencoder's `scaling_factor`). A rerun leaves a
+shard alone when its keys, pixel hashes and autoencoder are unchanged, rebuilds the
+others from latents already computed for the same (pixels, autoencoder), and encodes
+only the rest: adding images to the dataset encodes only the new ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from recaption import datasets, io
+from recaption.models import autoencoder as ae_lib
+
+log = logging.getLogger(__name__)
+# Part of every cache key: bump it whenever decoding or `autoencoder.encode` changes.
+PROCEDURE_VERSION = 1
+
+
+def cache_fingerprint(autoencoder_fingerprint: str) -> str:
+    """The key cached latents are valid under: the autoencoder and this procedure."""
+    return io.sha256_bytes(f"{autoencoder_fingerprint}:{PROCEDURE_VERSION}".encode())
+
+
+@dataclass
+class CacheResult:
+    images: int = 0
+    encoded: int = 0
+    reused: int = 0
+    shards_written: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _table(keys, shas, fingerprint: str, latents: np.ndarray) -> pa.Table:
+    flat = pa.array(np.ascontiguousarray(latents, dtype=np.float32).ravel(), pa.float32())
+    size = int(np.prod(latents.shape[1:]))
+    shape = ",".join(map(str, latents.shape[1:]))
+    return pa.table({
+        "key": pa.array(keys, pa.string()),
+        "sha256": pa.array(shas, pa.string()),
+        "autoencoder": pa.array([fingerprint] * len(keys), pa.string()),
+        "shape": pa.array([shape] * len(keys), pa.string()),  # (C, h, w) of `latent`
+        "latent": pa.FixedSizeListArray.from_arrays(flat, size),
+    })  # fmt: skip
+
+
+def _latents(table: pa.Table) -> np.ndarray:
+    shapes = set(table.column("shape").to_pylist()) or {"0"}
+    shape = tuple(int(s) for s in shapes.pop().split(","))
+    flat = table.column("latent").combine_chunks().flatten().to_numpy()
+    return flat.reshape(table.num_rows, *shape)
+
+
+class _Old:
+    """The previous run's shards made with this fingerprint: each shard's rows, and each
+    pixel hash's latent."""
+
+    def __init__(self, folder: Path, fingerprint: str):
+        self.rows: dict[Path, tuple[list[str], list[str]]] = {}
+        self.by_sha: dict[str, np.ndarray] = {}
+        for path in sorted(folder.glob(io.SHARD_GLOB)) if folder.is_dir() else []:
+            table = pq.read_table(path)
+            if set(table.column("autoencoder").to_pylist()) != {fingerprint}:
+                continue
+            shas = table.column("sha256").to_pylist()
+            self.rows[path] = (table.column("key").to_pylist(), shas)
+            self.by_sha.update(zip(shas, _latents(table), strict=True))
+
+
+def update(
+    vae, fingerprint: str, dataset_dir: str | Path, out_dir: str | Path, image_size: int,
+    batch_size: int = 256,
+) -> CacheResult:  # fmt: skip
+    """Bring `out_dir` (one latent shard per dataset shard) up to date with the dataset,
+    encoding with `vae` only the images whose (pixels, autoencoder) have no latent yet."""
+    out_dir, fingerprint = Path(out_dir), cache_fingerprint(fingerprint)
+    if out_dir.is_dir():  # persistent: a killed run's temporaries may be here
+        io.remove_abandoned(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    old = _Old(out_dir, fingerprint)
+    result = CacheResult()
+    shards = io.shard_paths(dataset_dir)
+    bar = tqdm(desc="encode_latents", unit="img", mininterval=2)
+    for index, shard in enumerate(shards):
+        meta = pq.read_table(shard, columns=["key", "sha256"])
+        keys, shas = meta.column("key").to_pylist(), meta.column("sha256").to_pylist()
+        result.images += len(keys)
+        target = out_dir / io.shard_name(index)
+        if old.rows.get(target) == (keys, shas):
+            result.reused += len(keys)
+            continue
+        todo = sorted({k for k, s in zip(keys, shas, strict=True) if s not in old.by_sha})
+        fresh: dict[str, np.ndarray] = {}
+        if todo:
+            rows = datasets.load_rows(shard.parent, ["sha256", "image"], set(todo))
+            rows = [r for r in rows if r["sha256"] not in old.by_sha]
+            for start in range(0, len(rows), batch_size):
+                part = rows[start : start + batch_size]
+                images = datasets.images_tensor([r["image"] for r in part], image_size)
+                encoded = ae_lib.encode(vae, images).numpy()
+                fresh.update(zip([r["sha256"] for r in part], encoded, strict=True))
+                bar.update(len(part))
+        latents = np.stack([fresh[s] if s in fresh else old.by_sha[s] for s in shas])
+        io.write_table(target, _table(keys, shas, fingerprint, latents))
+        result.encoded += len(fresh)
+        result.reused += len(keys) - len(fresh)
+        result.shards_written += 1
+    bar.close()
+    for stale in sorted(out_dir.glob(io.SHARD_GLOB))[len(shards) :]:
+        stale.unlink()
+    log.info("encode_latents: %s", result.to_dict())
+    return result
+
+
+def read(folder: str | Path, keys: list[str]) -> torch.Tensor:
+    """(len(keys), C, h, w) float32 latents of `keys`, in their order (unscaled)."""
+    found: dict[str, np.ndarray] = {}
+    wanted = set(keys)
+    for path in io.shard_paths(folder):
+        table = pq.read_table(path)
+        latents = _latents(table)
+        for i, key in enumerate(table.column("key").to_pylist()):
+            if key in wanted:
+                found[key] = latents[i]
+    missing = [k for k in keys if k not in found]
+    if missing:
+        raise KeyError(f"{len(missing)} keys have no cached latent (first: {missing[0]}); "
+                       "run `dvc repro encode_latents`")  # fmt: skip
+    return torch.from_numpy(np.stack([found[k] for k in keys]))

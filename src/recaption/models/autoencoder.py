@@ -1,0 +1,153 @@
+"""The autoencoder that puts the generator in latent space, as Stable Diffusion does.
+
+Built in, a small diffusers `AutoencoderKL` trained here on the dataset's images: an
+encoder that takes a 32 px image to an 8x8 grid of latents (factor 4) and a decoder
+back. The generator's UNet then denoises latents, 16 times fewer positions than
+pixels, so the same CPU time buys many more training steps. With a real pipeline
+folder the pipeline's own VAE is used instead and nothing is trained.
+
+Training is reconstruction (L1 on pixels in [-1, 1]) plus a small KL term that keeps
+the latent distribution close to a unit Gaussian, as in the latent diffusion paper;
+afterwards `scaling_factor` is set to 1 / std of the training latents, so the UNet
+sees latents of unit variance whatever the autoencoder learnt.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from tqdm import tqdm
+
+from recaption import precision
+from recaption.errors import UserError
+from recaption.models.schedule import warmup_cosine
+
+
+class AutoencoderError(UserError):
+    """An autoencoder config or folder that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class AutoencoderTrainConfig:
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    kl_weight: float  # weight of the KL term against the per-pixel L1
+    grad_clip: float
+    precision: str  # resolved: fp32 | bf16 | fp16
+    seed: int
+    log_every: int = 50
+
+
+def create_builtin(config_path: str | Path, image_size: int, seed: int) -> AutoencoderKL:
+    """A fresh AutoencoderKL from an architecture JSON (diffusers' AutoencoderKL keys)."""
+    path = Path(config_path)
+    if not path.is_file():
+        raise AutoencoderError(f"autoencoder.model: {config_path} does not exist")
+    torch.manual_seed(seed)
+    return AutoencoderKL(**json.loads(path.read_text()), sample_size=image_size)
+
+
+def load(folder: str | Path) -> AutoencoderKL:
+    """An autoencoder saved by `save_pretrained`; weights are read from safetensors only."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise AutoencoderError(f"{folder} is not an autoencoder folder: config.json is missing")
+    return AutoencoderKL.from_pretrained(folder, use_safetensors=True)
+
+
+def factor(vae: AutoencoderKL) -> int:
+    """How many pixels one latent position spans, per side."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float pixels in [-1, 1]."""
+    return images.float() / 127.5 - 1
+
+
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """Float pixels in [-1, 1] -> uint8, clamped and rounded."""
+    return ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def _loss(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float, gen: torch.Generator):
+    posterior = vae.encode(x).latent_dist
+    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+    recon = vae.decode(z).sample.float()
+    l1 = (recon - x).abs().mean()
+    kl = posterior.kl().mean() / x[0].numel()  # per pixel, so the weight reads against L1
+    return l1 + kl_weight * kl, l1
+
+
+@torch.no_grad()
+def encode(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> (N, C, H/f, W/f) latents (posterior means), unscaled."""
+    vae.eval()
+    chunks = [
+        vae.encode(to_unit(images[i : i + batch_size])).latent_dist.mean
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """uint8 images through the encoder's mean and the decoder, back to uint8."""
+    vae.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        latents = vae.encode(to_unit(images[i : i + batch_size])).latent_dist.mean
+        out.append(to_uint8(vae.decode(latents).sample))
+    return torch.cat(out)
+
+
+def train_autoencoder(
+    vae: AutoencoderKL,
+    images: torch.Tensor,
+    config: AutoencoderTrainConfig,
+    log_step: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Train `vae` in place on uint8 (N, 3, H, W) images, then set its scaling factor.
+
+    Step s's batch and noise come from a generator seeded by (seed, s), so the run is
+    a function of its inputs and config.
+    Returns:
+        {"steps", "l1" (last window's mean L1, pixels in [-1, 1]), "scaling_factor",
+        "images_per_s"}.
+    """
+    params = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    scaler = precision.grad_scaler(config.precision)
+    window: list[float] = []
+    tick = time.perf_counter()
+    vae.train()
+    bar = tqdm(range(config.steps), desc="train_autoencoder", unit="step", mininterval=2)
+    for step in bar:
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        idx = torch.randint(0, len(images), (config.batch_size,), generator=gen)
+        for group in optimizer.param_groups:
+            group["lr"] = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
+        with precision.autocast(config.precision):
+            loss, l1 = _loss(vae, to_unit(images[idx]), config.kl_weight, gen)
+        precision.backward_step(loss, optimizer, params, config.grad_clip, scaler)
+        window = [*window[-49:], l1.item()]
+        done = step + 1
+        if log_step is not None and (done % config.log_every == 0 or done == config.steps):
+            log_step(done, {"l1": sum(window) / len(window)})
+    seconds = time.perf_counter() - tick
+    latents = encode(vae, images[: min(len(images), 2048)])
+    vae.register_to_config(scaling_factor=float(1 / latents.std()))
+    return {
+        "steps": config.steps,
+        "l1": sum(window) / len(window) if window else None,
+        "scaling_factor": vae.config.scaling_factor,
+        "images_per_s": config.steps * config.batch_size / max(seconds, 1e-9),
+    }

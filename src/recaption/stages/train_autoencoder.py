@@ -1,0 +1,152 @@
+"""train_autoencoder and encode_latents: the latent space the built-in generator works in.
+
+train_autoencoder trains `autoencoder.model` (an AutoencoderKL JSON) on every image
+outside the held-out split, then checks that its reconstructions keep the scene: on
+the synthetic world the evaluation's oracle reads the held-out reconstructions, and
+the stage fails when fewer than `autoencoder.min_scene_accuracy` of them are read
+exactly right. Outputs: models/autoencoder/ (save_pretrained, lineage.json),
+reports/autoencoder.json and reports/autoencoder.png (held-out images above their
+reconstructions). With `autoencoder.model: none` the generator works in pixel space
+(or, a saved pipeline, in its own VAE's) and the folder holds only its lineage.
+
+encode_latents brings data/latents/ up to date: see `recaption.latents`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from dvclive import Live
+from PIL import Image
+
+from recaption import datasets, io, latents, lineage, paths, precision
+from recaption.errors import UserError
+from recaption.models import autoencoder as ae_lib
+from recaption.models import oracle as oracle_lib
+from recaption.params import Params, load_params
+from recaption.stages.live import step_logger
+from recaption.world import Scene
+
+log = logging.getLogger(__name__)
+SHOWN = 16  # held-out images in reports/autoencoder.png
+
+
+class ReconstructionError(UserError):
+    """The autoencoder's reconstructions lose what the scene shows."""
+
+
+def is_trained(folder: Path = paths.AUTOENCODER) -> bool:
+    """Does models/autoencoder hold a trained autoencoder (not only a `none` lineage)?"""
+    return (Path(folder) / "config.json").is_file()
+
+
+def fingerprint(folder: Path = paths.AUTOENCODER) -> str:
+    """The trained autoencoder's identity: its weights and config."""
+    folder = Path(folder)
+    files = [folder / "config.json", folder / "diffusion_pytorch_model.safetensors"]
+    return io.sha256_bytes("".join(io.sha256_file(f) for f in files).encode())
+
+
+def _split(params: Params) -> tuple[list[dict], list[dict]]:
+    heldout = datasets.read_splits(paths.SPLITS)["heldout"]
+    rows = datasets.load_rows(paths.DATASET, ["image", "meta"])
+    return [r for r in rows if r["key"] not in heldout], [r for r in rows if r["key"] in heldout]
+
+
+def _scene_accuracy(images: torch.Tensor, recon: torch.Tensor, rows: list[dict]) -> dict:
+    """The oracle's reading of the reconstructions against the scenes behind them, and
+    of the originals (what the autoencoder could at best keep)."""
+    oracle = oracle_lib.load(paths.ORACLE)
+    scenes = [Scene.from_dict(json.loads(r["meta"])["scene"]) for r in rows]
+    target = oracle_lib.stack_targets(scenes)
+    read = lambda x: oracle_lib.accuracy(oracle_lib.predict(oracle, x), target)  # noqa: E731
+    return {
+        "reconstructions": {k: round(v, 4) for k, v in read(recon).items()},
+        "originals": {k: round(v, 4) for k, v in read(images).items()},
+    }
+
+
+def _figure(images: torch.Tensor, recon: torch.Tensor, scale: int = 4) -> Image.Image:
+    """Originals (top row) above their reconstructions (bottom row)."""
+    rows = [torch.cat(list(x[:SHOWN]), dim=2) for x in (images, recon)]  # (3, H, n*W) each
+    grid = torch.cat(rows, dim=1).permute(1, 2, 0).numpy()
+    image = Image.fromarray(np.ascontiguousarray(grid))
+    return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+
+
+def main(params_path: Path = paths.PARAMS) -> dict:
+    params = load_params(params_path)
+    ap = params.autoencoder
+    if not ap.enabled:
+        with io.atomic_path(paths.AUTOENCODER) as tmp:
+            tmp.mkdir()
+            lineage.write_lineage(tmp, "train_autoencoder", {}, {"autoencoder": ap.model_dump()})
+        io.write_json(paths.AUTOENCODER_REPORT, {"autoencoder": "none"})
+        return {"autoencoder": "none"}
+    train, held = _split(params)
+    size = params.data.image_size
+    images = datasets.images_tensor([r["image"] for r in train], size)
+    compute, record = precision.settle(ap.precision, "cpu", "autoencoder.precision")
+    vae = ae_lib.create_builtin(ap.model, size, params.seed)
+    config = ae_lib.AutoencoderTrainConfig(
+        steps=ap.steps, batch_size=ap.batch_size, lr=ap.lr, warmup_steps=ap.warmup_steps,
+        kl_weight=ap.kl_weight, grad_clip=ap.grad_clip, precision=compute, seed=params.seed,
+    )  # fmt: skip
+    with Live(str(paths.DVCLIVE / "train_autoencoder"), dvcyaml=False, save_dvc_exp=False) as live:
+        metrics = ae_lib.train_autoencoder(vae, images, config, step_logger(live))
+    held_images = datasets.images_tensor([r["image"] for r in held], size)
+    recon = ae_lib.reconstruct(vae, held_images)
+    error = (recon.float() - held_images.float()) / 255
+    report = {
+        "heldout_images": len(held),
+        "latent_shape": [vae.config.latent_channels, *[size // ae_lib.factor(vae)] * 2],
+        "train_l1": round(metrics["l1"], 5),
+        "heldout_l1": round(float(error.abs().mean()), 5),
+        "heldout_psnr": round(float(-10 * torch.log10(error.pow(2).mean())), 2),
+        "scaling_factor": round(metrics["scaling_factor"], 5),
+        "compute": record,
+    }
+    synthetic = params.data.source == "synthetic"
+    if synthetic:
+        report["oracle"] = _scene_accuracy(held_images, recon, held)
+        report["min_scene_accuracy"] = ap.min_scene_accuracy
+    io.write_json(paths.AUTOENCODER_REPORT, report)
+    with io.atomic_path(paths.AUTOENCODER_FIGURE) as tmp:
+        _figure(held_images, recon).save(tmp, format="PNG")
+    if synthetic and report["oracle"]["reconstructions"]["scene"] < ap.min_scene_accuracy:
+        raise ReconstructionError(
+            f"the oracle reads {report['oracle']['reconstructions']['scene']:.3f} of the held-out "
+            f"reconstructions right, below autoencoder.min_scene_accuracy={ap.min_scene_accuracy}"
+            ": raise autoencoder.steps or the latent channels (see reports/autoencoder.png)"
+        )
+    with io.atomic_path(paths.AUTOENCODER) as tmp:
+        vae.save_pretrained(tmp, safe_serialization=True)
+        lineage.write_lineage(
+            tmp, "train_autoencoder", {"dataset": paths.DATASET, "splits": paths.SPLITS},
+            {"seed": params.seed, "data.image_size": size, "autoencoder": ap.model_dump()},
+            metrics={k: report[k] for k in ("heldout_l1", "heldout_psnr", "scaling_factor")},
+            compute=record,
+        )  # fmt: skip
+    log.info("train_autoencoder: %s", {k: v for k, v in report.items() if k != "compute"})
+    return report
+
+
+def encode_main(params_path: Path = paths.PARAMS) -> dict:
+    """encode_latents: data/latents/ for every dataset image (empty without an autoencoder)."""
+    params = load_params(params_path)
+    if not is_trained():
+        paths.LATENTS.mkdir(parents=True, exist_ok=True)
+        for stale in paths.LATENTS.glob(io.SHARD_GLOB):
+            stale.unlink()
+        report = latents.CacheResult().to_dict()
+    else:
+        vae = ae_lib.load(paths.AUTOENCODER)
+        report = latents.update(
+            vae, fingerprint(), paths.DATASET, paths.LATENTS, params.data.image_size
+        ).to_dict()
+    io.write_json(paths.LATENTS_REPORT, report)
+    return report

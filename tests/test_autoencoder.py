@@ -1,0 +1,145 @@
+"""The autoencoder, its latent cache, and the generator in its latent space."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recaption import io, latents
+from recaption.models import autoencoder as ae_lib
+from recaption.models import generator as gen_lib
+from recaption.models.generator_train import train_generator
+from test_generator import config, dataset, pixels
+
+TINY_KL = Path(__file__).parent / "data" / "tiny-kl-16.json"
+TINY_UNET = Path(__file__).parent / "data" / "tiny-unet-16.json"
+
+
+def ae_config(**overrides) -> ae_lib.AutoencoderTrainConfig:
+    fields = dict(steps=80, batch_size=8, lr=3e-3, warmup_steps=5, kl_weight=1e-4,
+                  grad_clip=1.0, precision="fp32", seed=0, log_every=20)  # fmt: skip
+    return ae_lib.AutoencoderTrainConfig(**{**fields, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained() -> ae_lib.AutoencoderKL:
+    images, _ = dataset()
+    vae = ae_lib.create_builtin(TINY_KL, 16, seed=0)
+    ae_lib.train_autoencoder(vae, images, ae_config())
+    return vae
+
+
+def l1(vae, images) -> float:
+    return (ae_lib.reconstruct(vae, images).float() - images.float()).abs().mean().item() / 255
+
+
+def test_training_lowers_the_reconstruction_error_and_sets_unit_variance_latents(trained):
+    images, _ = dataset()
+    fresh = ae_lib.create_builtin(TINY_KL, 16, seed=0)
+    assert l1(trained, images) < 0.5 * l1(fresh, images)
+    scaled = ae_lib.encode(trained, images) * trained.config.scaling_factor
+    assert scaled.shape == (8, 4, 8, 8)
+    assert scaled.std().item() == pytest.approx(1.0, rel=0.05)
+
+
+def test_a_saved_autoencoder_loads_and_reconstructs_the_same(trained, tmp_path):
+    images, _ = dataset()
+    trained.save_pretrained(tmp_path / "ae", safe_serialization=True)
+    assert not list((tmp_path / "ae").glob("*.bin"))
+    loaded = ae_lib.load(tmp_path / "ae")
+    assert torch.equal(ae_lib.reconstruct(loaded, images), ae_lib.reconstruct(trained, images))
+    with pytest.raises(ae_lib.AutoencoderError, match="config.json is missing"):
+        ae_lib.load(tmp_path)
+
+
+def write_dataset(folder: Path, images: torch.Tensor, shard_size: int = 3) -> list[str]:
+    """A dataset folder of PNG shards (key, sha256, image), as ingest writes them."""
+    import pyarrow as pa
+    from PIL import Image
+
+    from conftest import encode
+
+    pngs = [encode(Image.fromarray(i.permute(1, 2, 0).numpy())) for i in images]
+    keys = [f"{i:04d}" for i in range(len(pngs))]
+    folder.mkdir(exist_ok=True)
+    for index, start in enumerate(range(0, len(pngs), shard_size)):
+        part = slice(start, start + shard_size)
+        table = pa.table({"key": keys[part], "sha256": [io.sha256_bytes(p) for p in pngs[part]],
+                          "image": pngs[part]})  # fmt: skip
+        io.write_shard(folder, index, table)
+    return keys
+
+
+def test_latents_are_cached_and_a_rerun_encodes_only_new_pixels(trained, tmp_path):
+    images, _ = dataset()
+    keys = write_dataset(tmp_path / "dataset", images)
+    out = tmp_path / "latents"
+    first = latents.update(trained, "ae-1", tmp_path / "dataset", out, 16)
+    assert (first.images, first.encoded, first.reused, first.shards_written) == (8, 8, 0, 3)
+    expected = ae_lib.encode(trained, images)
+    assert torch.allclose(latents.read(out, keys), expected, atol=1e-6)
+    assert torch.equal(latents.read(out, keys[::-1]), latents.read(out, keys).flip(0))
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob(io.SHARD_GLOB)}
+
+    again = latents.update(trained, "ae-1", tmp_path / "dataset", out, 16)
+    assert (again.encoded, again.reused, again.shards_written) == (0, 8, 0)
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.glob(io.SHARD_GLOB)}
+
+    # Two new images (a third shard grows, a fourth appears): only they are encoded.
+    new = images[:2].clone()
+    new[:, :, 0, 0] = 7
+    grown = torch.cat([images, new])
+    keys = write_dataset(tmp_path / "dataset", grown)
+    more = latents.update(trained, "ae-1", tmp_path / "dataset", out, 16)
+    assert (more.images, more.encoded, more.reused) == (10, 2, 8)
+    assert torch.allclose(latents.read(out, keys), ae_lib.encode(trained, grown), atol=1e-6)
+
+    # Another autoencoder: nothing is reused.
+    other = latents.update(trained, "ae-2", tmp_path / "dataset", out, 16)
+    assert (other.encoded, other.reused) == (10, 0)
+    with pytest.raises(KeyError, match="no cached latent"):
+        latents.read(out, ["nope"])
+
+
+def test_the_generator_trains_and_draws_in_the_latent_space(trained):
+    images, captions = dataset()
+    from recaption.models.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(captions * 3, 200, wrap=True)
+    pipe = gen_lib.create_builtin(TINY_UNET, tok, 16, 0, trained)
+    assert (pipe.unet.config.sample_size, pipe.unet.config.in_channels) == (8, 4)
+    assert pipe.image_size == 16
+    data = ae_lib.encode(trained, images) * trained.config.scaling_factor
+    vae_before = {n: p.clone() for n, p in trained.named_parameters()}
+    metrics = train_generator(pipe, data, lambda epoch: captions, config(steps=20))
+    assert metrics["loss"] < 1.0
+    assert all(torch.equal(p, vae_before[n]) for n, p in trained.named_parameters())
+    drawn = pixels(pipe(["red on the left"], num_inference_steps=3, seed=[0]))
+    assert drawn.shape == (1, 16, 16, 3) and drawn.dtype == np.uint8
+    with pytest.raises(gen_lib.GeneratorError, match="not a multiple"):
+        gen_lib.create_builtin(TINY_UNET, tok, 15, 0, trained)
+
+
+def test_a_patch_pipeline_denoises_patches_and_saves_its_patch_size(tmp_path):
+    import json
+
+    from recaption.models.tokenizer import train_tokenizer
+
+    spec = {**json.loads(TINY_UNET.read_text()), "patch_size": 2}
+    (tmp_path / "patch.json").write_text(json.dumps(spec))
+    images, captions = dataset()
+    tok = train_tokenizer(captions * 3, 200, wrap=True)
+    pipe = gen_lib.create_builtin(tmp_path / "patch.json", tok, 16, 0)
+    unet = pipe.unet.config
+    assert (pipe.patch_size, unet.sample_size, unet.in_channels) == (2, 8, 12)
+    x = images.float() / 127.5 - 1
+    assert torch.equal(pipe.to_images(pipe.to_model_space(x)), x)  # lossless
+    train_generator(pipe, images, lambda epoch: captions, config(steps=10))
+    pipe.save_pretrained(tmp_path / "saved")
+    loaded = gen_lib.load(tmp_path / "saved")
+    assert loaded.patch_size == 2 and loaded.image_size == 16
+    drawn = [pixels(p(["red on the left"], num_inference_steps=3, seed=[0]))
+             for p in (pipe, loaded)]  # fmt: skip
+    assert drawn[0].shape == (1, 16, 16, 3)
+    assert np.array_equal(*drawn)
