@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from recaption import paths
-from recaption.metrics import facts, geneval
+from recaption.metrics import facts, geneval, noise_guard
 from recaption.models import autoencoder as ae_lib
 from recaption.models import generator as gen_lib
 from recaption.models import oracle as oracle_lib
@@ -58,10 +58,10 @@ def world(n: int, seed: int, cfg) -> tuple[torch.Tensor, list, list[str]]:
     return torch.stack(images), scenes, captions
 
 
-def train_vae(config: Path, images: torch.Tensor, steps: int, seed: int):
+def train_vae(config: Path, images: torch.Tensor, steps: int, seed: int, lr: float, precision: str):
     vae = ae_lib.create_builtin(config, images.shape[-1], seed)
-    cfg = ae_lib.AutoencoderTrainConfig(steps=steps, batch_size=64, lr=1e-3, warmup_steps=50,
-                                        kl_weight=1e-4, grad_clip=1.0, precision="fp32",
+    cfg = ae_lib.AutoencoderTrainConfig(steps=steps, batch_size=64, lr=lr, warmup_steps=50,
+                                        kl_weight=1e-4, grad_clip=1.0, precision=precision,
                                         seed=seed)  # fmt: skip
     start = time.perf_counter()
     metrics = ae_lib.train_autoencoder(vae, images, cfg)
@@ -81,7 +81,9 @@ def score(pipe, oracle, suite, phrasing: str, steps: int, guidance: float) -> di
     by_cat: dict[str, list[float]] = {}
     for p, f in zip(suite, fact, strict=True):
         by_cat.setdefault(p.category, []).append(f)
+    drawn = np.stack([np.asarray(im) for im in images])
     return {
+        "roughness": round(float(np.median(noise_guard.roughness(drawn))), 2),
         "fact": round(float(np.mean(fact)), 3),
         "geneval": round(float(np.mean(follow)), 3),
         "fact_by_category": {c: round(float(np.mean(v)), 3) for c, v in by_cat.items()},
@@ -97,11 +99,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--vae-lr", type=float, default=1e-3)
     parser.add_argument("--vae-model", help="autoencoder JSON, overriding the variant's")
     parser.add_argument("--vae-only", action="store_true", help="stop after the autoencoder")
     parser.add_argument("--images", type=int, default=7500)
     parser.add_argument("--prompts", type=int, default=50, help="per category")
     parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--snr-gamma", type=float, default=0.0)
     parser.add_argument("--save", help="save the trained pipeline here")
     parser.add_argument("--load", help="score a saved pipeline instead of training one")
@@ -112,15 +116,20 @@ def main() -> None:
     params = load_params(ROOT / paths.PARAMS)
     cfg = world_config(params)
     images, _, captions = world(args.images, params.seed, cfg)
+    hwc = images.permute(0, 2, 3, 1).numpy()
+    out_rough = round(float(np.median(noise_guard.roughness(hwc))), 2)
     oracle = oracle_lib.load(ROOT / paths.ORACLE)
     out: dict = {"variant": args.variant, "steps": args.steps, "batch_size": args.batch_size,
                  "snr_gamma": args.snr_gamma, "model": args.model,
+                 "precision": args.precision,
                  "lr": args.lr, "capability": torch.backends.cpu.get_cpu_capability(),
-                 "threads": torch.get_num_threads()}  # fmt: skip
+                 "threads": torch.get_num_threads(), "dataset_roughness": out_rough}  # fmt: skip
     vae, data = None, images
     if variant["vae"]:
         vae_model = args.vae_model or ROOT / "configs/autoencoder" / variant["vae"]
-        vae, out["vae"] = train_vae(Path(vae_model), images, args.vae_steps, params.seed)
+        vae, out["vae"] = train_vae(
+            Path(vae_model), images, args.vae_steps, params.seed, args.vae_lr, args.precision
+        )
         fresh = [make_example(params.evaluate.seed, i, cfg) for i in range(1000)]
         arrays = [torch.from_numpy(np.asarray(e.image)).permute(2, 0, 1) for e in fresh]
         pixels = torch.stack(arrays)
@@ -146,7 +155,7 @@ def main() -> None:
                                   warmup_steps=gp.warmup_steps, weight_decay=gp.weight_decay,
                                   grad_clip=gp.grad_clip, cond_dropout=gp.cond_dropout,
                                   ema_decay=gp.ema_decay, checkpoint_every=0,
-                                  train_text_encoder=True, precision="fp32",
+                                  train_text_encoder=True, precision=args.precision,
                                   seed=params.seed, snr_gamma=args.snr_gamma)  # fmt: skip
     start = time.perf_counter()
     if args.load:

@@ -214,3 +214,20 @@ def test_same_precision_gives_the_same_bytes_another_gives_other_bytes():
     assert all(torch.equal(fp32[n], p) for n, p in trained("fp32").items())
     bf16 = trained("bf16")
     assert not all(torch.equal(fp32[n], p) for n, p in bf16.items())
+
+
+def test_min_snr_weights_damp_only_the_low_noise_steps():
+    from recaption.models.generator_train import min_snr_weights
+
+    pipe = tiny_pipeline()
+    t = torch.arange(pipe.scheduler.config.num_train_timesteps)
+    weights = min_snr_weights(pipe, t, gamma=5.0)
+    alphas = pipe.scheduler.alphas_cumprod[t]
+    snr = alphas / (1 - alphas)
+    assert torch.all(weights[snr <= 5] == 1.0)  # noisy steps keep their weight
+    assert torch.all(weights[snr > 5] < 1.0) and weights[0] < 0.1  # easy ones are damped
+    images, captions = dataset()
+    trained = train_generator(tiny_pipeline(), images, lambda e: captions, config(steps=5))
+    weighted = train_generator(tiny_pipeline(), images, lambda e: captions,
+                               config(steps=5, snr_gamma=5.0))  # fmt: skip
+    assert trained["loss"] != weighted["loss"]  # the weighting reaches the training loss
