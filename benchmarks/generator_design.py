@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from recaption.metrics import facts, geneval, noise_guard
 from recaption.models import autoencoder as ae_lib
 from recaption.models import generator as gen_lib
 from recaption.models import oracle as oracle_lib
-from recaption.models.generator_train import GeneratorTrainConfig, train_generator
+from recaption.models.generator_train import Denoiser, GeneratorTrainConfig, train_generator
 from recaption.models.tokenizer import train_tokenizer
 from recaption.params import load_params
 from recaption.stages.ingest import world_config
@@ -41,6 +42,14 @@ from common import ROOT
 VARIANTS: dict[str, dict] = {
     "pixel": {"model": "tiny-unet-32.json", "vae": None},
     "latent": {"model": "tiny-unet-latent-8.json", "vae": "tiny-kl-f4.json"},
+    "pixel-attn16": {
+        "model": "tiny-unet-32.json",
+        "vae": None,
+        "unet": {
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        },
+    },
     "patch4": {"model": "tiny-unet-latent-8.json", "vae": None, "patch": 4},
     "patch2": {"model": "tiny-unet-latent-8.json", "vae": None, "patch": 2},
 }
@@ -91,6 +100,21 @@ def score(pipe, oracle, suite, phrasing: str, steps: int, guidance: float) -> di
     }
 
 
+def caption_gain(pipe, images: torch.Tensor, captions: list[str], n: int = 256) -> dict:
+    """The share of the denoising loss the caption removes, at fixed noise on the last `n`
+    training images, at t = 200, 500, 800: how much the model listens to the text."""
+    x = images[-n:].float() / 127.5 - 1
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    denoiser, gains = Denoiser(pipe), {}
+    with torch.no_grad():
+        for step in (200, 500, 800):
+            t = torch.full((len(x),), step)
+            with_caption = denoiser(x, t, noise, captions[-n:]).item()
+            without = denoiser(x, t, noise, [""] * len(x)).item()
+            gains[step] = round((without - with_caption) / without, 4)
+    return gains
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant")
@@ -106,6 +130,17 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=50, help="per category")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--freeze-text-encoder",
+        action="store_true",
+        help="keep the text encoder at its random initialisation",
+    )
+    parser.add_argument("--warmup", type=int, help="warm-up steps (default: the params')")
+    parser.add_argument(
+        "--caption-gain",
+        action="store_true",
+        help="measure the caption's share of the denoising, not the suite",
+    )
     parser.add_argument("--snr-gamma", type=float, default=0.0)
     parser.add_argument("--save", help="save the trained pipeline here")
     parser.add_argument("--load", help="score a saved pipeline instead of training one")
@@ -121,7 +156,7 @@ def main() -> None:
     oracle = oracle_lib.load(ROOT / paths.ORACLE)
     out: dict = {"variant": args.variant, "steps": args.steps, "batch_size": args.batch_size,
                  "snr_gamma": args.snr_gamma, "model": args.model,
-                 "precision": args.precision,
+                 "precision": args.precision, "frozen_text_encoder": args.freeze_text_encoder,
                  "lr": args.lr, "capability": torch.backends.cpu.get_cpu_capability(),
                  "threads": torch.get_num_threads(), "dataset_roughness": out_rough}  # fmt: skip
     vae, data = None, images
@@ -144,18 +179,22 @@ def main() -> None:
             return
         data = ae_lib.encode(vae, images) * vae.config.scaling_factor
     model = Path(args.model) if args.model else ROOT / "configs/generator" / variant["model"]
-    if variant.get("patch"):  # the same architecture on patches of pixels (space-to-depth)
-        spec = {**json.loads(model.read_text()), "patch_size": variant["patch"]}
-        model = Path(f"/tmp/{args.variant}.json")
+    if variant.get("patch") or variant.get("unet"):  # an edit of the architecture JSON
+        spec = json.loads(model.read_text())
+        spec["unet"].update(variant.get("unet", {}))
+        spec.update({"patch_size": variant["patch"]} if variant.get("patch") else {})
+        model = Path(tempfile.mkdtemp()) / f"{args.variant}.json"
         model.write_text(json.dumps(spec))
     tokenizer = train_tokenizer(captions, params.generator.vocab_size, wrap=True)
     pipe = gen_lib.create_builtin(model, tokenizer, images.shape[-1], params.seed, vae)
     gp = params.generator
     config = GeneratorTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                  warmup_steps=gp.warmup_steps, weight_decay=gp.weight_decay,
+                                  warmup_steps=args.warmup or gp.warmup_steps,
+                                  weight_decay=gp.weight_decay,
                                   grad_clip=gp.grad_clip, cond_dropout=gp.cond_dropout,
                                   ema_decay=gp.ema_decay, checkpoint_every=0,
-                                  train_text_encoder=True, precision=args.precision,
+                                  train_text_encoder=not args.freeze_text_encoder,
+                                  precision=args.precision,
                                   seed=params.seed, snr_gamma=args.snr_gamma)  # fmt: skip
     start = time.perf_counter()
     if args.load:
@@ -167,6 +206,9 @@ def main() -> None:
     if args.save:
         pipe.save_pretrained(args.save)
     out["unet_params"] = sum(p.numel() for p in pipe.unet.parameters())
+    if args.caption_gain:
+        print(json.dumps({**out, "caption_gain": caption_gain(pipe, images, captions)}))
+        return
     pipe.set_progress_bar_config(disable=True)
     suite = prompt_suite(params.prompts.seed, args.prompts)
     start = time.perf_counter()
