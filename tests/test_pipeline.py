@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,13 +130,16 @@ def test_sample_edit_makes_exactly_sample_and_what_is_below_it_stale(repo):
     # dvc status names the stage whose params changed; annotate is stale through its output.
     assert stale(repo) == {"sample"}
     # The CLIP trains on the subset's annotations, and embed probes the held-out split.
+    # The autoencoder trains on every image outside the held-out split too.
     assert would_run(repo) == {"sample", "annotate", "clip_pretrain", "embed", "embed_probe",
-                               "upsample", "upsample_captions", *CAPTIONER_AND_BELOW}  # fmt: skip
+                               "upsample", "upsample_captions", "train_autoencoder",
+                               "encode_latents", *CAPTIONER_AND_BELOW}  # fmt: skip
     run(["dvc", "repro", "--single-item", "sample"], repo)
     assert stale(repo) == {
         "annotate", "clip_pretrain", "embed_probe", "captioner_pretrain", "caption_report",
         "upsample",  # it trains on the subset's pairs
-        "train_generator",  # it trains on every image outside the held-out split
+        "train_autoencoder",  # it trains on every image outside the held-out split
+        "train_generator",  # so does it
         "evaluate",  # it draws held-out captions
     }  # fmt: skip
     # Back to the old size: sample writes its old bytes again, and so nothing is stale.
@@ -201,20 +205,28 @@ def test_a_typo_in_params_fails_before_any_work(repo):
     assert "sample.overlapp: unknown key; did you mean 'overlap'?" in proc.stderr
 
 
+def encoded(repo: Path, target: str, *flags: str) -> dict:
+    """Run `dvc repro [flags] target`; what encode_latents logged it encoded and reused."""
+    proc = run(["dvc", "repro", *flags, target], repo, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    found = re.findall(r"encode_latents: (\{.*\})", proc.stdout + proc.stderr)
+    assert len(found) == 1, proc.stdout + proc.stderr
+    return json.loads(found[0])
+
+
 def test_latents_are_reused_and_a_new_autoencoder_reencodes(tiny_repro, tmp_path):
     repo = finished_copy(tiny_repro, tmp_path / "run")
-    first = json.loads((repo / "reports/latents.json").read_text())
-    n = first["images"]
-    assert n > 0 and (first["encoded"], first["reused"]) == (n, 0)
+    report = (repo / "reports/latents.json").read_bytes()
+    n = json.loads(report)["images"]
     shards = {p.name: p.read_bytes() for p in (repo / "data/latents").iterdir()}
-    run(["dvc", "repro", "-f", "encode_latents"], repo)
-    again = json.loads((repo / "reports/latents.json").read_text())
+    assert n > 0 and shards
+    again = encoded(repo, "encode_latents", "-f")
     assert (again["encoded"], again["reused"]) == (0, n)
     assert {p.name: p.read_bytes() for p in (repo / "data/latents").iterdir()} == shards
+    assert (repo / "reports/latents.json").read_bytes() == report  # the output, not the run
     write_params(repo, autoencoder={"steps": 4})
     assert {"train_autoencoder", "encode_latents", "train_generator"} <= would_run(repo)
-    run(["dvc", "repro", "encode_latents"], repo)
-    other = json.loads((repo / "reports/latents.json").read_text())
+    other = encoded(repo, "encode_latents")
     assert (other["encoded"], other["reused"]) == (n, 0)
 
 

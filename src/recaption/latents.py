@@ -11,6 +11,7 @@ only the rest: adding images to the dataset encodes only the new ones.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -123,7 +124,7 @@ def update(
     bar.close()
     for stale in sorted(out_dir.glob(io.SHARD_GLOB))[len(shards) :]:
         stale.unlink()
-    log.info("encode_latents: %s", result.to_dict())
+    log.info("encode_latents: %s", json.dumps(result.to_dict()))
     return result
 
 

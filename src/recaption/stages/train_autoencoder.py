@@ -136,17 +136,24 @@ def main(params_path: Path = paths.PARAMS) -> dict:
 
 
 def encode_main(params_path: Path = paths.PARAMS) -> dict:
-    """encode_latents: data/latents/ for every dataset image (empty without an autoencoder)."""
+    """encode_latents: data/latents/ for every dataset image (empty without an autoencoder).
+
+    The report describes the output, not this run: how many latents were encoded or
+    reused depends on what an earlier (perhaps killed) run left, so that goes to the log.
+    """
     params = load_params(params_path)
+    result = latents.CacheResult()
     if not is_trained():
         paths.LATENTS.mkdir(parents=True, exist_ok=True)
         for stale in paths.LATENTS.glob(io.SHARD_GLOB):
             stale.unlink()
-        report = latents.CacheResult().to_dict()
+        report = {"images": 0, "shards": 0, "autoencoder": None}
     else:
         vae = ae_lib.load(paths.AUTOENCODER)
-        report = latents.update(
+        result = latents.update(
             vae, fingerprint(), paths.DATASET, paths.LATENTS, params.data.image_size
-        ).to_dict()
+        )
+        report = {"images": result.images, "shards": len(io.shard_paths(paths.LATENTS)),
+                  "autoencoder": latents.cache_fingerprint(fingerprint())}  # fmt: skip
     io.write_json(paths.LATENTS_REPORT, report)
-    return report
+    return {**report, **result.to_dict()}
