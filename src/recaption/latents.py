@@ -105,11 +105,10 @@ def update(
         if old.rows.get(target) == (keys, shas):
             result.reused += len(keys)
             continue
-        todo = sorted({k for k, s in zip(keys, shas, strict=True) if s not in old.by_sha})
         fresh: dict[str, np.ndarray] = {}
-        if todo:
-            rows = datasets.load_rows(shard.parent, ["sha256", "image"], set(todo))
-            rows = [r for r in rows if r["sha256"] not in old.by_sha]
+        if any(s not in old.by_sha for s in shas):  # read this shard's images, only it
+            rows = pq.read_table(shard, columns=["sha256", "image"]).to_pylist()
+            rows = list({r["sha256"]: r for r in rows if r["sha256"] not in old.by_sha}.values())
             for start in range(0, len(rows), batch_size):
                 part = rows[start : start + batch_size]
                 images = datasets.images_tensor([r["image"] for r in part], image_size)
