@@ -52,6 +52,19 @@ VARIANTS: dict[str, dict] = {
     },
     "patch4": {"model": "tiny-unet-latent-8.json", "vae": None, "patch": 4},
     "patch2": {"model": "tiny-unet-latent-8.json", "vae": None, "patch": 2},
+    "pixel-coords": {"model": "tiny-unet-32.json", "vae": None, "coords": True},
+    "patch2-small": {"model": "tiny-unet-32.json", "vae": None, "patch": 2},
+    "pixel-v": {"model": "tiny-unet-32.json", "vae": None, "prediction": "v_prediction"},
+    "patch2-coords": {"model": "tiny-unet-latent-8.json", "vae": None, "patch": 2, "coords": True},
+    "pixel-coords-attn16": {
+        "model": "tiny-unet-32.json",
+        "vae": None,
+        "coords": True,
+        "unet": {
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        },
+    },
 }
 
 
@@ -179,10 +192,12 @@ def main() -> None:
             return
         data = ae_lib.encode(vae, images) * vae.config.scaling_factor
     model = Path(args.model) if args.model else ROOT / "configs/generator" / variant["model"]
-    if variant.get("patch") or variant.get("unet"):  # an edit of the architecture JSON
+    if {"patch", "unet", "coords", "prediction"} & set(variant):  # an edited JSON
         spec = json.loads(model.read_text())
+        spec["scheduler"]["prediction_type"] = variant.get("prediction", "epsilon")
         spec["unet"].update(variant.get("unet", {}))
         spec.update({"patch_size": variant["patch"]} if variant.get("patch") else {})
+        spec.update({"coord_channels": True} if variant.get("coords") else {})
         model = Path(tempfile.mkdtemp()) / f"{args.variant}.json"
         model.write_text(json.dumps(spec))
     tokenizer = train_tokenizer(captions, params.generator.vocab_size, wrap=True)

@@ -36,12 +36,32 @@ class GeneratorPipeline(DiffusionPipeline):
 
     _optional_components = ["vae"]
 
-    def __init__(self, unet, scheduler, text_encoder, tokenizer, vae=None, patch_size: int = 1):
+    def __init__(
+        self, unet, scheduler, text_encoder, tokenizer, vae=None, patch_size: int = 1,
+        coord_channels: bool = False,
+    ):  # fmt: skip
         super().__init__()
         self.register_modules(
             unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae
         )
-        self.register_to_config(patch_size=patch_size)
+        self.register_to_config(patch_size=patch_size, coord_channels=coord_channels)
+
+    @property
+    def coord_channels(self) -> bool:
+        """Whether the UNet sees two extra input channels holding each position's (y, x)
+        in [-1, 1]. A convolution cannot tell where it is, nor can the cross-attention
+        queries it feeds; with the coordinates "at the top left" can find the top left."""
+        return bool(self.config.get("coord_channels", False))
+
+    def unet_input(self, sample: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) model-space sample -> the UNet's input (coordinates appended)."""
+        if not self.coord_channels:
+            return sample
+        b, _, h, w = sample.shape
+        ys = torch.linspace(-1, 1, h, device=sample.device, dtype=sample.dtype)
+        xs = torch.linspace(-1, 1, w, device=sample.device, dtype=sample.dtype)
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))  # (2, h, w)
+        return torch.cat([sample, grid.expand(b, -1, -1, -1)], dim=1)
 
     @property
     def patch_size(self) -> int:
@@ -111,14 +131,17 @@ class GeneratorPipeline(DiffusionPipeline):
         width = max(cond.shape[1], uncond.shape[1])
         states = torch.cat([_pad_to(uncond, width), _pad_to(cond, width)])  # (2B, T, d)
         size = self.unet.config.sample_size
-        shape = (len(prompts), self.unet.config.in_channels, size, size)
-        latents = _initial_noise(shape, seed).to(self.unet.device)
+        shape = (len(prompts), self.unet.config.out_channels, size, size)
+        # Schedulers of the Euler / DPM kind start from wider noise and scale the UNet's
+        # input; for DDIM both are the identity.
+        latents = _initial_noise(shape, seed).to(self.unet.device) * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps)
         for t in self.progress_bar(self.scheduler.timesteps):
-            eps = self.unet(torch.cat([latents, latents]), t, encoder_hidden_states=states).sample
-            eps_uncond, eps_cond = eps.chunk(2)
-            eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-            latents = self.scheduler.step(eps, t, latents).prev_sample
+            doubled = self.scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            out = self.unet(self.unet_input(doubled), t, encoder_hidden_states=states).sample
+            out_uncond, out_cond = out.chunk(2)  # noise, velocity or sample, as trained
+            guided = out_uncond + guidance_scale * (out_cond - out_uncond)
+            latents = self.scheduler.step(guided, t, latents).prev_sample
         pixels = self.to_images(latents).clamp(-1, 1)
         array = ((pixels + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(a) for a in array]
@@ -151,8 +174,9 @@ def create_builtin(
     vae: AutoencoderKL | None = None,
 ) -> GeneratorPipeline:
     """A fresh pipeline from an architecture JSON (unet, text_encoder, scheduler; optional
-    patch_size): in pixel space, in patches of patch_size^2 pixels (space-to-depth), or,
-    given a trained `vae`, in its latent space (which takes the place of patches)."""
+    patch_size and coord_channels): in pixel space, in patches of patch_size^2 pixels
+    (space-to-depth), or, given a trained `vae`, in its latent space (which takes the place
+    of patches); with coord_channels the UNet also reads each position's coordinates."""
     path = Path(config_path)
     if not path.is_file():
         raise GeneratorError(f"generator.model: {config_path} does not exist")
@@ -174,15 +198,16 @@ def create_builtin(
         raise GeneratorError(
             f"image size {image_size} is not a multiple of the model space's factor {factor}"
         )
+    coords = bool(config.get("coord_channels", False))
     unet = UNet2DConditionModel(
         **config["unet"],
         sample_size=image_size // factor,
-        in_channels=channels,
+        in_channels=channels + 2 * coords,
         out_channels=channels,
         cross_attention_dim=text_encoder.config.hidden_size,
     )
     scheduler = DDIMScheduler(**config["scheduler"])
-    return GeneratorPipeline(unet, scheduler, text_encoder, tokenizer, vae, patch)
+    return GeneratorPipeline(unet, scheduler, text_encoder, tokenizer, vae, patch, coords)
 
 
 def load(folder: str | Path) -> GeneratorPipeline:

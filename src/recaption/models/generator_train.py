@@ -109,19 +109,39 @@ class Denoiser(torch.nn.Module):
         pipe = self._pipe[0]
         noisy = pipe.scheduler.add_noise(x0, noise, t)
         states = pipe.encode_prompts(captions)
-        pred = self.unet(noisy, t, encoder_hidden_states=states).sample
+        pred = self.unet(pipe.unet_input(noisy), t, encoder_hidden_states=states).sample
+        target = training_target(pipe, x0, noise, t)
         if not self.snr_gamma:
-            return F.mse_loss(pred.float(), noise)
-        per_sample = (pred.float() - noise).pow(2).flatten(1).mean(1)
+            return F.mse_loss(pred.float(), target)
+        per_sample = (pred.float() - target).pow(2).flatten(1).mean(1)
         return (per_sample * min_snr_weights(pipe, t, self.snr_gamma)).mean()
 
 
+def training_target(
+    pipe: GeneratorPipeline, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """What the UNet learns to predict, as its scheduler's `prediction_type` says: the
+    noise ("epsilon"), the velocity sqrt(a) * noise - sqrt(1 - a) * x0 ("v_prediction",
+    Stable Diffusion 2.x) or the clean sample ("sample")."""
+    kind = pipe.scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return pipe.scheduler.get_velocity(x0, noise, t).float()
+    if kind == "sample":
+        return x0.float()
+    raise ValueError(f"unknown prediction_type {kind!r}")
+
+
 def min_snr_weights(pipe: GeneratorPipeline, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights of timesteps `t` (Hang et al. 2023), for a noise target:
-    min(SNR, gamma) / SNR, so the low-noise steps, which are easy, do not dominate."""
+    """Min-SNR-gamma loss weights of timesteps `t` (Hang et al. 2023): min(SNR, gamma)
+    over SNR for a noise target, over SNR + 1 for a velocity and 1 (clamped) for the clean
+    sample, so the low-noise steps, which are easy, do not dominate."""
     alphas = pipe.scheduler.alphas_cumprod.to(t.device)[t].float()
     snr = alphas / (1 - alphas)
-    return torch.clamp(snr, max=gamma) / snr
+    clamped = torch.clamp(snr, max=gamma)
+    kind = pipe.scheduler.config.prediction_type
+    return clamped / {"epsilon": snr, "v_prediction": snr + 1, "sample": 1}[kind]
 
 
 def draw_noise(
