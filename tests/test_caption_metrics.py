@@ -199,10 +199,17 @@ def test_cider_d_known_answer_with_length_penalty():
 
 
 def test_cider_d_clips_repeated_ngrams():
-    refs = [["a red circle"], ["a blue square"]]
-    honest = cider_d(["a red circle", "a blue square"], refs)
-    padded = cider_d(["a red red red circle", "a blue square"], refs)
-    assert padded < honest
+    # Refs "a b c d" and "e f g h": every weight is a count times log 2 (as above). Image 1's
+    # candidate says its reference twice, "a b c d a b c d"; its reference n-grams have
+    # count 2, clipped to the reference's 1 in the dot product (not in the norm), and
+    # the joins ("d a", ...) are unseen:
+    #   n=1: 4 / (4 * 2);  n=2: 3 / (sqrt13 * sqrt3);  n=3: 2 / (sqrt10 * sqrt2);
+    #   n=4: 1 / (sqrt7 * 1);  times exp(-(8 - 4)^2 / (2 * 36)).
+    # Unclipped, every dot product doubles and so would the score of image 1.
+    cos = [4 / 8, 3 / math.sqrt(39), 2 / math.sqrt(20), 1 / math.sqrt(7)]
+    first = 10 * sum(cos) / 4 * math.exp(-16 / 72)
+    score = cider_d(["a b c d a b c d", "e f g h"], [["a b c d"], ["e f g h"]])
+    assert score == pytest.approx((first + 10.0) / 2, rel=1e-12)
 
 
 def test_cider_d_needs_two_images():

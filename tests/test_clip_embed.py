@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from recaption import embed, paths
+from recaption.datasets import load_rows
 from recaption.models import clip as clip_lib
 from recaption.models.clip_train import ClipTrainConfig, train_clip
 from recaption.params import load_params
@@ -47,7 +48,8 @@ def test_training_lowers_the_contrastive_loss(arch):
     images = torch.randint(0, 256, (32, 3, 16, 16), generator=gen, dtype=torch.uint8)
     captions = [[f"image number {i}"] for i in range(32)]
     losses = []
-    config = ClipTrainConfig(steps=40, batch_size=32, lr=2e-3, warmup_steps=5, eval_every=100)
+    config = ClipTrainConfig(steps=40, batch_size=32, lr=2e-3, warmup_steps=5, weight_decay=0.1,
+                             grad_clip=1.0, eval_every=100, seed=0, precision="fp32")  # fmt: skip
     train_clip(clip, images, captions, config, log=lambda step, m: losses.append(m["loss"]))
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])  # from ln(32) = 3.47 at chance
 
@@ -155,9 +157,47 @@ def test_probe_reports_each_attribute(project, arch):
     clip_pretrain.main()
     embed_stage.main()
     report = embed_probe.main()
+    assert report["grid_dim"] > 0  # "probe" reads the grid cells too, the other does not
     for name in ("probe", "probe_pooled_only"):
         assert set(report[name]) == {"colour", "shape", "position", "background"}
-        assert all(0.0 <= v <= 1.0 for v in report[name].values())
+
+
+def label_features(keys: list[str]) -> np.ndarray:
+    """(N, F) one-hot of each image's main colour, shape and position and its background,
+    read from the dataset's scenes (not through the probe's own labelling)."""
+    scenes = {r["key"]: json.loads(r["meta"])["scene"] for r in load_rows(paths.DATASET, ["meta"])}
+    mains = [scenes[k]["objects"][scenes[k]["main"]] for k in keys]
+    columns = [[m["colour"] for m in mains], [m["shape"] for m in mains],
+               [m["position"] for m in mains], [scenes[k]["background"] for k in keys]]  # fmt: skip
+    onehots = []
+    for values in columns:
+        names = sorted(set(values))
+        onehots.append(np.eye(len(names), dtype=np.float32)[[names.index(v) for v in values]])
+    return np.concatenate(onehots, axis=1)
+
+
+def test_probe_reads_what_the_features_carry_and_nothing_from_shuffled_ones(project, monkeypatch):
+    project.write_params(
+        data={"synthetic": {"num_images": 400}},
+        sample={"heldout_size": 100},
+        embed={"probe_train_size": 300},
+    )
+    prepare(project)
+    keys = [r["key"] for r in load_rows(paths.DATASET, [])]
+    carrying = label_features(keys)
+    # Unrelated features: the carrying ones shuffled across images, and enough noise for a
+    # probe to fit its 300 training images perfectly; only held-out scores stay at chance.
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((len(keys), 400)).astype(np.float32)
+    shuffled = np.concatenate([carrying[rng.permutation(len(keys))], noise], axis=1)
+    reports = {}
+    for name, vectors in (("carrying", carrying), ("shuffled", shuffled)):
+        fake = embed.Embeddings(keys, [""] * len(keys), "fake", vectors)
+        monkeypatch.setattr(embed, "read_dir", lambda folder, fake=fake: fake)
+        reports[name] = embed_probe.main()["probe"]
+    assert reports["carrying"] == dict.fromkeys(reports["carrying"], 1.0)
+    # At chance: 6 to 9 values each, so about 0.1 to 0.2 on 100 held-out images.
+    assert all(acc < 0.4 for acc in reports["shuffled"].values()), reports["shuffled"]
 
 
 def test_prompt_embeddings_cover_both_phrasings(project, arch):

@@ -93,7 +93,7 @@ def test_every_variant_sets_only_blend_params_and_is_a_valid_choice():
 
 def test_the_reference_variant_is_planned_validated_and_read_as_the_upper_bound():
     assert "reference-95" not in list(COMPARE_VARIANTS)[:7]  # not one of the study's
-    params = params_with(variants=["descriptive-95", "reference-95"], seeds=2)
+    params = params_with(variants=["descriptive-95", "reference-95"], seeds=2, overrides={})
     exps = compare.plan(params)
     ref = [e for e in exps if e.variant == "reference-95"]
     assert ref[0].params == {"blend.synthetic_source": "reference",

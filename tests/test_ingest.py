@@ -1,6 +1,7 @@
 """The ingest stage end to end, in-process: rejects with reasons, ordering, determinism."""
 
 import json
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -67,7 +68,7 @@ def test_every_reject_reason_from_real_broken_files(project):
         "empty": "empty_file",
         "text": "not_image",
         "cut": "truncated",
-        "broken": by_key["broken"],
+        "broken": "corrupt",
         "bomb": "too_large",
         "nocap": "missing_caption",
         "twin": "duplicate_image",
@@ -76,12 +77,11 @@ def test_every_reject_reason_from_real_broken_files(project):
         "gone": "missing_file",
         "good05": "duplicate_key",
     }
-    assert by_key["broken"] in ("corrupt", "truncated")
     assert result.accepted == 20
     report = json.loads(paths.INGEST_REPORT.read_text())
     assert report["images_seen"] == 31 and report["images_rejected"] == 11
-    assert set(report["rejects_by_reason"]) == set(REJECT_REASONS)
-    assert sum(report["rejects_by_reason"].values()) == 11
+    counts = Counter(by_key.values())
+    assert report["rejects_by_reason"] == {reason: counts[reason] for reason in REJECT_REASONS}
     table = io.read_columns(paths.DATASET, ["key", "width", "height", "caption"])
     assert table.column("key").to_pylist() == [f"good{i:02d}" for i in range(20)]
     assert set(table.column("width").to_pylist()) == {16}

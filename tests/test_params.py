@@ -1,10 +1,11 @@
 import re
+from functools import reduce
 from pathlib import Path
 
 import pytest
 import yaml
 
-from recaption.params import Params, ParamsError, load_params, parse_params
+from recaption.params import Params, ParamsError, Section, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,3 +138,56 @@ def test_blend_synthetic_source_defaults_to_the_captioner_and_names_its_choices(
     message = str(err.value)
     assert "blend.synthetic_source = 'oracle'" in message
     assert "'captioner'" in message and "'reference'" in message
+
+
+def differences(models: dict, file: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested mappings, or that one lacks."""
+    out = []
+    for key in sorted(models.keys() | file.keys(), key=str):
+        dotted = f"{prefix}{key}"
+        if key not in file:
+            out.append(f"{dotted}: only in the models ({models[key]!r})")
+        elif key not in models:
+            out.append(f"{dotted}: only in params.yaml ({file[key]!r})")
+        elif isinstance(models[key], dict) and isinstance(file[key], dict):
+            out += differences(models[key], file[key], f"{dotted}.")
+        elif models[key] != file[key]:
+            out.append(f"{dotted}: models {models[key]!r}, params.yaml {file[key]!r}")
+    return out
+
+
+def test_the_models_defaults_are_the_values_of_params_yaml():
+    """params.yaml restates every default: the typed models must agree with it, key by key."""
+    defaults = Params().model_dump()
+    for stage in ("pretrain", "stage1", "stage2"):
+        # params.yaml gives each stage `steps`; `epochs`, the alternative, is unset
+        assert defaults["captioner"][stage].pop("epochs") is None
+    file = yaml.safe_load((ROOT / "params.yaml").read_text())
+    diffs = differences(defaults, file)
+    assert not diffs, "the models' defaults and params.yaml differ at:\n" + "\n".join(diffs)
+
+
+def test_the_defaults_comparison_names_every_differing_key():
+    models = {"a": {"b": 1, "c": 2}, "d": 3}
+    file = {"a": {"b": 1, "c": 5}, "e": 4}
+    assert differences(models, file) == [
+        "a.c: models 2, params.yaml 5",
+        "d: only in the models (3)",
+        "e: only in params.yaml (4)",
+    ]
+
+
+def sections(model: type[Section] = Params, prefix: tuple = ()) -> list[tuple]:
+    """The dotted path of every nested params section, e.g. ("captioner", "stage1")."""
+    out = []
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+            out += [(*prefix, name), *sections(field.annotation, (*prefix, name))]
+    return out
+
+
+@pytest.mark.parametrize("path", sections(), ids=".".join)
+def test_a_section_given_empty_keeps_every_default(path):
+    """`stage1: {}` (or one given in part) must not fall back to another section's defaults."""
+    raw = reduce(lambda inner, name: {name: inner}, reversed(path), {})
+    assert parse_params(raw) == Params()

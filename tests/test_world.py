@@ -167,6 +167,20 @@ def test_main_object_centre_pixel_has_its_colour():
     assert shapes_seen == set(SHAPES)
 
 
+@pytest.mark.parametrize("position", list(POSITIONS))
+def test_an_object_is_drawn_in_the_cell_its_position_names(position):
+    # The cell is read off the name's words, not the world's table, for all 9 cells.
+    row = 0 if "top" in position else 2 if "bottom" in position else 1
+    col = 0 if "left" in position else 2 if "right" in position else 1
+    scene = Scene("white", (SceneObject("square", "red", "large", position),), 0)
+    pixels = np.asarray(render(scene, 48), dtype=int)  # (48, 48, 3)
+    for r in range(3):
+        for c in range(3):
+            centre = pixels[r * 16 + 8, c * 16 + 8]
+            expected = COLOURS["red"] if (r, c) == (row, col) else (255, 255, 255)
+            assert np.abs(centre - np.array(expected)).max() <= 8, (position, (r, c), centre)
+
+
 def test_render_is_deterministic_and_every_background_differs():
     obj = (SceneObject("star", "green", "large", "center"),)
     images = [render(Scene(bg, obj, 0), 32).tobytes() for bg in BACKGROUNDS]

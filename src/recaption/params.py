@@ -108,7 +108,7 @@ class DataParams(Section):
     columns: Columns = Columns()
     image_size: int = Field(32, ge=8, le=4096)
     resize: Literal["center_crop", "none"] = "center_crop"
-    shard_size: int = Field(2500, ge=1, le=1_000_000)
+    shard_size: int = Field(2000, ge=1, le=1_000_000)
     max_reject_fraction: float = Field(0.05, ge=0, le=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_caption_chars: int = Field(4000, ge=1)
@@ -189,20 +189,24 @@ class EmbedParams(Section):
 
 
 class CaptionerStageParams(Section):
-    """One captioner training stage (pretrain, stage1 or stage2): same loop, own knobs."""
+    """One captioner training stage (pretrain, stage1 or stage2): same loop, own knobs.
+
+    The knobs whose default differs between stages have none here: each stage's comes
+    from `_STAGE_DEFAULTS`, so there is one place for it.
+    """
 
     enabled: bool = True  # False: the stage passes its starting weights on untrained
     steps: int | None = Field(None, ge=0)  # give steps or epochs, not both
     epochs: float | None = Field(None, gt=0)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0, le=1)
-    warmup_steps: int = Field(50, ge=0)
+    warmup_steps: int = Field(ge=0)
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     train_lm: bool = True  # False: only the mapping network learns
-    eval_every: int = Field(100, ge=1)
+    eval_every: int = Field(ge=1)
     patience: int = Field(3, ge=1)  # evaluations without a better val loss before stopping
-    max_tokens: int = Field(64, ge=2)  # caption tokens kept, EOS included
+    max_tokens: int = Field(ge=2)  # caption tokens kept, EOS included
     precision: Precision = "auto"
 
     @model_validator(mode="after")
@@ -223,8 +227,8 @@ class CaptionerStageParams(Section):
 def _with_defaults(data: Any, defaults: dict[str, dict[str, Any]]) -> Any:
     """Fill a section's sub-sections given in part with *their* defaults, not the class's.
 
-    The three captioner stages share one class but not every default (steps,
-    max_tokens); a stage written as `stage2: {lr: 0.002}` keeps stage 2's own.
+    The three captioner stages share one class but not every default (steps, warm-up,
+    eval_every, max_tokens); a stage written as `stage2: {lr: 0.002}` keeps stage 2's own.
     """
     if not isinstance(data, dict):
         return data
@@ -238,9 +242,9 @@ def _with_defaults(data: Any, defaults: dict[str, dict[str, Any]]) -> Any:
 
 
 _STAGE_DEFAULTS = {
-    "pretrain": {"steps": 600, "max_tokens": 32},
-    "stage1": {"steps": 200, "max_tokens": 24},
-    "stage2": {"steps": 400, "max_tokens": 80},
+    "pretrain": {"steps": 600, "warmup_steps": 50, "eval_every": 100, "max_tokens": 32},
+    "stage1": {"steps": 200, "warmup_steps": 20, "eval_every": 50, "max_tokens": 24},
+    "stage2": {"steps": 400, "warmup_steps": 20, "eval_every": 100, "max_tokens": 80},
 }
 
 
@@ -263,10 +267,10 @@ class CaptionerParams(Section):
 
 
 class DecodingParams(Section):
-    """How one kind of caption is decoded."""
+    """How one kind of caption is decoded (`max_new_tokens`' default is each use's own)."""
 
     strategy: Literal["greedy", "beam", "sample"] = "greedy"
-    max_new_tokens: int = Field(32, ge=1, le=1024)
+    max_new_tokens: int = Field(ge=1, le=1024)
     num_beams: int = Field(3, ge=1, le=64)  # beam
     top_p: float = Field(0.9, gt=0, le=1)  # sample
     temperature: float = Field(1.0, gt=0)  # sample
@@ -291,6 +295,9 @@ class RecaptionParams(Section):
         return _with_defaults(data, _DECODING_DEFAULTS)
 
 
+_UPSAMPLE_DEFAULTS = {"decoding": {"max_new_tokens": 80}}
+
+
 class UpsampleParams(Section):
     """upsample: a language model that rewrites short text as descriptive captions."""
 
@@ -307,13 +314,18 @@ class UpsampleParams(Section):
     max_source_tokens: int = Field(40, ge=1)  # the text to rewrite, truncated
     max_tokens: int = Field(80, ge=2)  # the rewrite, in training
     precision: Precision = "auto"
-    decoding: DecodingParams = DecodingParams(max_new_tokens=80)
+    decoding: DecodingParams = DecodingParams(**_UPSAMPLE_DEFAULTS["decoding"])
     generate_batch_size: int = Field(128, ge=1)
     heldout_prompts: int = Field(300, ge=0)  # held-out short captions the faithfulness uses
     # Synthetic world, built-in LM: also train on this many suite-style prompts per subset
     # scene ("a photo of two red circles") -> its descriptive caption. Ignored for real data.
     prompts_per_scene: int = Field(3, ge=0)
     chunk_size: int = Field(2000, ge=1)  # upsample_captions: captions per resumable unit
+
+    @model_validator(mode="before")
+    @classmethod
+    def _decoding_defaults(cls, data: Any) -> Any:
+        return _with_defaults(data, _UPSAMPLE_DEFAULTS)
 
 
 class BlendParams(Section):
@@ -450,8 +462,14 @@ class CompareParams(Section):
 
     variants: list[CompareVariant] = STUDY_VARIANTS  # type: ignore[assignment]
     seeds: int = Field(3, ge=1)  # generator seeds per variant (generator.seed 0 .. seeds-1)
-    # Dotted params every experiment of the sweep also sets (e.g. a lighter generator).
-    overrides: dict[str, bool | int | float | str | None] = {}
+    # Dotted params every experiment of the sweep also sets: by default a lighter generator
+    # and evaluation, so the 21 experiments fit in about two hours on 2 CPU cores.
+    overrides: dict[str, bool | int | float | str | None] = {
+        "generator.steps": 400,
+        "generator.checkpoint_every": 0,
+        "evaluate.images_per_prompt": 1,
+        "evaluate.steps": 10,
+    }
 
     @model_validator(mode="after")
     def _distinct(self) -> CompareParams:

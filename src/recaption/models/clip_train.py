@@ -23,15 +23,17 @@ from recaption.parallel import Parallel
 
 @dataclass(frozen=True)
 class ClipTrainConfig:
-    steps: int = 1500
-    batch_size: int = 256
-    lr: float = 5e-4
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    eval_every: int = 250
-    seed: int = 0
-    precision: str = "fp32"  # resolved: fp32 | bf16 | fp16 (recaption.precision)
+    # No defaults: the stages pass every field from their params (clip.train,
+    # evaluate.clip), the one place the numbers live.
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    weight_decay: float
+    grad_clip: float
+    eval_every: int
+    seed: int
+    precision: str  # resolved: fp32 | bf16 | fp16 (recaption.precision)
 
 
 def lr_at(step: int, config: ClipTrainConfig) -> float:
