@@ -54,8 +54,12 @@ VARIANTS: dict[str, dict] = {
     "patch2": {"model": "tiny-unet-latent-8.json", "vae": None, "patch": 2},
     "pixel-coords": {"model": "tiny-unet-32.json", "vae": None, "coords": True},
     "patch2-small": {"model": "tiny-unet-32.json", "vae": None, "patch": 2},
-    "patch2-v": {"model": "tiny-unet-32.json", "vae": None, "patch": 2,
-                 "prediction": "v_prediction"},
+    "patch2-v": {
+        "model": "tiny-unet-32.json",
+        "vae": None,
+        "patch": 2,
+        "prediction": "v_prediction",
+    },
     "pixel-v": {"model": "tiny-unet-32.json", "vae": None, "prediction": "v_prediction"},
     "patch2-coords": {"model": "tiny-unet-latent-8.json", "vae": None, "patch": 2, "coords": True},
     "pixel-coords-attn16": {
