@@ -198,7 +198,7 @@ def main() -> None:
             return
         data = ae_lib.encode(vae, images) * vae.config.scaling_factor
     model = Path(args.model) if args.model else ROOT / "configs/generator" / variant["model"]
-    if {"patch", "unet", "coords", "prediction"} & set(variant):  # an edited JSON
+    if not args.model:  # the variant's edit of its JSON; the noise target unless it says
         spec = json.loads(model.read_text())
         spec["scheduler"]["prediction_type"] = variant.get("prediction", "epsilon")
         spec["unet"].update(variant.get("unet", {}))
