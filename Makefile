@@ -9,7 +9,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help setup repro compare ladder test lint format clean
+.PHONY: help setup repro compare ladder test test-all lint format clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -31,7 +31,10 @@ compare: ## Compare caption variants as DVC experiments: reports/compare.md (hou
 ladder: ## A perfect captioner, ours, none and chance at the default budget: reports/ladder.md (two full trainings; commit first)
 	$(BIN)/recap ladder
 
-test: ## Run the test suite (offline; includes the slow end-to-end tests)
+test: ## The fast loop: every test but the slow end-to-end ones (offline, minutes)
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -m "not slow"
+
+test-all: ## Every test, the slow end-to-end ones too (dvc repro in temporary repos; what CI runs)
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
 
 lint: ## Check style with ruff
