@@ -45,7 +45,7 @@ format: ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-clean: ## Remove pipeline outputs and caches (keeps .venv and the DVC cache)
-	rm -rf data/dataset data/rejects.parquet data/prompts data/subset data/annotations
-	rm -rf .pytest_cache .ruff_cache dvclive
+clean: ## Remove every output dvc.yaml declares and the resumable work (keeps inputs, .venv, the DVC cache)
+	$(BIN)/recap clean
+	rm -rf .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

@@ -343,6 +343,18 @@ def convert_checkpoint(
     _run(run, paths.PARAMS)
 
 
+@app.command("clean")
+def clean_command(
+    dry_run: bool = typer.Option(False, "--dry-run", help="list what would go, remove nothing"),
+) -> None:
+    """Remove every output dvc.yaml declares and the resumable work (make clean)."""
+    from recaption import clean
+
+    for path in clean.clean(Path.cwd(), dry_run):
+        typer.echo(f"{'would remove' if dry_run else 'removed'} {path.relative_to(Path.cwd())}")
+    typer.echo(f"kept: {', '.join(clean.KEPT)} (dvc checkout restores committed outputs)")
+
+
 @app.command("check-params")
 def check_params(params: Path = ParamsOption) -> None:
     """Validate params.yaml and print it with every default filled in."""
