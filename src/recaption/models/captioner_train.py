@@ -17,20 +17,14 @@ from tqdm import tqdm
 
 from recaption import precision
 from recaption.models.captioner import Captioner
-from recaption.models.schedule import warmup_cosine
+from recaption.models.schedule import OptimConfig, warmup_cosine
 from recaption.parallel import Parallel
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class CaptionTrainConfig:
-    steps: int
-    batch_size: int
-    lr: float
-    warmup_steps: int
-    weight_decay: float
-    grad_clip: float
+class CaptionTrainConfig(OptimConfig):
     train_lm: bool  # False: only the mapper learns (the LM's own weights stay frozen)
     eval_every: int
     patience: int  # evaluations without improvement before stopping

@@ -7,7 +7,6 @@ and one of each image's captions at random, all from one seeded generator.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,31 +17,18 @@ from tqdm import tqdm
 
 from recaption import precision
 from recaption.models.clip import Clip
+from recaption.models.schedule import OptimConfig, warmup_cosine
 from recaption.parallel import Parallel
 
 
 @dataclass(frozen=True)
-class ClipTrainConfig:
+class ClipTrainConfig(OptimConfig):
     # No defaults: the stages pass every field from their params (clip.train,
-    # evaluate.clip), the one place the numbers live.
-    steps: int
-    batch_size: int
-    lr: float
-    warmup_steps: int
-    weight_decay: float
-    grad_clip: float
+    # evaluate.clip), the one place the numbers live. Warm-up matters here: contrastive
+    # training from scratch collapses without it.
     eval_every: int
     seed: int
     precision: str  # resolved: fp32 | bf16 | fp16 (recaption.precision)
-
-
-def lr_at(step: int, config: ClipTrainConfig) -> float:
-    """Linear warm-up then cosine decay to zero (contrastive training from scratch
-    collapses without the warm-up)."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return 0.5 * config.lr * (1 + math.cos(math.pi * progress))
 
 
 @torch.inference_mode()
@@ -108,7 +94,7 @@ def train_clip(
             captions[i][p % len(captions[i])] for i, p in zip(idx.tolist(), picks, strict=True)
         ]
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, config)
+            group["lr"] = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
         model.train()
         mine = par.share(range(batch_size), "clip batch_size")
         pixels = clip.normalise(images[idx[mine]].to(par.device))

@@ -22,20 +22,14 @@ from tqdm import tqdm
 
 from recaption import io, precision
 from recaption.models.generator import GeneratorPipeline
-from recaption.models.schedule import warmup_cosine
+from recaption.models.schedule import OptimConfig, warmup_cosine
 from recaption.parallel import Parallel
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class GeneratorTrainConfig:
-    steps: int
-    batch_size: int
-    lr: float
-    warmup_steps: int
-    weight_decay: float
-    grad_clip: float
+class GeneratorTrainConfig(OptimConfig):
     cond_dropout: float  # share of captions replaced by "" (what guidance contrasts with)
     ema_decay: float
     checkpoint_every: int  # steps between checkpoints (0: none)

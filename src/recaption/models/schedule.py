@@ -1,8 +1,22 @@
-"""The learning-rate schedule the captioner and generator trainings share."""
+"""What the training loops share: the optimiser's config fields and the schedule."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The optimisation every training loop takes (AdamW, warm-up then cosine, clipping);
+    each loop's config adds its own fields. No defaults: params is where numbers live."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    weight_decay: float
+    grad_clip: float
 
 
 def warmup_cosine(step: int, lr: float, warmup_steps: int, steps: int) -> float:

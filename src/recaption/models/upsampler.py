@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from recaption import precision
 from recaption.models.captioner import CaptionerError, Decoding, create_lm
-from recaption.models.schedule import warmup_cosine
+from recaption.models.schedule import OptimConfig, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -200,13 +200,7 @@ def load(folder: str | Path) -> Upsampler:
 
 
 @dataclass(frozen=True)
-class UpsampleTrainConfig:
-    steps: int
-    batch_size: int
-    lr: float
-    warmup_steps: int
-    weight_decay: float
-    grad_clip: float
+class UpsampleTrainConfig(OptimConfig):
     max_tokens: int  # of the target (the source is cut at the upsampler's own limit)
     precision: str  # resolved: fp32 | bf16 (recaption.precision)
     seed: int
