@@ -9,7 +9,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help setup repro compare ladder test test-all lint format clean
+.PHONY: help setup lock repro compare ladder test test-all lint format clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -18,9 +18,12 @@ help: ## Show this help
 setup: ## Create .venv and install recaption with everything the pipeline and tests need
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --progress-bar off -e '.[dev,ray]'
+	$(BIN)/pip install --quiet --progress-bar off -c constraints.txt -e '.[dev,ray]'
 	$(BIN)/dvc config --local core.analytics false 2>/dev/null || true
 	@echo "ready: $(BIN)/recap --help"
+
+lock: ## Pin every installed package's version in constraints.txt (make setup installs from it)
+	$(BIN)/pip freeze --exclude-editable > constraints.txt
 
 repro: ## Run the pipeline (dvc repro) on params.yaml
 	$(BIN)/dvc repro
