@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from recaption.metrics.caption_table import render_caption_table
+from recaption.metrics.caption_table import CaptionMarks, caption_marks, render_caption_table
 from recaption.metrics.captions import (
     attribute_scores,
     bleu4,
@@ -256,4 +256,60 @@ def test_caption_table_without_summary_has_no_summary_table(examples):
     rows = [{"image": png_bytes(examples[1].image), "captions": {"short": examples[1].short}}]
     page = render_caption_table(rows, title="t")
     assert 'class="summary"' not in page
+    assert 'class="legend"' not in page and "<del" not in page  # no scenes, no marks
     assert page.count("<img ") == 1
+
+
+# --- marks: what a caption gets wrong against its scene -------------------------------
+
+
+def wrong_text(text: str, marks: CaptionMarks) -> list[tuple[str, str]]:
+    return [(text[start:end], note) for start, end, note in marks.wrong]
+
+
+def test_caption_marks_wrong_position():
+    text = "A red circle in the upper right and a blue square at the bottom right."
+    marks = caption_marks(text, hand_scene())
+    assert wrong_text(text, marks) == [("upper right", "not in the image: red circle at top right")]
+    assert marks.missed == (
+        "2 red circles",
+        "red circle at center",
+        "red circle at top left",
+        "background white",
+        'letter "A"',
+    )
+
+
+def test_caption_marks_wrong_count_and_absent_object():
+    text = "Three red circles and two green stars on a white background, and the letter A."
+    marks = caption_marks(text, hand_scene())
+    assert wrong_text(text, marks) == [
+        ("Three red circles", "not in the image: 3 red circles"),
+        ("two green stars", "not in the image: green star; 2 green stars"),
+    ]
+    assert marks.missed == (
+        "blue square",
+        "2 red circles",
+        "blue square at bottom right",
+        "red circle at center",
+        "red circle at top left",
+    )
+
+
+def test_caption_marks_of_a_true_caption_are_empty(examples):
+    for ex in examples:
+        assert caption_marks(ex.descriptive, ex.scene) == CaptionMarks(), ex.descriptive
+
+
+def test_marked_cell_escapes_the_caption_not_the_marks(examples):
+    text = '<i>"Two blue squares" & a red circle</i>'
+    marks = caption_marks(text, hand_scene())
+    row = {"image": png_bytes(examples[0].image), "captions": {"x": text}, "marks": {"x": marks}}
+    page = render_caption_table([row], title="t")
+    assert "<i>" not in page
+    assert (
+        '&lt;i&gt;&quot;<del class="wrong" title="not in the image: 2 blue squares">'
+        "Two blue squares</del>&quot; &amp; a red circle&lt;/i&gt;"
+    ) in page
+    assert "letter &quot;A&quot;</span>" in page  # missed phrases escaped too
+    assert page.index('class="legend"') < page.index('class="captions"')

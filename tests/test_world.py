@@ -24,8 +24,10 @@ from recaption.world import (
     WorldConfig,
     alt_text,
     descriptive_caption,
+    fact_phrase,
     make_example,
     parse_caption,
+    parse_spans,
     prompt_suite,
     render,
     sample_scene,
@@ -311,6 +313,80 @@ def test_parse_caption_ignores_relations_and_unknown_words():
     }
     assert parse_caption("IMG_4032.jpg free shipping on orders over $50") == set()
     assert parse_caption("the number of orders") == set()
+
+
+def test_parse_spans_known_answer():
+    text = (
+        "Three Blue squares: a large one in the center and two small ones at the top-left, "
+        'a red star in the lower right, on a grey background, and the letter "K".'
+    )
+    stated = [(text[start:end], fact) for start, end, fact in parse_spans(text)]
+    assert stated == [
+        ("Three Blue squares", ("object", "blue", "square")),
+        ("Three Blue squares", ("count", "blue", "square", 3)),
+        ("center", ("position", "blue", "square", "center")),
+        ("top-left", ("position", "blue", "square", "top left")),
+        ("red star", ("object", "red", "star")),
+        ("lower right", ("position", "red", "star", "bottom right")),
+        ("grey background", ("background", "gray")),
+        ('letter "K"', ("text", "K")),
+    ]
+
+
+def test_parse_spans_point_at_pending_positions_and_repeats():
+    text = "In the center there is a red circle; a red circle again."
+    assert parse_spans(text) == [
+        (7, 13, ("position", "red", "circle", "center")),  # placed when the object comes
+        (25, 35, ("object", "red", "circle")),
+        (39, 49, ("object", "red", "circle")),  # each mention marked
+    ]
+
+
+def generated_captions(n: int) -> list[str]:
+    rng = np.random.default_rng(11)
+    out = []
+    for cfg in (CFG, CROWDED):
+        for scene in scenes(n, cfg, seed=12):
+            out += [descriptive_caption(scene, rng), short_caption(scene, rng)]
+            out += [alt_text(scene, rng, cfg.alt_mix)[0], scene_prompt(scene, rng)[0]]
+    return out
+
+
+def test_parse_caption_is_the_facts_of_parse_spans_and_spans_say_them():
+    for text in generated_captions(150):
+        spans = parse_spans(text)
+        assert parse_caption(text) == {fact for _, _, fact in spans}, text
+        for (s0, e0, _), (s1, e1, _) in zip(spans[:-1], spans[1:], strict=True):
+            assert (s0, e0) == (s1, e1) or e0 <= s1, text  # in order, never overlapping
+        for start, end, fact in spans:
+            assert 0 <= start < end <= len(text), text
+            said = text[start:end]
+            if fact[0] == "position":  # a position phrase only reads with its object
+                said = f"a {fact[1]} {fact[2]} {said}"
+            assert fact in parse_caption(said), (text, said, fact)
+
+
+def test_fact_phrase():
+    assert [
+        fact_phrase(fact)
+        for fact in [
+            ("object", "blue", "star"),
+            ("count", "red", "cross", 2),
+            ("position", "red", "circle", "top left"),
+            ("background", "gray"),
+            ("text", "K"),
+            ("text", "7"),
+        ]
+    ] == [
+        "blue star",
+        "2 red crosses",
+        "red circle at top left",
+        "background gray",
+        'letter "K"',
+        'digit "7"',
+    ]
+    with pytest.raises(ValueError, match="not a fact"):
+        fact_phrase(("colour", "red"))
 
 
 # --- prompts ------------------------------------------------------------------------------

@@ -3,16 +3,29 @@
 The page has no external assets (images are base64 data URIs, CSS is inline), so
 it can be attached to a report or opened from an artifact store as is. Every
 piece of text is HTML-escaped: captions come from scraped and generated data.
+
+Where the scene of an image is known (the synthetic world), `caption_marks`
+checks each caption against it: the words that state a false fact are struck
+through in red, and the scene's facts the caption leaves out are listed under it.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from recaption.world import Fact, Scene, fact_phrase, parse_spans, scene_facts
+
 THUMBNAIL_PX = 128
+WRONG_NOTE = "not in the image: "
+LEGEND = (
+    '<p class="legend"><del class="wrong">struck through</del>: stated, but not true of '
+    'the image. <span class="missed">missed:</span> true of the image, not stated.</p>'
+)
+_FACT_ORDER = ("object", "count", "position", "background", "text")  # missed facts, in this order
 
 # Images are 16-32 px: `pixelated` keeps them crisp at 128 px instead of blurring.
 CSS = f"""
@@ -28,7 +41,55 @@ img {{ width: {THUMBNAIL_PX}px; height: {THUMBNAIL_PX}px; image-rendering: pixel
 .kind {{ display: block; font-size: 0.75em; color: #777; text-transform: uppercase;
   letter-spacing: 0.04em; margin-bottom: 2px; }}
 .label {{ display: block; font-size: 0.75em; color: #777; }}
+del.wrong {{ color: #c00; text-decoration: line-through; text-decoration-color: #c00; }}
+.missed {{ display: block; font-size: 0.8em; color: #965; margin-top: 4px; }}
+.legend {{ font-size: 0.9em; color: #555; }}
 """
+
+
+@dataclass(frozen=True)
+class CaptionMarks:
+    """What one caption gets wrong against its scene.
+
+    wrong: (start, end, note) per span of the caption that states a false fact, in
+        reading order and not overlapping; note names the false facts.
+    missed: the scene's facts the caption does not state, as short phrases.
+    """
+
+    wrong: tuple[tuple[int, int, str], ...] = ()
+    missed: tuple[str, ...] = ()
+
+
+def _fact_order(fact: Fact) -> tuple:
+    return (_FACT_ORDER.index(fact[0]), fact[1:])
+
+
+def caption_marks(text: str, scene: Scene) -> CaptionMarks:
+    """Check `text` against `scene`: its false spans and the facts it misses."""
+    truth = scene_facts(scene)
+    spans = parse_spans(text)
+    false_at: dict[tuple[int, int], list[str]] = {}  # in reading order: spans are sorted
+    for start, end, fact in spans:
+        if fact not in truth:
+            false_at.setdefault((start, end), []).append(fact_phrase(fact))
+    wrong = tuple((s, e, WRONG_NOTE + "; ".join(p)) for (s, e), p in false_at.items())
+    missed = sorted(truth - {fact for _, _, fact in spans}, key=_fact_order)
+    return CaptionMarks(wrong, tuple(fact_phrase(f) for f in missed))
+
+
+def marked_text(text: str, wrong: Sequence[tuple[int, int, str]]) -> str:
+    """`text` as HTML, each wrong span struck through with its note as a tooltip.
+
+    The pieces are escaped one by one, so a span's markup is never escaped and a
+    caption's own `<`, `&` or quotes never become markup.
+    """
+    parts, at = [], 0
+    for start, end, note in wrong:
+        parts.append(escape(text[at:start]))
+        parts.append(f'<del class="wrong" title="{escape(note)}">{escape(text[start:end])}</del>')
+        at = end
+    parts.append(escape(text[at:]))
+    return "".join(parts)
 
 
 def _format(value: Any) -> str:
@@ -58,10 +119,17 @@ def _image_cell(row: Mapping[str, Any]) -> str:
     return f'<td><img src="data:image/png;base64,{data}" alt="">{caption}</td>'
 
 
+def _caption_cell(kind: str, text: str, marks: CaptionMarks | None) -> str:
+    body = escape(text) if marks is None else marked_text(text, marks.wrong)
+    if marks is not None and marks.missed:
+        body += f'<span class="missed">missed: {escape("; ".join(marks.missed))}</span>'
+    return f'<td><span class="kind">{escape(kind)}</span>{body}</td>'
+
+
 def _caption_row(row: Mapping[str, Any]) -> str:
+    marks = row.get("marks") or {}
     cells = "".join(
-        f'<td><span class="kind">{escape(kind)}</span>{escape(text)}</td>'
-        for kind, text in row["captions"].items()
+        _caption_cell(kind, text, marks.get(kind)) for kind, text in row["captions"].items()
     )
     return f"<tr>{_image_cell(row)}{cells}</tr>"
 
@@ -75,7 +143,9 @@ def render_caption_table(
 
     Args:
         rows: each {"image": PNG bytes, "captions": {kind: text, ...}, "label": optional
-            text shown under the thumbnail}; caption columns follow the dict's order.
+            text shown under the thumbnail, "marks": optional {kind: CaptionMarks}};
+            caption columns follow the dict's order. A legend is shown if any row
+            has marks.
         title: page heading.
         summary: optional {caption kind: {metric: value}}, shown as a table above.
 
@@ -90,6 +160,8 @@ def render_caption_table(
     ]
     if summary:
         parts.append(summary_table(summary))
+    if any(row.get("marks") for row in rows):
+        parts.append(LEGEND)
     parts.append('<table class="captions">')
     parts.extend(_caption_row(row) for row in rows)
     parts.append("</table></body></html>")

@@ -9,7 +9,7 @@ truth with `parse_caption` and `scene_facts`.
 from .captions import alt_text, descriptive_caption, sample_alt_kind, short_caption
 from .config import ALT_KINDS, DEFAULT_ALT_MIX, WorldConfig
 from .example import Example, example_rng, make_example
-from .parse import Fact, parse_caption, scene_facts
+from .parse import Fact, fact_phrase, parse_caption, parse_spans, scene_facts
 from .prompts import CATEGORIES, RELATIONS, Prompt, prompt_suite, scene_prompt
 from .render import render
 from .scene import Scene, SceneObject, SceneText, sample_scene
@@ -53,8 +53,10 @@ __all__ = [
     "alt_text",
     "descriptive_caption",
     "example_rng",
+    "fact_phrase",
     "make_example",
     "parse_caption",
+    "parse_spans",
     "prompt_suite",
     "scene_prompt",
     "render",

@@ -15,6 +15,10 @@ scan that attaches each position phrase to the nearest object mention in the
 same clause (clauses end at . , ; : ! ?). A clause without any mention
 ("... : a large one in the center and small ones at the top") refers back to
 the last mention before it.
+
+`parse_spans` gives each fact with the stretch of text that states it (the
+object mention for object and count facts, the position phrase for a position),
+so a caption page can mark exactly the words that are wrong.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import re
 
 from .phrases import group_count
 from .scene import Scene
-from .vocab import BACKGROUNDS, COLOUR_NAMES, NUMBER_WORDS, SHAPES
+from .vocab import BACKGROUNDS, COLOUR_NAMES, NUMBER_WORDS, SHAPE_PLURALS, SHAPES, glyph_kind
 
 Fact = tuple
+Span = tuple[int, int, Fact]  # text[start:end] states the fact
+_Position = tuple[str, int, int]  # grid position name, start, end of its phrase
 
 _WORD_TO_NUMBER = {w: n for n, w in NUMBER_WORDS.items() if n > 1}
 _POSITION_ALIASES = {"upper": "top", "lower": "bottom", "middle": "center", "centre": "center"}
@@ -58,19 +64,31 @@ def _normalise_position(phrase: str) -> str:
     return " ".join(words)
 
 
+def _normalise_text(text: str) -> str:
+    """Lowercase, hyphens as spaces, one character for one so spans index `text`."""
+    lowered = text.lower()
+    if len(lowered) != len(text):  # "\u0130".lower() is two characters
+        lowered = "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
+    return lowered.replace("-", " ")
+
+
 class _Reader:
     """State of one left-to-right scan; see the module docstring for the rules."""
 
     def __init__(self) -> None:
-        self.facts: set[Fact] = set()
+        self.spans: list[Span] = []
         self.previous: tuple[str, str] | None = None  # last mention of earlier clauses
         self.current: tuple[str, str] | None = None  # last mention in this clause
         self.has_mention = False
-        self.pending: list[str] = []  # positions seen before this clause's first mention
+        self.pending: list[_Position] = []  # positions seen before this clause's first mention
 
-    def place(self, target: tuple[str, str] | None, positions: list[str]) -> None:
+    def state(self, span: tuple[int, int], fact: Fact) -> None:
+        self.spans.append((*span, fact))
+
+    def place(self, target: tuple[str, str] | None, positions: list[_Position]) -> None:
         if target is not None:  # None: a background or glyph mention, positions dropped
-            self.facts.update(("position", *target, p) for p in positions)
+            for name, start, end in positions:
+                self.state((start, end), ("position", *target, name))
 
     def mention(self, target: tuple[str, str] | None) -> None:
         if not self.has_mention:
@@ -78,11 +96,11 @@ class _Reader:
             self.pending = []
         self.current, self.has_mention = target, True
 
-    def position(self, name: str) -> None:
+    def position(self, position: _Position) -> None:
         if self.has_mention:
-            self.place(self.current, [name])
+            self.place(self.current, [position])
         else:
-            self.pending.append(name)
+            self.pending.append(position)
 
     def end_clause(self) -> None:
         if self.has_mention:
@@ -92,30 +110,62 @@ class _Reader:
         self.pending, self.current, self.has_mention = [], None, False
 
 
+def _read(reader: _Reader, m: re.Match[str]) -> None:
+    """Feed one match of `_PATTERN` to `reader`."""
+    if m.group("obj"):
+        key = (m.group("colour"), m.group("shape"))
+        reader.state(m.span("obj"), ("object", *key))
+        if m.group("num"):
+            reader.state(m.span("obj"), ("count", *key, _WORD_TO_NUMBER[m.group("num")]))
+        reader.mention(key)
+    elif m.group("bg"):
+        name = m.group("bg1") or m.group("bg2")
+        reader.state(m.span("bg"), ("background", _BACKGROUND_ALIASES.get(name, name)))
+        reader.mention(None)
+    elif m.group("text"):
+        reader.state(m.span("text"), ("text", m.group("glyph").upper()))
+        reader.mention(None)
+    elif m.group("pos"):
+        reader.position((_normalise_position(m.group("pos")), *m.span("pos")))
+    elif m.group("brk"):
+        reader.end_clause()
+    # "rel" (relations like "left of") is consumed so it is not read as a position.
+
+
+def parse_spans(text: str) -> list[Span]:
+    """Each fact `text` states, with where: (start, end, fact), sorted by position.
+
+    `text[start:end]` is the phrase that states the fact. A fact stated twice has
+    two spans; "three blue squares" gives its object and count facts the same span.
+    Spans never overlap unless they are equal.
+    """
+    reader = _Reader()
+    for m in _PATTERN.finditer(_normalise_text(text)):
+        _read(reader, m)
+    reader.end_clause()
+    return sorted(reader.spans, key=lambda span: span[:2])  # stable: object before count
+
+
 def parse_caption(text: str) -> set[Fact]:
     """Facts stated by `text`, in the world's vocabulary (see module docstring)."""
-    reader = _Reader()
-    for m in _PATTERN.finditer(text.lower().replace("-", " ")):
-        if m.group("obj"):
-            key = (m.group("colour"), m.group("shape"))
-            reader.facts.add(("object", *key))
-            if m.group("num"):
-                reader.facts.add(("count", *key, _WORD_TO_NUMBER[m.group("num")]))
-            reader.mention(key)
-        elif m.group("bg"):
-            name = m.group("bg1") or m.group("bg2")
-            reader.facts.add(("background", _BACKGROUND_ALIASES.get(name, name)))
-            reader.mention(None)
-        elif m.group("text"):
-            reader.facts.add(("text", m.group("glyph").upper()))
-            reader.mention(None)
-        elif m.group("pos"):
-            reader.position(_normalise_position(m.group("pos")))
-        elif m.group("brk"):
-            reader.end_clause()
-        # "rel" (relations like "left of") is consumed so it is not read as a position.
-    reader.end_clause()
-    return reader.facts
+    return {fact for _, _, fact in parse_spans(text)}
+
+
+def fact_phrase(fact: Fact) -> str:
+    """A fact as a short phrase: 'blue star', '2 red circles', 'red circle at top left',
+    'background gray', 'letter "K"'."""
+    match fact:
+        case ("object", colour, shape):
+            return f"{colour} {shape}"
+        case ("count", colour, shape, n):
+            return f"{n} {colour} {SHAPE_PLURALS[shape]}"
+        case ("position", colour, shape, name):
+            return f"{colour} {shape} at {name}"
+        case ("background", name):
+            return f"background {name}"
+        case ("text", glyph):
+            return f'{glyph_kind(glyph)} "{glyph}"'
+    raise ValueError(f"not a fact: {fact!r}")
 
 
 def scene_facts(scene: Scene) -> set[Fact]:
