@@ -33,7 +33,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import yaml
 
-from recaption import lineage, paths
+from recaption import experiments, lineage, paths
 from recaption.blend import SYNTHETIC
 from recaption.errors import UserError
 
@@ -206,13 +206,10 @@ def history(root: str | Path = ".") -> list[dict[str, Any]]:
     """For every commit that touched dvc.lock and every DVC experiment: which caption
     version (DVC's hash of data/relabeled) trained which generator (DVC's hash of
     models/generator), with the blend params and the stage-2 captioner (none for the
-    dataset's reference captions)."""
+    dataset's reference captions). DVC lists the experiments (`experiments.listed`)."""
     root = Path(root)
     refs = [("commit", line) for line in _git(root, "log", "--format=%H", "--", "dvc.lock").split()]
-    for line in _git(root, "for-each-ref", "--format=%(objectname) %(refname)",
-                     "refs/exps").splitlines():  # fmt: skip
-        sha, ref = line.split(" ", 1)
-        refs.append((f"exp {ref.rsplit('/', 1)[-1]}", sha))
+    refs += [(f"exp {exp.name}", exp.rev) for exp in experiments.listed(root)]
     rows = []
     for kind, sha in refs:
         text = _git(root, "show", f"{sha}:dvc.lock")

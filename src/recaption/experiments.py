@@ -3,7 +3,10 @@
 What `recap compare` and `recap ladder` share:
 
     check params -> queue (dvc exp run --queue) -> run (dvc exp run --run-all) -> collect
-    (each experiment's reports/metrics.json, read from its git ref)
+    (each experiment's reports/metrics.json, read from its commit)
+
+Experiments are listed through DVC's public interface, `dvc exp show --json`, never
+from the git refs DVC keeps them under (a layout DVC may change).
 
 An experiment that already ran with the same name and params from the same pipeline
 above the blend (identical dvc.lock entries, in any commit) is reused, so an
@@ -52,7 +55,7 @@ class Result:
     experiment: Experiment
     metrics: dict[str, Any] = field(default_factory=dict)
     stages_run: list[str] | None = None  # None: reused from an earlier run, log not read
-    ref: str | None = None  # the experiment's git ref, to read its other outputs from
+    ref: str | None = None  # the experiment's commit, to read its other outputs from
 
 
 @dataclass(frozen=True)
@@ -124,8 +127,54 @@ def _git(root: Path, *args: str) -> str:
     return proc.stdout if proc.returncode == 0 else ""
 
 
+@dataclass(frozen=True)
+class Listed:
+    """A finished DVC experiment as `dvc exp show --json` lists it."""
+
+    name: str
+    rev: str  # the experiment's commit
+    baseline: str  # the commit it ran from
+
+
+def _exp_show(root: Path) -> list[dict[str, Any]]:
+    """`dvc exp show --json` for every commit on a branch or tag, without the queued,
+    failed and workspace rows."""
+    args = ("exp", "show", "--json", "--all-commits", "--hide-workspace", "--hide-queued",
+            "--hide-failed")  # fmt: skip
+    proc = _dvc(root, *args, check=False)
+    problem = f"`dvc {' '.join(args)}` failed:\n{proc.stdout}{proc.stderr}"
+    if proc.returncode == 0:
+        try:
+            baselines = json.loads(proc.stdout or "[]")
+        except json.JSONDecodeError:
+            baselines = None
+        if isinstance(baselines, list):
+            return baselines
+        problem = f"`dvc {' '.join(args)}` printed no list:\n{proc.stdout[:2000]}"
+    raise ExperimentError(f"DVC cannot read the experiments in {root}: {problem}")
+
+
+def listed(root: Path) -> list[Listed]:
+    """Every finished DVC experiment of the repository, from any commit on a branch or tag.
+
+    Raises:
+        ExperimentError: DVC cannot read them (not a DVC project, say).
+    """
+    out = []
+    for baseline in _exp_show(root):
+        for exp in baseline.get("experiments") or []:
+            executor = exp.get("executor") or {}  # None: run in the workspace, finished
+            revs = exp.get("revs") or []
+            if executor.get("state", "success") != "success" or not revs:
+                continue  # still running
+            name = exp.get("name") or revs[0].get("name")
+            if name:  # revs[0]: the experiment's last commit
+                out.append(Listed(name, revs[0]["rev"], baseline["rev"]))
+    return out
+
+
 def read_file(root: Path, ref: str, path: str) -> bytes | None:
-    """The bytes of `path` at git `ref` (an experiment's, say); None when it has none."""
+    """The bytes of `path` at commit `ref` (an experiment's, say); None when it has none."""
     proc = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=root, capture_output=True,
                           check=False)  # fmt: skip
     return proc.stdout if proc.returncode == 0 else None
@@ -145,33 +194,33 @@ def _expected(raw: dict, exp: Experiment) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Done:
-    """A finished DVC experiment, read from its git ref."""
+    """A finished DVC experiment, read from its commit."""
 
-    ref: str
-    baseline: str
+    rev: str  # the experiment's commit
+    baseline: str  # the commit it ran from
     params: dict[str, Any]  # flat, without the compare section
     metrics: dict[str, Any] | None
     lock: dict
 
 
 def finished(root: Path) -> dict[str, list[Done]]:
-    """Every DVC experiment in the repository, by name (refs/exps/<xx>/<baseline>/<name>)."""
+    """Every finished DVC experiment in the repository, by name (see `listed`).
+
+    Its files are read at its commit: params.yaml as the workspace's is read (PyYAML; DVC's
+    YAML 1.2 reads `1e-4` or `on` otherwise), reports/metrics.json whole (DVC's listing
+    keeps numbers only) and dvc.lock (which it does not list).
+    """
     import yaml
 
     out: dict[str, list[Done]] = {}
-    refs = _git(root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps")
-    for line in refs.splitlines():
-        sha, ref = line.split(" ", 1)
-        parts = ref.split("/")
-        if len(parts) != 5:  # the queue's own refs (stash, celery, exec)
-            continue
-        raw = yaml.safe_load(_git(root, "show", f"{sha}:{PARAMS_FILE}") or "{}") or {}
+    for exp in listed(root):
+        raw = yaml.safe_load(read_file(root, exp.rev, PARAMS_FILE) or b"{}") or {}
         raw.pop("compare", None)
-        metrics = _git(root, "show", f"{sha}:{METRICS_FILE}")
-        lock = yaml.safe_load(_git(root, "show", f"{sha}:dvc.lock") or "{}") or {}
-        done = Done(ref, parts[2] + parts[3], _flatten(raw), json.loads(metrics) if metrics
+        metrics = read_file(root, exp.rev, METRICS_FILE)
+        lock = yaml.safe_load(read_file(root, exp.rev, "dvc.lock") or b"{}") or {}
+        done = Done(exp.rev, exp.baseline, _flatten(raw), json.loads(metrics) if metrics
                     else None, lock)  # fmt: skip
-        out.setdefault(parts[4], []).append(done)
+        out.setdefault(exp.name, []).append(done)
     return out
 
 
@@ -190,10 +239,11 @@ def queue(root: Path, experiments: Sequence[Experiment], raw: dict, lock: dict,
     """Queue the experiments that have no reusable earlier run; returns those queued."""
     found = finished(root)
     todo = [e for e in experiments if reusable(e, raw, lock, found) is None]
-    # A name is unique per commit: an outdated experiment of this commit makes way.
-    clash = [d.ref for e in todo for d in found.get(e.name, []) if d.baseline == baseline]
-    for ref in clash:
-        _git(root, "update-ref", "-d", ref)
+    # A name is unique per commit: an outdated experiment of this commit makes way (DVC
+    # resolves a name that several commits share to the one of HEAD, the baseline).
+    clash = [e.name for e in todo if any(d.baseline == baseline for d in found.get(e.name, []))]
+    if clash:
+        _dvc(root, "exp", "remove", *clash)
     if todo:  # tasks an interrupted sweep left in the queue are queued afresh
         _dvc(root, "queue", "remove", *(e.name for e in todo), check=False)
     for exp in todo:
@@ -249,6 +299,11 @@ def run_all(root: Path, experiments: Sequence[Experiment], raw: dict) -> Sweep:
             log.warning("dvc exp run --run-all: %s", proc.stderr.strip()[-2000:])
     minutes = (time.monotonic() - start) / 60
     found = finished(root)
+    if experiments and not found:
+        raise ExperimentError(
+            f"DVC lists no finished experiments in {root} (`dvc exp show --all-commits`): "
+            f"see `dvc queue logs {experiments[0].name}`"
+        )
     results = []
     for exp in experiments:
         done = reusable(exp, raw, lock, found)
@@ -257,5 +312,5 @@ def run_all(root: Path, experiments: Sequence[Experiment], raw: dict) -> Sweep:
                 f"experiment {exp.name} did not finish: see `dvc queue logs {exp.name}`"
             )
         ran = stages_run(root, exp.name) if exp in queued else None
-        results.append(Result(exp, done.metrics or {}, ran, done.ref))
+        results.append(Result(exp, done.metrics or {}, ran, done.rev))
     return Sweep(results, len(queued), minutes)
