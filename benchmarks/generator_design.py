@@ -32,7 +32,7 @@ from recaption.models import oracle as oracle_lib
 from recaption.models.generator_train import Denoiser, GeneratorTrainConfig, train_generator
 from recaption.models.tokenizer import train_tokenizer
 from recaption.params import load_params
-from recaption.stages.ingest import world_config
+from recaption.synthetic import world_config
 from recaption.world import make_example, prompt_suite
 
 from common import ROOT

@@ -39,7 +39,7 @@ from recaption.models.clip_train import ClipTrainConfig, train_clip
 from recaption.models.generator_train import GeneratorTrainConfig, train_generator
 from recaption.models.tokenizer import train_tokenizer
 from recaption.params import Params, load_params
-from recaption.stages.ingest import world_config
+from recaption.synthetic import world_config
 from recaption.world import make_example
 
 from common import ROOT

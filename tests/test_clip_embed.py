@@ -311,3 +311,47 @@ def test_batches_finishing_out_of_order_still_write_shards_in_order(project, arc
     embed_stage.main()
     assert [n for n in written if n in local] == sorted(local)  # 3 shards, in order
     assert {p.name: p.read_bytes() for p in io.shard_paths(paths.IMAGE_EMBEDDINGS)} == local
+
+
+def test_the_corpus_is_fresh_renders_with_a_caption_mix(project):
+    from recaption.synthetic import world_config
+    from recaption.world import make_example
+
+    cfg = world_config(load_params())
+    pixels, captions = clip_pretrain.corpus_pairs(cfg, 5, seed=11, size=16)
+    assert pixels.shape == (5, 3, 16, 16) and pixels.dtype == torch.uint8
+    again, _ = clip_pretrain.corpus_pairs(cfg, 5, seed=11, size=16)
+    other, _ = clip_pretrain.corpus_pairs(cfg, 5, seed=12, size=16)
+    assert torch.equal(pixels, again) and not torch.equal(pixels, other)
+    ex = make_example(11, 3, cfg)
+    assert captions[3] == [ex.caption, ex.short, ex.descriptive]
+    assert torch.equal(pixels[3], torch.from_numpy(np.asarray(ex.image)).permute(2, 0, 1))
+
+
+@pytest.mark.parametrize("seed_of", ["seed", "evaluate.seed"])
+def test_a_corpus_seed_equal_to_the_dataset_or_the_evaluation_is_refused(project, seed_of):
+    from recaption.params import ParamsError
+
+    seed = 7 if seed_of == "seed" else 99
+    project.write_params(evaluate={"seed": 99}, clip={"train": {"corpus": 10, "corpus_seed": seed}})
+    with pytest.raises(ParamsError, match="corpus_seed .* must differ from seed and evaluate.seed"):
+        load_params()
+    project.write_params(evaluate={"seed": 99}, clip={"train": {"corpus": 0, "corpus_seed": seed}})
+    load_params()  # no corpus, no clash
+
+
+def test_clip_pretrain_trains_on_the_corpus_with_hard_negatives(project, arch, monkeypatch):
+    prepare(project)
+    train = {**TRAIN, "corpus": 12, "corpus_seed": 5, "hard_negatives": True}
+    project.write_params(clip={"model": str(arch), "train": train})
+    seen = {}
+
+    def spy(clip, images, captions, config, *args, negative=None, **kwargs):
+        seen.update(n=len(images), captions=captions, negative=negative)
+        return {}
+
+    monkeypatch.setattr(clip_pretrain, "train_clip", spy)
+    clip_pretrain.main()
+    keys, _, _ = clip_pretrain.training_pairs(load_params())
+    assert seen["n"] == len(keys) + 12 and len(seen["captions"][-1]) == 3
+    assert seen["negative"] is not None

@@ -166,6 +166,13 @@ class ClipTrainParams(ContrastiveParams):
     captions: Literal["ground_truth", "ground_truth+annotations"] = "ground_truth+annotations"
     annotated_repeat: int = Field(5, ge=1, le=1000)
     eval_every: int = Field(200, ge=1)
+    # A pretraining corpus, as a real CLIP has: fresh renders of the built-in world (its
+    # own seed, never the dataset's or the evaluation's), each with its alt-text, short
+    # and descriptive caption, beside the dataset's pairs.
+    corpus: int = Field(0, ge=0)
+    corpus_seed: int = 2000003
+    hard_negatives: bool = False  # NegCLIP: each caption also meets a copy with one
+    # shape or colour word swapped (recaption.world.negatives)
 
 
 class ClipParams(Section):
@@ -522,6 +529,24 @@ class Params(Section):
             raise ValueError(
                 "evaluate.seed must differ from seed: the oracle and evaluation CLIP train on "
                 "fresh renders, never on the dataset's images"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _own_corpus(self) -> Params:
+        train = self.clip.train
+        if not train.corpus:
+            return self
+        if self.data.source != "synthetic":
+            raise ValueError(
+                "clip.train.corpus renders the built-in world, which real data is not: set it "
+                "to 0 (or use a pretrained CLIP, clip.pretrained)"
+            )
+        if train.corpus_seed in (self.seed, self.evaluate.seed):
+            raise ValueError(
+                f"clip.train.corpus_seed ({train.corpus_seed}) must differ from seed and "
+                "evaluate.seed: the corpus is fresh renders, never the dataset's images or the "
+                "evaluation's"
             )
         return self
 

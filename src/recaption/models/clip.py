@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from recaption import io
 from recaption.errors import UserError
+from recaption.models import towers  # noqa: F401  (registers the built-in towers with timm)
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"

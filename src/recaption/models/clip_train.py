@@ -7,6 +7,7 @@ and one of each image's captions at random, all from one seeded generator.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -47,6 +48,21 @@ def retrieval_recall(clip: Clip, images: torch.Tensor, captions: Sequence[str]) 
     return out
 
 
+def hard_negative_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric loss with hard negatives among the texts, as NegCLIP trains.
+
+    Args:
+        img: (B, D) normalised image features.
+        txt: (B + M, D) normalised text features: the B captions, then M negatives.
+    Each image ranks its caption against every caption and negative of the batch;
+    each caption ranks its image against the batch's images, as in CLIP.
+    """
+    b = img.shape[0]
+    logits = scale * img @ txt.T  # (B, B + M)
+    target = torch.arange(b, device=img.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :b].T, target)) / 2
+
+
 def train_clip(
     clip: Clip,
     images: torch.Tensor,
@@ -56,6 +72,7 @@ def train_clip(
     log: Callable[[int, dict], None] = lambda step, metrics: None,
     par: Parallel | None = None,
     desc: str = "clip",
+    negative: Callable[[str, random.Random], str | None] | None = None,
 ) -> dict:
     """Train `clip` in place.
 
@@ -68,6 +85,9 @@ def train_clip(
             step's whole batch and encodes its slice; the contrastive loss gathers every
             process's features, so each image is still contrasted with the whole batch.
         desc: the progress bar's label (the stage's name).
+        negative: makes a hard negative of a caption (or None when it cannot); the
+            batch's negatives then join its captions on the image side of the loss
+            (see `hard_negative_loss`). One process only.
     Returns:
         The last logged metrics.
     """
@@ -78,6 +98,9 @@ def train_clip(
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scaler = precision.grad_scaler(config.precision, par.device)
     loss_fn = ClipLoss()
+    if negative is not None and par.world > 1:
+        raise ValueError("hard negatives are implemented for one process only")
+    neg_rng = random.Random(config.seed)
     if par.world > 1:
         loss_fn = ClipLoss(gather_with_grad=True, rank=par.rank, world_size=par.world)
     order, cursor, metrics = torch.randperm(len(images), generator=gen), 0, {}
@@ -98,10 +121,15 @@ def train_clip(
         model.train()
         mine = par.share(range(batch_size), "clip batch_size")
         pixels = clip.normalise(images[idx[mine]].to(par.device))
-        tokens = clip.tokenizer([texts[i] for i in mine]).to(par.device)
+        mine_texts = [texts[i] for i in mine]
+        negs = [n for t in mine_texts if negative and (n := negative(t, neg_rng))]
+        tokens = clip.tokenizer(mine_texts + negs).to(par.device)
         with precision.autocast(config.precision, par.device):
             img_feat, txt_feat, scale = forward(pixels, tokens)
-        loss = loss_fn(img_feat.float(), txt_feat.float(), scale.float())
+        if negative is None:
+            loss = loss_fn(img_feat.float(), txt_feat.float(), scale.float())
+        else:
+            loss = hard_negative_loss(img_feat.float(), txt_feat.float(), scale.float())
         precision.backward_step(loss, opt, list(model.parameters()), config.grad_clip, scaler)
         metrics = {"loss": par.mean(loss.item())}
         last = step + 1 == config.steps

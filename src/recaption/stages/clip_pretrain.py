@@ -1,7 +1,9 @@
 """clip_pretrain: the CLIP the pipeline embeds with, trained here or taken pretrained.
 
 With `clip.pretrained: none` the architecture is trained contrastively on the
-dataset's image-caption pairs (the held-out split excluded); otherwise the
+dataset's image-caption pairs (the held-out split excluded), with a pretraining
+corpus of fresh world renders (`clip.train.corpus`) and NegCLIP hard negatives
+(`clip.train.hard_negatives`) when asked; otherwise the
 pretrained weights (an open_clip tag or a local .safetensors) are loaded. Either
 way the model is saved to models/clip/ as safetensors with its lineage, and its
 held-out retrieval recall is logged through dvclive.
@@ -12,11 +14,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from recaption import datasets, io, lineage, paths, precision
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from recaption import datasets, images, io, lineage, paths, precision
 from recaption.models import clip as clip_lib
 from recaption.models.clip_train import ClipTrainConfig, retrieval_recall, train_clip
 from recaption.parallel import Parallel, main_live
 from recaption.params import Params, load_params
+from recaption.synthetic import world_config
+from recaption.world import WorldConfig, make_example
+from recaption.world.negatives import swap_word
 
 log = logging.getLogger(__name__)
 LIVE_DIR = paths.DVCLIVE / "clip_pretrain"
@@ -41,13 +50,28 @@ def training_pairs(params: Params) -> tuple[list[str], list[bytes], list[list[st
     return [r["key"] for r in rows], [r["image"] for r in rows], captions
 
 
+def corpus_pairs(
+    cfg: WorldConfig, n: int, seed: int, size: int
+) -> tuple[torch.Tensor, list[list[str]]]:
+    """A pretraining corpus: `n` fresh renders of the world `cfg` seeded by `seed` (uint8
+    (n, 3, size, size)), each with its alt-text, short and descriptive caption: a caption
+    mix of the poor and the good."""
+    out = torch.empty((n, 3, size, size), dtype=torch.uint8)
+    captions = []
+    for i in tqdm(range(n), desc="clip corpus", unit="img", mininterval=2):
+        ex = make_example(seed, i, cfg)
+        out[i] = torch.from_numpy(np.array(images.fit(ex.image, size))).permute(2, 0, 1)
+        captions.append([ex.caption, ex.short, ex.descriptive])
+    return out, captions
+
+
 def heldout_set(size: int):
     """Held-out images and one caption each: the reference descriptive caption where the
     source has one (it names what the image shows), else the ground truth."""
     keys = datasets.read_splits(paths.SPLITS)["heldout"]
     rows = datasets.load_rows(paths.DATASET, ["image", "caption", "descriptive"], keys)
-    images = datasets.images_tensor([r["image"] for r in rows], size)
-    return images, [r["descriptive"] or r["caption"] for r in rows]
+    pixels = datasets.images_tensor([r["image"] for r in rows], size)
+    return pixels, [r["descriptive"] or r["caption"] for r in rows]
 
 
 def main(params_path: Path = paths.PARAMS) -> dict:
@@ -61,8 +85,16 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     with main_live(par, LIVE_DIR.name) as live:
         if pretrained is None:
             _, pngs, captions = training_pairs(params)
-            images = datasets.images_tensor(pngs, clip.image_size)
-            train = cp.train.model_dump(exclude={"captions", "annotated_repeat"})
+            pixels = datasets.images_tensor(pngs, clip.image_size)
+            if cp.train.corpus:
+                world, size = world_config(params), clip.image_size
+                extra, extra_captions = corpus_pairs(
+                    world, cp.train.corpus, cp.train.corpus_seed, size
+                )
+                pixels, captions = torch.cat([pixels, extra]), [*captions, *extra_captions]
+            train = cp.train.model_dump(
+                exclude={"captions", "annotated_repeat", "corpus", "corpus_seed", "hard_negatives"}
+            )
             config = ClipTrainConfig(seed=params.seed, **{**train, "precision": compute})
 
             def log_step(step: int, metrics: dict) -> None:
@@ -70,9 +102,9 @@ def main(params_path: Path = paths.PARAMS) -> dict:
                     live.log_metric(("train/" if name == "loss" else "heldout/") + name, value)
                 live.next_step()
 
-            metrics = train_clip(
-                clip, images, captions, config, heldout, log_step, par, desc="clip_pretrain"
-            )
+            negative = swap_word if cp.train.hard_negatives else None
+            metrics = train_clip(clip, pixels, captions, config, heldout, log_step, par,
+                                 desc="clip_pretrain", negative=negative)  # fmt: skip
         else:
             metrics = retrieval_recall(clip, *heldout)
             for name, value in metrics.items() if live else ():

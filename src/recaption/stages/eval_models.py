@@ -28,8 +28,8 @@ from recaption.models import clip as clip_lib
 from recaption.models import oracle as oracle_lib
 from recaption.models.clip_train import ClipTrainConfig, retrieval_recall, train_clip
 from recaption.params import ContrastiveParams, Params, load_params
-from recaption.stages.ingest import world_config
 from recaption.stages.live import step_logger
+from recaption.synthetic import world_config
 
 log = logging.getLogger(__name__)
 # Each model takes its own range of render indices, so none sees the other's held-out set.

@@ -181,7 +181,7 @@ def summarise(samples: pa.Table) -> dict:
 
 def chance_detections(params: Params, scenes: int = 500) -> list[dict]:
     """Perfect detections of `scenes` scenes drawn from the world with the prompt ignored."""
-    from recaption.stages.ingest import world_config
+    from recaption.synthetic import world_config
     from recaption.world import example_rng, sample_scene
 
     cfg = world_config(params)

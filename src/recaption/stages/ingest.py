@@ -8,29 +8,15 @@ from pathlib import Path
 
 from recaption import ingest, io, paths
 from recaption.errors import UserError
-from recaption.params import Params, load_params
+from recaption.params import load_params
 from recaption.sources import read_source
+from recaption.synthetic import world_config
 
 log = logging.getLogger(__name__)
 
 
 class IngestError(UserError, RuntimeError):
     """Too many records were rejected, or none was accepted."""
-
-
-def world_config(params: Params):
-    """The synthetic world's config from `data.*` params."""
-    from recaption.world import WorldConfig
-
-    syn = params.data.synthetic
-    return WorldConfig(
-        image_size=params.data.image_size,
-        min_objects=syn.min_objects,
-        max_objects=syn.max_objects,
-        text_probability=syn.text_probability,
-        repeat_probability=syn.repeat_probability,
-        alt_mix=syn.alt_text.model_dump(),
-    )
 
 
 def main(params_path: Path = paths.PARAMS) -> ingest.IngestResult:

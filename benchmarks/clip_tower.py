@@ -1,0 +1,137 @@
+"""CLIP image towers measured by what their embeddings carry: which tower lets the
+captioner see shape, colour, position and background.
+
+Trains one CLIP architecture exactly as the clip_pretrain stage does (the dataset's
+image-caption pairs, held-out split excluded), then embeds the probe images as the
+embed stage does (pooled vector + grid cells) and reports the embed_probe's linear
+probes on the held-out split, with and without the grid, and the training time.
+Run from a checkout whose data/ holds the default run's dataset, splits and
+annotations (`dvc repro annotate`).
+
+    .venv/bin/python benchmarks/clip_tower.py configs/clip/tiny-rn-32.json [--steps 1200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recaption import datasets, embed, paths, precision, sampling
+from recaption.metrics import probe
+from recaption.models import clip as clip_lib
+from recaption.models.clip_train import ClipTrainConfig, train_clip
+from recaption.params import load_params
+from recaption.stages.clip_pretrain import corpus_pairs, heldout_set, training_pairs
+from recaption.synthetic import world_config
+from recaption.world.negatives import swap_word
+
+
+def probe_rows(params, size: int) -> tuple[list[str], list[str], dict[str, bytes], dict]:
+    """(train keys, test keys, key -> image, key -> labels), as embed_probe draws them."""
+    heldout = datasets.read_splits(paths.SPLITS)["heldout"]
+    keys = [r["key"] for r in datasets.load_rows(paths.DATASET, ["key"])]
+    rest = [k for k in keys if k not in heldout]
+    train = sorted(sampling.pick(rest, min(params.embed.probe_train_size, len(rest)),
+                                 params.seed, "probe"))  # fmt: skip
+    test = sorted(heldout)
+    rows = datasets.load_rows(paths.DATASET, ["image", "meta"], set(train) | heldout)
+    images = {r["key"]: r["image"] for r in rows}
+    labels = {r["key"]: probe.scene_labels(r["meta"]) for r in rows}
+    return train, test, images, labels
+
+
+@torch.inference_mode()
+def features(clip, pngs: list[bytes], grid: int) -> np.ndarray:
+    images = datasets.images_tensor(pngs, clip.image_size)
+    out = [embed.encode(clip, clip.normalise(images[i : i + 512]), grid)
+           for i in range(0, len(images), 512)]  # fmt: skip
+    return torch.cat(out).numpy()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model", help="open_clip architecture JSON")
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--grid", type=int)
+    ap.add_argument("--precision", choices=["fp32", "bf16"])
+    ap.add_argument(
+        "--hard-negatives",
+        action="store_true",
+        help="contrast each caption with a copy whose shape or colour word is swapped",
+    )
+    ap.add_argument(
+        "--corpus",
+        type=int,
+        default=0,
+        help="fresh world renders added to the pairs, each with its alt-text, "
+        "short and descriptive caption (a pretraining corpus)",
+    )
+    ap.add_argument("--corpus-seed", type=int, default=424242)
+    ap.add_argument("--out", help="append the result row (JSON) to this file")
+    args = ap.parse_args()
+    params = load_params(paths.PARAMS)
+    train_cfg = params.clip.train.model_dump(
+        exclude={"captions", "annotated_repeat", "corpus", "corpus_seed", "hard_negatives"}
+    )
+    for name in ("steps", "batch_size", "lr"):
+        if getattr(args, name) is not None:
+            train_cfg[name] = getattr(args, name)
+    compute, _ = precision.settle(args.precision or train_cfg["precision"], torch.device("cpu"),
+                                  "precision")  # fmt: skip
+    grid = params.embed.grid if args.grid is None else args.grid
+    clip = clip_lib.create(args.model, None, seed=params.seed)
+    n_params = sum(p.numel() for p in clip.model.visual.parameters())
+    _, pngs, captions = training_pairs(params)
+    images = datasets.images_tensor(pngs, clip.image_size)
+    if args.corpus:
+        extra = corpus_pairs(world_config(params), args.corpus, args.corpus_seed, clip.image_size)
+        images = torch.cat([images, extra[0]])
+        captions = [*captions, *extra[1]]
+    config = ClipTrainConfig(seed=params.seed, **{**train_cfg, "precision": compute})
+    start = time.perf_counter()
+    negative = swap_word if args.hard_negatives else None
+    metrics = train_clip(clip, images, captions, config, heldout_set(clip.image_size),
+                         negative=negative)  # fmt: skip
+    train_s = time.perf_counter() - start
+    train, test, pngs_by_key, labels = probe_rows(params, params.embed.probe_train_size)
+    start = time.perf_counter()
+    feats = features(clip, [pngs_by_key[k] for k in train + test], grid)
+    embed_s = time.perf_counter() - start
+    dim = clip.model_cfg["embed_dim"]
+    tr, te = feats[: len(train)], feats[len(train) :]
+    row = {
+        "model": Path(args.model).stem,
+        "vision_params": n_params,
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "precision": compute,
+        "hard_negatives": args.hard_negatives,
+        "corpus": args.corpus,
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "train_s": round(train_s, 1),
+        "embed_img_per_s": round(len(feats) / embed_s, 1),
+        "recall": {k: round(v, 3) for k, v in metrics.items() if "recall" in k},
+    }
+    for name, (a, b) in {"probe": (tr, te), "pooled": (tr[:, :dim], te[:, :dim])}.items():
+        row[name] = {
+            attr: round(probe.probe_accuracy(a, [labels[k][attr] for k in train],
+                                             b, [labels[k][attr] for k in test]), 3)
+            for attr in probe.ATTRIBUTES
+        }  # fmt: skip
+    print(json.dumps(row))
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
