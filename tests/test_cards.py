@@ -40,3 +40,18 @@ def test_write_lineage_writes_the_card_from_the_same_record(tmp_path):
                                    metrics={"val_loss": 0.5})  # fmt: skip
     assert json.loads((tmp_path / "m" / "lineage.json").read_text()) == record
     assert (tmp_path / "m" / "README.md").read_text() == cards.render(record)
+
+
+def test_a_clip_card_names_its_pretraining_corpus_when_it_had_one():
+    record = {
+        "stage": "clip_pretrain",
+        "inputs": {"dataset": {"path": "data/dataset", "sha256": "ef" * 32}},
+        "params": {"clip": {"train": {"corpus": 40000, "corpus_seed": 2000003}}},
+    }
+    card = cards.render(record)
+    assert (
+        "a pretraining corpus of 40,000 fresh renders of the built-in world (seed 2000003" in card
+    )
+    assert 'create_model_and_transforms(\n    "local-dir:models/clip")' in card
+    record["params"]["clip"]["train"]["corpus"] = 0
+    assert "pretraining corpus" not in cards.render(record)

@@ -20,7 +20,8 @@ _ABOUT: dict[str, tuple[str, str, str, str]] = {
         str(paths.CLIP), "CLIP (image and text encoders)",
         "The CLIP every dataset image is embedded with; the captioner is conditioned on "
         "its cached embeddings.",
-        'import open_clip\nmodel, _, preprocess = open_clip.create_model_and_transforms(\n'
+        'import open_clip\nimport recaption.models.towers  # the built-in conv tower, if used\n'
+        'model, _, preprocess = open_clip.create_model_and_transforms(\n'
         '    "local-dir:{folder}")',
     ),
     "captioner_pretrain": (
@@ -92,6 +93,18 @@ def _compute_lines(compute: dict[str, Any] | None) -> list[str]:
     ]  # fmt: skip
 
 
+def _corpus_lines(params: dict[str, Any]) -> list[str]:
+    """The CLIP's pretraining corpus, when it had one (clip.train.corpus)."""
+    train = (params.get("clip") or {}).get("train") or {}
+    if not train.get("corpus"):
+        return []
+    return [
+        "", f"Beside these pairs, a pretraining corpus of {train['corpus']:,} fresh renders of "
+        f"the built-in world (seed {train['corpus_seed']}, never the dataset's or the "
+        "evaluation's), each with its alt-text, short and descriptive caption.",
+    ]  # fmt: skip
+
+
 def render(record: dict[str, Any]) -> str:
     """The card of a model whose lineage record is `record`."""
     stage = record["stage"]
@@ -113,6 +126,7 @@ def render(record: dict[str, Any]) -> str:
         lines += _table(("input", "path", "sha256 (first 16)"), rows)
     else:
         lines.append("Fresh renders of the built-in world (see the params below).")
+    lines += _corpus_lines(record.get("params", {}))
     params = yaml.safe_dump(record.get("params", {}), sort_keys=True, default_flow_style=False)
     lines += ["", "## Params", "", "```yaml", params.rstrip(), "```"]
     lines += _compute_lines(record.get("compute"))
