@@ -20,41 +20,12 @@ from typer.main import get_command_name
 
 from recaption.cli import app
 
+from import_graph import imported_names, module_file
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 PACKAGE = "recaption"
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-
-
-def module_file(name: str, src: Path = SRC) -> Path | None:
-    """The file that defines module `name` under `src` (a package's __init__.py), or None."""
-    base = src.joinpath(*name.split("."))
-    for path in (base / "__init__.py", base.with_suffix(".py")):
-        if path.is_file():
-            return path
-    return None
-
-
-def imported_names(tree: ast.AST, module: str, is_package: bool = False) -> set[str]:
-    """Every module name `tree` may import, anywhere in it (functions too).
-
-    `from a import b` yields both `a` and `a.b`: b may be a submodule; a caller keeps
-    only the names that resolve to a file. Relative imports are made absolute
-    against `module` (itself, when `is_package`: the tree is its __init__.py).
-    """
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = module.split(".")[: None if is_package else -1]
-                parts = parts[: len(parts) - (node.level - 1)]
-                base = ".".join(parts + ([node.module] if node.module else []))
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
-    return names
 
 
 def closure(entries: set[str], package: str = PACKAGE, src: Path = SRC) -> set[Path]:
@@ -105,7 +76,7 @@ def command_entries(command: str) -> set[str]:
         if (info.name or get_command_name(info.callback.__name__)) == command:
             source = textwrap.dedent(inspect.getsource(info.callback))
             names = imported_names(ast.parse(source), f"{PACKAGE}.cli")
-            return {n for n in names if n.startswith(PACKAGE + ".") and module_file(n)}
+            return {n for n in names if n.startswith(PACKAGE + ".") and module_file(n, SRC)}
     raise AssertionError(f"dvc.yaml runs `recap {command}`, which cli.py does not define")
 
 

@@ -7,11 +7,11 @@ import pyarrow as pa
 import pytest
 import torch
 
-from recaption.metrics import evaluation_page, geneval
+from recaption.metrics import evaluation_page, fact_scores, geneval
 from recaption.metrics.noise_guard import NoiseError
 from recaption.models import oracle as oracle_lib
 from recaption.params import ParamsError, load_params
-from recaption.stages import eval_models, evaluate, evaluate_facts
+from recaption.stages import eval_models, evaluate
 from recaption.world import (
     CATEGORIES,
     POSITIONS,
@@ -218,8 +218,8 @@ def fact_summary():
         sample("k1", "heldout", "descriptive", red_circle(), set_="heldout"),  # 4 facts of 4
         sample("k1", "heldout", "short", red_circle(), set_="heldout"),  # not scored
     ]
-    scored = evaluate_facts.score_facts(pa.Table.from_pylist(rows), heldout)
-    return scored, evaluate_facts.summarise_facts(scored)
+    scored = fact_scores.score_facts(pa.Table.from_pylist(rows), heldout)
+    return scored, fact_scores.summarise_facts(scored)
 
 
 def test_fact_accuracy_per_image(fact_summary):
@@ -259,7 +259,7 @@ def test_the_page_and_plots_show_fact_accuracy(fact_summary, tmp_path):
     html = evaluation_page.render_index(metrics, {}, "grids")
     assert "Fact accuracy" in html and "0.875 [0.750, 1.000]" in html
     assert "held-out descriptive" in html and "look like noise" not in html
-    evaluate_facts.write_fact_plots(metrics, tmp_path)
+    fact_scores.write_fact_plots(metrics, tmp_path)
     assert (tmp_path / "fact_accuracy_short.csv").read_text() == (
         "category,accuracy,ci95_low,ci95_high\ncolors,0.875,0.75,1.0\n"
         "counting,0.6667,0.6667,0.6667\n"
@@ -271,7 +271,7 @@ def test_chance_fact_accuracy():
              {"category": "colors", "demands": json.dumps(demand(("circle", "blue", 1)))},
              {"category": "two_objects",
               "demands": json.dumps(demand(("circle", None, 1), ("square", None, 1)))}]  # fmt: skip
-    chance = evaluate_facts.chance_fact_accuracy([red_circle()], suite)
+    chance = fact_scores.chance_fact_accuracy([red_circle()], suite)
     assert chance == {"overall": 0.625, "colors": 0.75, "two_objects": 0.5}
 
 

@@ -1,4 +1,5 @@
-"""Atomic writes: what a failed or killed writer leaves, and the failpoints that kill it."""
+"""Atomic writes: what a failed or killed writer leaves, and the failpoints that kill it;
+the content hash of a folder."""
 
 import os
 import signal
@@ -59,3 +60,20 @@ def test_a_failpoint_kills_the_process_there_and_the_trace_names_each_one(tmp_pa
     assert len(leftover) == 1 and leftover[0].endswith("-b.txt")  # killed mid-write...
     subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, check=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt", "trace.tsv"]  # ...gone
+
+
+def test_tree_hash_covers_paths_and_bytes_but_not_hidden_files_or_the_card(tmp_path):
+    """Known answer: sha256 of "a.txt\\0<sha256 a>\\nlineage.json\\0...\\nsub/b.txt\\0...\\n"."""
+    model = tmp_path / "model"
+    (model / "sub").mkdir(parents=True)
+    (model / "a.txt").write_text("a")
+    (model / "sub" / "b.txt").write_text("b")
+    (model / io.LINEAGE_NAME).write_text("{}")
+    known = "94f0604266a87f6647d2a35696fb11c58181bb2c7b80f33194343d4e04404a21"
+    assert io.tree_hash(model) == known
+    (model / io.CARD_NAME).write_text("a card, written from the lineage")
+    (model / f"{io.TEMP_PREFIX}1-0a1b2c3d-x").write_text("a killed writer's leftover")
+    assert io.tree_hash(model) == known
+    (model / io.LINEAGE_NAME).unlink()  # no longer a model folder: its README.md counts
+    assert io.tree_hash(model) == "8090116fadf62d63197b2a7cd56bd826d59bf74b1455825613596e91b6f5f9db"
+    assert io.tree_hash(model / "a.txt") == io.sha256_bytes(b"a")

@@ -1,4 +1,4 @@
-"""Atomic writes, parquet shards and content hashes.
+"""Atomic writes, parquet shards and content hashes (of bytes, files and folders).
 
 Every output is written beside its final path and renamed into place, so a
 killed stage never leaves a file that looks complete; the next write into the same
@@ -168,4 +168,29 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             digest.update(block)
+    return digest.hexdigest()
+
+
+# A model folder's lineage record and the card written from it (see recaption.lineage).
+LINEAGE_NAME = "lineage.json"
+CARD_NAME = "README.md"
+
+
+def tree_hash(path: str | Path) -> str:
+    """sha256 of a file, or of a folder's relative paths and file hashes (sorted).
+
+    Hidden files and folders are ignored, so an atomic writer's leftovers never count;
+    so is a model folder's card (README.md beside lineage.json): it is written from the
+    lineage record, so it says nothing the hash does not already cover.
+    """
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    card = path / CARD_NAME if (path / LINEAGE_NAME).is_file() else None
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path)
+        if any(part.startswith(".") for part in rel.parts) or file == card:
+            continue
+        digest.update(f"{rel.as_posix()}\0{sha256_file(file)}\n".encode())
     return digest.hexdigest()

@@ -1,41 +1,19 @@
-"""Content hashes of inputs and the `lineage.json` every model folder carries.
+"""The `lineage.json` every model folder carries, and its model card.
 
 A lineage records what a model was made from: the content hash of each input
-(dataset, caption sets, parent model) and the params used, so the chain
-"which captions trained which model" can be read back and checked against disk.
+(dataset, caption sets, parent model; `tree_hash`, from the library's `recaption.io`)
+and the params used, so the chain "which captions trained which model" can be read
+back and checked against disk.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from recaption import cards, io
-
-LINEAGE_NAME = "lineage.json"
-CARD_NAME = "README.md"  # the model card, from the same record
-
-
-def tree_hash(path: str | Path) -> str:
-    """sha256 of a file, or of a folder's relative paths and file hashes (sorted).
-
-    Hidden files and folders are ignored, so an atomic writer's leftovers never count;
-    so is a model folder's card (README.md beside lineage.json): it is written from the
-    lineage record, so it says nothing the hash does not already cover.
-    """
-    path = Path(path)
-    if path.is_file():
-        return io.sha256_file(path)
-    digest = hashlib.sha256()
-    card = path / CARD_NAME if (path / LINEAGE_NAME).is_file() else None
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = file.relative_to(path)
-        if any(part.startswith(".") for part in rel.parts) or file == card:
-            continue
-        digest.update(f"{rel.as_posix()}\0{io.sha256_file(file)}\n".encode())
-    return digest.hexdigest()
+from recaption.io import CARD_NAME, LINEAGE_NAME, tree_hash
 
 
 def write_lineage(

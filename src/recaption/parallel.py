@@ -13,7 +13,8 @@ under it, data-parallel:
 Every process builds the same model from the same seeds and draws the same global
 batch each step, then trains on its own equal slice of it; DistributedDataParallel
 averages the gradients, so every process takes the same optimizer step on the whole
-batch's gradient. The main process alone writes checkpoints, models and logs; the
+batch's gradient. The main process alone writes checkpoints, models and logs (its
+dvclive: `recaption.live.main_live`; this module is library and knows no DVC); the
 others wait for it and exit. The launcher is an environment variable, not a param:
 like the device, it decides how the arithmetic is spread, not what is computed (a
 multi-process run differs from a one-process run only in the order of float sums).
@@ -21,18 +22,15 @@ multi-process run differs from a one-process run only in the order of float sums
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
-from dvclive import Live
 
-from recaption import paths
 from recaption.errors import UserError
 
 LAUNCHER_ENV = "RECAP_LAUNCHER"
@@ -116,13 +114,3 @@ class Parallel:
         """Every process waits here for the others (e.g. for the main one's writes)."""
         if self.world > 1:
             self.accelerator.wait_for_everyone()
-
-
-@contextlib.contextmanager
-def main_live(par: Parallel, name: str) -> Iterator[Live | None]:
-    """dvclive under dvclive/<name> in the main training process; None in the others."""
-    if not par.is_main:
-        yield None
-        return
-    with Live(str(paths.DVCLIVE / name), dvcyaml=False, save_dvc_exp=False) as live:
-        yield live

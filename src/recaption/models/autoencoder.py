@@ -24,7 +24,7 @@ import torch
 from diffusers import AutoencoderKL
 from tqdm import tqdm
 
-from recaption import precision
+from recaption import io, precision
 from recaption.errors import UserError
 from recaption.models.schedule import warmup_cosine
 
@@ -61,6 +61,18 @@ def load(folder: str | Path) -> AutoencoderKL:
     if not (folder / "config.json").is_file():
         raise AutoencoderError(f"{folder} is not an autoencoder folder: config.json is missing")
     return AutoencoderKL.from_pretrained(folder, use_safetensors=True)
+
+
+def is_trained(folder: str | Path) -> bool:
+    """Does `folder` hold a trained autoencoder (not only a `none` lineage)?"""
+    return (Path(folder) / "config.json").is_file()
+
+
+def fingerprint(folder: str | Path) -> str:
+    """A trained autoencoder's identity: the hashes of its weights and config."""
+    folder = Path(folder)
+    files = [folder / "config.json", folder / "diffusion_pytorch_model.safetensors"]
+    return io.sha256_bytes("".join(io.sha256_file(f) for f in files).encode())
 
 
 def factor(vae: AutoencoderKL) -> int:

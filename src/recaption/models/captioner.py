@@ -36,7 +36,6 @@ from transformers import (
 
 from recaption import io
 from recaption.errors import UserError
-from recaption.lineage import tree_hash
 from recaption.models.tokenizer import train_tokenizer
 
 MAPPER_WEIGHTS = "mapper.safetensors"
@@ -277,4 +276,4 @@ def create(
 
 def fingerprint(folder: str | Path) -> str:
     """Content hash of a captioner folder: names a caption version's captioner."""
-    return tree_hash(folder)
+    return io.tree_hash(folder)

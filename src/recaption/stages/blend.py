@@ -21,20 +21,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recaption import datasets, io, lineage, paths
-from recaption.blend import SOURCES, SYNTHETIC, Blend, binomial_bounds
+from recaption.blend import SOURCES, SYNTHETIC, binomial_bounds
+from recaption.blend_params import blend_of
 from recaption.errors import UserError
 from recaption.params import Params, load_params
 
 log = logging.getLogger(__name__)
 CHECK_EPOCHS = 3  # per_epoch mode: epochs whose realised shares the report checks
-
-
-def blend_of(params: Params) -> Blend:
-    bp = params.blend
-    return Blend(
-        bp.synthetic_ratio, bp.synthetic_kind, bp.short_fraction, bp.mode, params.seed,
-        bp.use_upsampled,
-    )  # fmt: skip
 
 
 def candidates(

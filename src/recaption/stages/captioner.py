@@ -19,11 +19,11 @@ import torch
 
 from recaption import datasets, embed, io, lineage, paths, precision, sampling
 from recaption.errors import UserError
+from recaption.live import main_live, step_logger
 from recaption.models import captioner as captioner_lib
 from recaption.models.captioner_train import CaptionTrainConfig, train_captioner
-from recaption.parallel import Parallel, main_live
+from recaption.parallel import Parallel
 from recaption.params import CaptionerStageParams, Params, load_params
-from recaption.stages.live import step_logger
 
 log = logging.getLogger(__name__)
 STAGES = ("pretrain", "stage1", "stage2")
@@ -108,7 +108,7 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
         len(val_keys),
         config.steps,
     )
-    with main_live(par, f"captioner_{stage}") as live:
+    with main_live(f"captioner_{stage}", par.is_main) as live:
         metrics = train_captioner(
             model,
             (features_of(emb, train_keys), [pairs[k] for k in train_keys]),

@@ -19,9 +19,10 @@ import torch
 from tqdm import tqdm
 
 from recaption import datasets, images, io, lineage, paths, precision
+from recaption.live import main_live
 from recaption.models import clip as clip_lib
 from recaption.models.clip_train import ClipTrainConfig, retrieval_recall, train_clip
-from recaption.parallel import Parallel, main_live
+from recaption.parallel import Parallel
 from recaption.params import Params, load_params
 from recaption.synthetic import world_config
 from recaption.world import WorldConfig, make_example
@@ -82,7 +83,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     heldout = heldout_set(clip.image_size)
     par = Parallel.start()
     compute, record = precision.settle(cp.train.precision, par.device, "clip.train.precision")
-    with main_live(par, LIVE_DIR.name) as live:
+    with main_live(LIVE_DIR.name, par.is_main) as live:
         if pretrained is None:
             _, pngs, captions = training_pairs(params)
             pixels = datasets.images_tensor(pngs, clip.image_size)

@@ -24,11 +24,11 @@ from dvclive import Live
 
 from recaption import io, lineage, paths, precision
 from recaption.errors import UserError
+from recaption.live import step_logger
 from recaption.models import clip as clip_lib
 from recaption.models import oracle as oracle_lib
 from recaption.models.clip_train import ClipTrainConfig, retrieval_recall, train_clip
 from recaption.params import ContrastiveParams, Params, load_params
-from recaption.stages.live import step_logger
 from recaption.synthetic import world_config
 
 log = logging.getLogger(__name__)

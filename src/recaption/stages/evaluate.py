@@ -8,7 +8,7 @@ Two prompt sets, each in several phrasings of the same content:
   each; the oracle detector judges each image against the prompt's demands
   (`recaption.metrics.geneval`), giving prompt-following accuracy per category, and
   fact by fact, giving graded fact accuracy with a bootstrap interval
-  (`recaption.stages.evaluate_facts`, which also refuses images that look like noise);
+  (`recaption.metrics.fact_scores`, which also refuses images that look like noise);
 - held-out captions: the first `evaluate.heldout_prompts` held-out images' ground
   truth (alt-text style), short and descriptive captions, one image each.
 
@@ -37,12 +37,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from recaption import datasets, devices, io, lineage, paths, precision, runner
-from recaption.metrics import evaluation_page, geneval
+from recaption.metrics import evaluation_page, fact_scores, geneval
 from recaption.models import clip as clip_lib
 from recaption.models import generator as gen_lib
 from recaption.models import oracle as oracle_lib
 from recaption.params import Params, load_params
-from recaption.stages import evaluate_facts
 
 log = logging.getLogger(__name__)
 WORK_DIR = paths.WORK / "evaluate"
@@ -209,9 +208,9 @@ def _heldout_demands(params: Params, jobs: Sequence[Job]) -> dict[str, dict]:
     """Demands of the held-out descriptive captions drawn (built-in world only)."""
     if params.data.source != "synthetic":
         return {}
-    phrasing = evaluate_facts.HELDOUT_PHRASING
-    return evaluate_facts.heldout_demands(
-        j.item for j in jobs if j.set == "heldout" and j.phrasing == phrasing
+    phrasing = fact_scores.HELDOUT_PHRASING
+    return fact_scores.heldout_demands(
+        paths.DATASET, (j.item for j in jobs if j.set == "heldout" and j.phrasing == phrasing)
     )
 
 
@@ -315,15 +314,15 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     samples = pa.Table.from_pylist([asdict(j) for j in jobs])  # key first
     for name in ("image", "cos", "detection", "follows"):
         samples = samples.append_column(name, run.table.column(name))
-    samples = evaluate_facts.score_facts(samples, _heldout_demands(params, jobs))
+    samples = fact_scores.score_facts(samples, _heldout_demands(params, jobs))
     io.write_table(paths.EVAL_SAMPLES, samples)
-    noise = evaluate_facts.noise_check(
-        samples, ep.noise_guard
+    noise = fact_scores.noise_check(
+        samples, paths.DATASET, paths.SPLITS, ep.noise_guard
     )  # raises before any metric is written
-    metrics = {**summarise(samples), **evaluate_facts.summarise_facts(samples)}
+    metrics = {**summarise(samples), **fact_scores.summarise_facts(samples)}
     if synthetic:
         metrics["prompt_following_chance"] = chance_following(params)
-        metrics["fact_accuracy_chance"] = evaluate_facts.chance_fact_accuracy(
+        metrics["fact_accuracy_chance"] = fact_scores.chance_fact_accuracy(
             chance_detections(params), pq.read_table(paths.PROMPTS).to_pylist()
         )
     metrics["noise_check"] = noise
@@ -339,7 +338,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     }
     io.write_json(paths.METRICS, metrics)
     _write_plots(metrics, paths.EVAL_PLOTS)
-    evaluate_facts.write_fact_plots(metrics, paths.EVAL_PLOTS)
+    fact_scores.write_fact_plots(metrics, paths.EVAL_PLOTS)
     grids = _grids(samples, ep.grid_prompts)
     with io.atomic_path(paths.GRIDS) as tmp:
         tmp.mkdir()

@@ -25,10 +25,10 @@ from PIL import Image
 
 from recaption import datasets, io, latents, lineage, paths, precision
 from recaption.errors import UserError
+from recaption.live import step_logger
 from recaption.models import autoencoder as ae_lib
 from recaption.models import oracle as oracle_lib
 from recaption.params import Params, load_params
-from recaption.stages.live import step_logger
 from recaption.world import Scene
 
 log = logging.getLogger(__name__)
@@ -37,18 +37,6 @@ SHOWN = 16  # held-out images in reports/autoencoder.png
 
 class ReconstructionError(UserError):
     """The autoencoder's reconstructions lose what the scene shows."""
-
-
-def is_trained(folder: Path = paths.AUTOENCODER) -> bool:
-    """Does models/autoencoder hold a trained autoencoder (not only a `none` lineage)?"""
-    return (Path(folder) / "config.json").is_file()
-
-
-def fingerprint(folder: Path = paths.AUTOENCODER) -> str:
-    """The trained autoencoder's identity: its weights and config."""
-    folder = Path(folder)
-    files = [folder / "config.json", folder / "diffusion_pytorch_model.safetensors"]
-    return io.sha256_bytes("".join(io.sha256_file(f) for f in files).encode())
 
 
 def _split(params: Params) -> tuple[list[dict], list[dict]]:
@@ -143,17 +131,16 @@ def encode_main(params_path: Path = paths.PARAMS) -> dict:
     """
     params = load_params(params_path)
     result = latents.CacheResult()
-    if not is_trained():
+    if not ae_lib.is_trained(paths.AUTOENCODER):
         paths.LATENTS.mkdir(parents=True, exist_ok=True)
         for stale in paths.LATENTS.glob(io.SHARD_GLOB):
             stale.unlink()
         report = {"images": 0, "shards": 0, "autoencoder": None}
     else:
         vae = ae_lib.load(paths.AUTOENCODER)
-        result = latents.update(
-            vae, fingerprint(), paths.DATASET, paths.LATENTS, params.data.image_size
-        )
+        identity = ae_lib.fingerprint(paths.AUTOENCODER)
+        result = latents.update(vae, identity, paths.DATASET, paths.LATENTS, params.data.image_size)
         report = {"images": result.images, "shards": len(io.shard_paths(paths.LATENTS)),
-                  "autoencoder": latents.cache_fingerprint(fingerprint())}  # fmt: skip
+                  "autoencoder": latents.cache_fingerprint(identity)}  # fmt: skip
     io.write_json(paths.LATENTS_REPORT, report)
     return {**report, **result.to_dict()}

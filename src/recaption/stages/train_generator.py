@@ -23,15 +23,14 @@ import torch
 
 from recaption import datasets, io, latents, lineage, paths, precision
 from recaption.blend import SOURCES
+from recaption.blend_params import blend_of
+from recaption.live import main_live, step_logger
 from recaption.models import autoencoder as ae_lib
 from recaption.models import generator as gen_lib
 from recaption.models.generator_train import GeneratorTrainConfig, train_generator
 from recaption.models.tokenizer import train_tokenizer
-from recaption.parallel import Parallel, main_live
+from recaption.parallel import Parallel
 from recaption.params import Params, load_params
-from recaption.stages import train_autoencoder as autoencoder
-from recaption.stages.blend import blend_of
-from recaption.stages.live import step_logger
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = paths.WORK / "train_generator"
@@ -43,7 +42,7 @@ def start_pipeline(params: Params, texts: list[str]) -> gen_lib.GeneratorPipelin
     gp = params.generator
     if Path(gp.model).suffix == ".json":
         tokenizer = train_tokenizer(texts, gp.vocab_size, wrap=True)
-        vae = ae_lib.load(paths.AUTOENCODER) if autoencoder.is_trained() else None
+        vae = ae_lib.load(paths.AUTOENCODER) if ae_lib.is_trained(paths.AUTOENCODER) else None
         return gen_lib.create_builtin(
             gp.model, tokenizer, params.data.image_size, seed_of(params), vae
         )
@@ -53,7 +52,7 @@ def start_pipeline(params: Params, texts: list[str]) -> gen_lib.GeneratorPipelin
 def training_data(pipe: gen_lib.GeneratorPipeline, keys: list[str], pngs) -> torch.Tensor:
     """What the UNet trains on: the cached latents (scaled) of a built-in latent pipeline,
     else the images (a saved pipeline's VAE encodes each batch)."""
-    if pipe.vae is not None and autoencoder.is_trained():
+    if pipe.vae is not None and ae_lib.is_trained(paths.AUTOENCODER):
         return latents.read(paths.LATENTS, keys) * pipe.vae.config.scaling_factor
     return datasets.images_tensor(pngs(), pipe.image_size)
 
@@ -102,7 +101,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     config = GeneratorTrainConfig(seed=seed_of(params), **{**fields, "precision": compute})
     caption_version = lineage.tree_hash(paths.RELABELED)
     checkpoints = checkpoint_dir(params, caption_version, record, clean=par.is_main)
-    with main_live(par, "train_generator") as live:
+    with main_live("train_generator", par.is_main) as live:
         metrics = train_generator(
             pipe,
             images,
@@ -115,6 +114,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     if not par.is_main:  # the main process writes the model
         return metrics
     extra = {"processes": par.world} if par.world > 1 else {}
+    has_autoencoder = ae_lib.is_trained(paths.AUTOENCODER)
     with io.atomic_path(paths.GENERATOR) as tmp:
         pipe.save_pretrained(tmp)
         lineage.write_lineage(
@@ -124,7 +124,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
                 "captions": paths.RELABELED,
                 "dataset": paths.DATASET,
                 "splits": paths.SPLITS,
-                **({"autoencoder": paths.AUTOENCODER} if autoencoder.is_trained() else {}),
+                **({"autoencoder": paths.AUTOENCODER} if has_autoencoder else {}),
             },
             {
                 "seed": params.seed,

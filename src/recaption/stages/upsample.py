@@ -26,11 +26,11 @@ import pyarrow.parquet as pq
 from dvclive import Live
 
 from recaption import datasets, io, lineage, paths, precision, sampling
+from recaption.live import step_logger
 from recaption.metrics.upsampling import faithfulness
 from recaption.models import upsampler as up_lib
 from recaption.models.captioner import Decoding
 from recaption.params import Params, load_params
-from recaption.stages.live import step_logger
 from recaption.world import Scene, scene_prompt
 
 log = logging.getLogger(__name__)

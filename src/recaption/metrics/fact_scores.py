@@ -1,5 +1,5 @@
-"""The evaluate stage's fact accuracy and noise guard (see `recaption.metrics.facts` and
-`recaption.metrics.noise_guard`), on the stage's samples table.
+"""Fact accuracy and the noise guard (see `recaption.metrics.facts` and
+`recaption.metrics.noise_guard`) on an evaluation's samples table (the evaluate stage's).
 
 - Suite images are judged fact by fact against their prompt's demands, the same facts
   in every phrasing (a descriptive or upsampled prompt may add a background or cells,
@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from recaption import datasets, io, paths
+from recaption import datasets, io
 from recaption.metrics import facts, noise_guard
 from recaption.metrics.captions import scene_from_meta
 
@@ -43,10 +43,10 @@ def _round(x: float) -> float:
 # ---- scoring -----------------------------------------------------------------------------
 
 
-def heldout_demands(items: Iterable[str]) -> dict[str, dict]:
+def heldout_demands(dataset: str | Path, items: Iterable[str]) -> dict[str, dict]:
     """Held-out key -> the demands of its descriptive caption, from the scene in the
-    dataset's `meta` (built-in world only)."""
-    rows = datasets.load_rows(paths.DATASET, ["descriptive", "meta"], set(items))
+    `meta` of the `dataset` folder's rows (built-in world only)."""
+    rows = datasets.load_rows(dataset, ["descriptive", "meta"], set(items))
     return {
         r["key"]: facts.caption_demands(r["descriptive"], scene_from_meta(r["meta"]))
         for r in rows
@@ -146,7 +146,7 @@ def chance_fact_accuracy(
 
 
 def write_fact_plots(metrics: Mapping[str, Any], out: Path) -> None:
-    """reports/plots/fact_accuracy_<phrasing>.csv: per category, with its interval."""
+    """`out`/fact_accuracy_<phrasing>.csv: per category, with its interval."""
     for phrasing, table in metrics["fact_accuracy"].items():
         lines = ["category,accuracy,ci95_low,ci95_high"] + [
             f"{c},{v},{table['ci95'][c][0]},{table['ci95'][c][1]}"
@@ -164,15 +164,18 @@ def _pixels(pngs: Sequence[bytes]) -> np.ndarray:
     return np.stack([np.asarray(Image.open(stdio.BytesIO(b)).convert("RGB")) for b in pngs])
 
 
-def noise_check(samples: pa.Table, guard: bool = True) -> dict[str, Any]:
+def noise_check(
+    samples: pa.Table, dataset: str | Path, splits: str | Path, guard: bool = True
+) -> dict[str, Any]:
     """Refuse (NoiseError) generated images that look like noise, against up to
-    NOISE_REFERENCE held-out dataset images; returns the figures for metrics.json.
+    NOISE_REFERENCE held-out images of the `dataset` folder (held out by the `splits`
+    file); returns the figures for metrics.json.
 
     With `guard` off (`evaluate.noise_guard: false`, as the tests' 3-step generator
     needs) it warns instead, and metrics.json and the page say so.
     """
-    held = sorted(datasets.read_splits(paths.SPLITS)["heldout"])[:NOISE_REFERENCE]
-    reference = [r["image"] for r in datasets.load_rows(paths.DATASET, ["image"], set(held))]
+    held = sorted(datasets.read_splits(splits)["heldout"])[:NOISE_REFERENCE]
+    reference = [r["image"] for r in datasets.load_rows(dataset, ["image"], set(held))]
     generated = _pixels(samples.column("image").to_pylist())
     if not guard:
         check = noise_guard.check_noise(generated, _pixels(reference))

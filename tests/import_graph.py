@@ -1,0 +1,48 @@
+"""Who imports whom in a package's source, read with `ast` (nothing is imported).
+
+Shared by test_code_deps (each stage's import closure) and test_layers (which
+imports cross from the library into the pipeline).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def module_file(name: str, src: Path) -> Path | None:
+    """The file that defines module `name` under `src` (a package's __init__.py), or None."""
+    base = src.joinpath(*name.split("."))
+    for path in (base / "__init__.py", base.with_suffix(".py")):
+        if path.is_file():
+            return path
+    return None
+
+
+def imports(tree: ast.AST, module: str, is_package: bool = False) -> Iterator[tuple[int, str]]:
+    """(line, module name) of every import in `tree`, anywhere in it (functions too).
+
+    `from a import b` yields both `a` and `a.b`: b may be a submodule; a caller keeps
+    only the names that resolve to a file. Relative imports are made absolute
+    against `module` (itself, when `is_package`: the tree is its __init__.py).
+    """
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = module.split(".")[: None if is_package else -1]
+                parts = parts[: len(parts) - (node.level - 1)]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            yield node.lineno, base
+            for alias in node.names:
+                if alias.name != "*":
+                    yield node.lineno, f"{base}.{alias.name}"
+
+
+def imported_names(tree: ast.AST, module: str, is_package: bool = False) -> set[str]:
+    """Every module name `tree` may import (see `imports`)."""
+    return {name for _, name in imports(tree, module, is_package)}
