@@ -21,6 +21,7 @@ TINY = {
     },
     "prompts": {"per_category": 3},
     "sample": {"size": 10, "overlap": 0.5, "heldout_size": 8},
+    "clip": {"train": {"corpus": 40}},  # the default's 40,000 renders take seconds
 }
 
 

@@ -355,3 +355,13 @@ def test_clip_pretrain_trains_on_the_corpus_with_hard_negatives(project, arch, m
     keys, _, _ = clip_pretrain.training_pairs(load_params())
     assert seen["n"] == len(keys) + 12 and len(seen["captions"][-1]) == 3
     assert seen["negative"] is not None
+
+
+def test_real_data_trains_without_the_world_corpus(project):
+    project.write_params(
+        data={"source": "folder"}, clip={"train": {"corpus": 100, "corpus_seed": 7}}
+    )
+    params = load_params()  # the corpus seed equals the dataset's, but no corpus is rendered
+    assert clip_pretrain.corpus_size(params) == 0
+    project.write_params(clip={"train": {"corpus": 100}})
+    assert clip_pretrain.corpus_size(load_params()) == 100

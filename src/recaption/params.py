@@ -168,8 +168,9 @@ class ClipTrainParams(ContrastiveParams):
     eval_every: int = Field(200, ge=1)
     # A pretraining corpus, as a real CLIP has: fresh renders of the built-in world (its
     # own seed, never the dataset's or the evaluation's), each with its alt-text, short
-    # and descriptive caption, beside the dataset's pairs.
-    corpus: int = Field(0, ge=0)
+    # and descriptive caption, beside the dataset's pairs. Built-in world only: real data
+    # trains on its own pairs (or takes a pretrained CLIP).
+    corpus: int = Field(40000, ge=0)
     corpus_seed: int = 2000003
     hard_negatives: bool = False  # NegCLIP: each caption also meets a copy with one
     # shape or colour word swapped (recaption.world.negatives)
@@ -535,13 +536,8 @@ class Params(Section):
     @model_validator(mode="after")
     def _own_corpus(self) -> Params:
         train = self.clip.train
-        if not train.corpus:
-            return self
-        if self.data.source != "synthetic":
-            raise ValueError(
-                "clip.train.corpus renders the built-in world, which real data is not: set it "
-                "to 0 (or use a pretrained CLIP, clip.pretrained)"
-            )
+        if not train.corpus or self.data.source != "synthetic":
+            return self  # real data: no corpus (see clip_pretrain.corpus_size)
         if train.corpus_seed in (self.seed, self.evaluate.seed):
             raise ValueError(
                 f"clip.train.corpus_seed ({train.corpus_seed}) must differ from seed and "

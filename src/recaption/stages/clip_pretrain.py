@@ -51,6 +51,12 @@ def training_pairs(params: Params) -> tuple[list[str], list[bytes], list[list[st
     return [r["key"] for r in rows], [r["image"] for r in rows], captions
 
 
+def corpus_size(params: Params) -> int:
+    """Fresh renders in the pretraining corpus: `clip.train.corpus` for the built-in world,
+    none for real data (the world's renders are another domain than its images)."""
+    return params.clip.train.corpus if params.data.source == "synthetic" else 0
+
+
 def corpus_pairs(
     cfg: WorldConfig, n: int, seed: int, size: int
 ) -> tuple[torch.Tensor, list[list[str]]]:
@@ -87,10 +93,10 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         if pretrained is None:
             _, pngs, captions = training_pairs(params)
             pixels = datasets.images_tensor(pngs, clip.image_size)
-            if cp.train.corpus:
+            if corpus_size(params):
                 world, size = world_config(params), clip.image_size
                 extra, extra_captions = corpus_pairs(
-                    world, cp.train.corpus, cp.train.corpus_seed, size
+                    world, corpus_size(params), cp.train.corpus_seed, size
                 )
                 pixels, captions = torch.cat([pixels, extra]), [*captions, *extra_captions]
             train = cp.train.model_dump(
