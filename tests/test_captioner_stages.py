@@ -80,7 +80,7 @@ def test_stages_chain_with_pretraining_off_and_epochs(embedded, arch):
     assert stage2["inputs"]["captions"]["path"] == str(paths.DESCRIPTIVE)
     assert (paths.DVCLIVE / "captioner_stage2" / "metrics.json").is_file()
     model = cap.load(paths.CAPTIONER / "stage2")
-    assert model.mapper.config.grid_cells == 9  # the embeddings' 3x3 grid reaches the mapper
+    assert model.mapper.config.grid_cells == 16  # the embeddings' 4x4 grid reaches the mapper
 
 
 def test_a_local_lm_folder_named_in_params_is_trained_with_its_own_tokenizer(

@@ -117,7 +117,7 @@ def test_embed_computes_only_new_images_and_all_after_a_clip_change(project, arc
     first = embed.read_dir(paths.IMAGE_EMBEDDINGS)
     assert first.keys == [f"{i:08d}" for i in range(60)]
     assert first.vectors.dtype == np.float16 and first.vectors.shape == (60, 32)
-    assert first.grid.shape == (60, 9 * 32)  # 3 x 3 cells of the 32-wide ViT tokens
+    assert first.grid.shape == (60, 16 * 32)  # 4 x 4 cells of the 32-wide ViT tokens
     norms = np.linalg.norm(first.vectors.astype(np.float32), axis=1)
     assert np.allclose(norms, 1.0, atol=2e-3)
     stamp = [p.stat().st_mtime_ns for p in sorted(paths.IMAGE_EMBEDDINGS.iterdir())]

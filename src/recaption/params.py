@@ -192,7 +192,7 @@ class EmbedParams(Section):
     # up to 8 beside a GPU.
     num_workers: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    grid: int = Field(3, ge=0, le=16)
+    grid: int = Field(4, ge=0, le=16)
     probe_train_size: int = Field(4000, ge=10)
 
 
