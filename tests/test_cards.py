@@ -53,5 +53,8 @@ def test_a_clip_card_names_its_pretraining_corpus_when_it_had_one():
         "a pretraining corpus of 40,000 fresh renders of the built-in world (seed 2000003" in card
     )
     assert 'create_model_and_transforms(\n    "local-dir:models/clip")' in card
+    record["params"]["data.source"] = "parquet"  # real data renders no corpus
+    assert "pretraining corpus" not in cards.render(record)
+    record["params"]["data.source"] = "synthetic"
     record["params"]["clip"]["train"]["corpus"] = 0
     assert "pretraining corpus" not in cards.render(record)

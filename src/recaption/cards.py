@@ -94,9 +94,10 @@ def _compute_lines(compute: dict[str, Any] | None) -> list[str]:
 
 
 def _corpus_lines(params: dict[str, Any]) -> list[str]:
-    """The CLIP's pretraining corpus, when it had one (clip.train.corpus)."""
+    """The CLIP's pretraining corpus, when it had one (clip.train.corpus; built-in world
+    only, see clip_pretrain.corpus_size)."""
     train = (params.get("clip") or {}).get("train") or {}
-    if not train.get("corpus"):
+    if not train.get("corpus") or params.get("data.source", "synthetic") != "synthetic":
         return []
     return [
         "", f"Beside these pairs, a pretraining corpus of {train['corpus']:,} fresh renders of "

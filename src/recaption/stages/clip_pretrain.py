@@ -93,10 +93,10 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         if pretrained is None:
             _, pngs, captions = training_pairs(params)
             pixels = datasets.images_tensor(pngs, clip.image_size)
-            if corpus_size(params):
-                world, size = world_config(params), clip.image_size
+            if n := corpus_size(params):
+                world = world_config(params)
                 extra, extra_captions = corpus_pairs(
-                    world, corpus_size(params), cp.train.corpus_seed, size
+                    world, n, cp.train.corpus_seed, clip.image_size
                 )
                 pixels, captions = torch.cat([pixels, extra]), [*captions, *extra_captions]
             train = cp.train.model_dump(
@@ -129,7 +129,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             tmp,
             "clip_pretrain",
             inputs,
-            {"seed": params.seed, "clip": cp.model_dump()},
+            {"seed": params.seed, "data.source": params.data.source, "clip": cp.model_dump()},
             metrics={k: round(v, 6) for k, v in metrics.items()},
             compute=record if pretrained is None else None,
         )
