@@ -11,7 +11,7 @@ from recaption.models import captioner as cap
 from recaption.stages import captioner as stages
 from recaption.stages import clip_pretrain
 from recaption.stages import embed as embed_stage
-from test_captioner import save_local_lm
+from test_captioner import assert_holds_saved_weights, save_local_lm
 from test_clip_embed import TINY_ARCH, TRAIN, prepare
 
 TINY_LM = str(Path(__file__).parent / "data" / "tiny-gpt2.json")
@@ -87,12 +87,18 @@ def test_a_local_lm_folder_named_in_params_is_trained_with_its_own_tokenizer(
     embedded, arch, tmp_path
 ):
     save_local_lm(tmp_path / "lm")
-    write(embedded, arch, lm=str(tmp_path / "lm"))
+    # A frozen LM: the mapper trains through it, and it comes back as the folder holds it.
+    write(
+        embedded, arch, lm=str(tmp_path / "lm"), pretrain={**STAGE, "steps": 3, "train_lm": False}
+    )
     stages.main("pretrain")
     model = cap.load(paths.CAPTIONER / "pretrain")
+    assert_holds_saved_weights(model.lm, tmp_path / "lm")  # the folder's weights, not fresh ones
     assert model.mapper.config.d_model == 24  # the local LM's width, not the built-in's
     assert model.tokenizer.eos_token == "<eos>"  # its own tokenizer, not one trained here
-    assert read_lineage("pretrain")["params"]["captioner"]["lm"] == str(tmp_path / "lm")
+    record = read_lineage("pretrain")
+    assert record["params"]["captioner"]["lm"] == str(tmp_path / "lm")
+    assert record["metrics"]["steps"] == 3
 
 
 def test_an_lm_spec_that_does_not_exist_is_a_clear_error(embedded, arch, tmp_path):
