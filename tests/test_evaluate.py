@@ -9,6 +9,7 @@ import torch
 
 from recaption.metrics import evaluation_page, fact_scores, geneval
 from recaption.metrics.noise_guard import NoiseError
+from recaption.models import clip as clip_lib
 from recaption.models import oracle as oracle_lib
 from recaption.params import ParamsError, load_params
 from recaption.stages import eval_models, evaluate
@@ -168,6 +169,48 @@ def test_fresh_renders_must_not_be_the_dataset(project):
 def test_clip_score_conventions():
     cos = np.array([-0.2, 0.3])
     assert evaluate.clip_scores(cos) == {"clipscore": pytest.approx(0.375), "cos100": 5.0}
+
+
+# A stub CLIP whose embeddings are set by hand, so the cosines are known. An image's
+# embedding is its top-left pixel as the model sees it: with mean 51/255 and std 1/255,
+# pixel value 51 + x reads as x.
+IMAGE_EMBEDDINGS = [(3, 4, 0), (0, -6, 8), (7, 0, 24)]  # norms 5, 10, 25
+PROMPT_EMBEDDINGS = {  # norms 10, 2, 5
+    "a red circle": (8, 6, 0),
+    "a blue square": (0, 0, 2),
+    "two green stars": (0, 3, -4),
+}
+
+
+class StubClipModel:
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, 4, 4) -> (B, 3)
+        assert images.shape[1:] == (3, 4, 4)  # resized to the model's input size
+        return images[:, :, 0, 0]
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, 3)
+        return torch.tensor(list(PROMPT_EMBEDDINGS.values()), dtype=torch.float32)[ids]
+
+
+def test_clip_cosines_pair_each_image_with_its_own_prompt():
+    prompts = list(PROMPT_EMBEDDINGS)
+    clip = clip_lib.Clip(
+        StubClipModel(),
+        {"vision_cfg": {"image_size": 4}},
+        {"mean": [51 / 255] * 3, "std": [1 / 255] * 3},
+        lambda texts: torch.tensor([prompts.index(t) for t in texts]),
+    )
+    # Solid 6x6 images, one per prompt, in the prompts' order: (B, 3, 6, 6) uint8
+    pixels = torch.tensor(IMAGE_EMBEDDINGS) + 51
+    images = pixels.to(torch.uint8).view(3, 3, 1, 1).expand(3, 3, 6, 6)
+    cos = evaluate.clip_cosines(clip, images, prompts)
+    # Unit vectors: image (.6, .8, 0), (0, -.6, .8), (.28, 0, .96); prompt (.8, .6, 0),
+    # (0, 0, 1), (0, .6, -.8). Each image with its own prompt: .96, .8, -.768. Any other
+    # pairing differs (image 0 with prompt 1 is 0, image 1 with prompt 2 is -1), and so do
+    # raw dot products (48 for the first pair).
+    assert cos == pytest.approx([0.96, 0.8, -0.768], abs=1e-5)
+    # CLIPScore clamps at 0: 2.5 * (.96 + .8 + 0) / 3 = 4.4 / 3 = 1.4667;
+    # 100 * cos does not: 100 * (.96 + .8 - .768) / 3 = 99.2 / 3 = 33.067.
+    assert evaluate.clip_scores(cos) == {"clipscore": 1.4667, "cos100": 33.067}
 
 
 def test_overall_prompt_following_is_the_mean_over_categories():
