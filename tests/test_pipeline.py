@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -249,15 +250,20 @@ def test_recap_generate_upsample_prints_the_rewritten_prompt_and_draws_it(repo):
     assert again.splitlines()[0] == first  # greedy: the same prompt, the same rewrite
 
 
-def test_lineage_names_the_caption_version_of_each_experiment(repo):
-    write_params(repo, prompts={"seed": 99})  # as the last full run left it
-    run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "pipeline run"], repo)
+@pytest.fixture(scope="module")
+def experiments(tiny_repro, tmp_path_factory) -> Path:
+    """A copy of the finished run, committed, then two experiments that differ only in
+    blend.use_upsampled; the workspace holds the last one's outputs."""
+    repo = finished_copy(tiny_repro, tmp_path_factory.mktemp("experiments") / "repo")
     # (two experiments that differ only in the ratio: tests/test_compare.py)
     run(["dvc", "exp", "run", "--name", "ratio-80", "-S", "blend.synthetic_ratio=0.8"], repo)
     run(["dvc", "exp", "run", "--name", "upsampled-80", "-S", "blend.synthetic_ratio=0.8",
          "-S", "blend.use_upsampled=true"], repo)  # fmt: skip
+    return repo
+
+
+def test_lineage_names_the_caption_version_of_each_experiment(experiments):
+    repo = experiments
     rows = {r["ref"]: r for r in json.loads(run(["recap", "lineage", "--all", "--json"], repo))}
     a, b = rows["exp ratio-80"], rows["exp upsampled-80"]
     assert (a["synthetic_ratio"], a["use_upsampled"], b["use_upsampled"]) == (0.8, False, True)
@@ -270,7 +276,9 @@ def test_lineage_names_the_caption_version_of_each_experiment(repo):
     assert "exp upsampled-80" in table and b["caption_version"][:12] in table
 
 
-def test_lineage_checks_every_link_and_flags_an_edited_model(repo):
+def test_lineage_checks_every_link_and_flags_an_edited_model(experiments, tmp_path):
+    # A copy: the model edited below stays out of the other tests' experiments.
+    repo = shutil.copytree(experiments, tmp_path / "repo", symlinks=True)
     links = json.loads(run(["recap", "lineage", "--json"], repo))
     names = [link["name"] for link in links]
     assert names[:3] == ["generator", "caption version", "synthetic captions"]
