@@ -21,6 +21,7 @@ from recaption.stages import upsample as stage
 from recaption.stages import upsample_captions as captions_stage
 from recaption.world import WorldConfig, make_example
 from recaption.world.parse import parse_caption
+from test_captioner import assert_holds_saved_weights
 
 TINY_LM = str(Path(__file__).parent / "data" / "tiny-gpt2.json")
 CHAT_TEMPLATE = (
@@ -95,7 +96,7 @@ def save_chat_lm(folder: Path) -> None:
     """A tiny instruction-tuned LM as a user would have it: a chat template, no pad token."""
     tokenizer = train_tokenizer([up_lib.INSTRUCTION, "a red circle on a white background"], 300)
     tokenizer.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(0)
+    torch.manual_seed(1)  # not the stage's seed: a loader drawing fresh weights cannot match
     lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_head=2, n_embd=16,
                                     n_positions=512, eos_token_id=tokenizer.eos_token_id,
                                     bos_token_id=tokenizer.bos_token_id))  # fmt: skip
@@ -154,6 +155,7 @@ def test_an_instruction_lm_folder_is_driven_through_its_chat_template(project):
     report = stage.main()
     assert not report["builtin"] and report["training"] == {}
     model = up_lib.load(paths.UPSAMPLER)
+    assert_holds_saved_weights(model.lm, project.root / "chat-lm")  # the folder's, untrained
     prompt = model.tokenizer.decode(model.prompt_ids("a red circle")).strip()
     assert prompt == f"<|system|>{up_lib.INSTRUCTION}\n<|user|>a red circle\n<|assistant|>"
     # A template without a system role gets the instruction in the user's message.
