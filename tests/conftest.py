@@ -78,15 +78,17 @@ def tiny_repro(tmp_path_factory):
     """The tiny project after one clean `dvc repro`, built once for every dvc test.
 
     The run records the failpoints each stage passed (see recaption.io), for the
-    fault-injection tests.
+    fault-injection tests, and the params keys each stage read (tiny_repo.reads_env).
     """
-    from tiny_repo import Repro, make_project, read_failpoints, run
+    from tiny_repo import Repro, make_project, read_failpoints, read_reads, reads_env, run
 
     repo = tmp_path_factory.mktemp("repo")
     commit = make_project(repo)
     trace = tmp_path_factory.mktemp("trace") / "failpoints.tsv"
-    run(["dvc", "repro"], repo, RECAPTION_FAILPOINTS=str(trace))
+    reads = trace.with_name("reads.tsv")
+    run(["dvc", "repro"], repo, RECAPTION_FAILPOINTS=str(trace), **reads_env(reads))
     # Tests that change the project work on copies of it as the run left it.
     pristine = tmp_path_factory.mktemp("pristine") / "repo"
     shutil.copytree(repo, pristine, symlinks=True)
-    return Repro(repo, commit, (repo / "dvc.lock").read_text(), read_failpoints(trace), pristine)
+    lock = (repo / "dvc.lock").read_text()
+    return Repro(repo, commit, lock, read_failpoints(trace), read_reads(reads), pristine)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tiny_repo import finished_copy, run, stale, write_params
+from tiny_repo import finished_copy, read_reads, reads_env, run, stale, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -204,6 +204,72 @@ def test_a_typo_in_params_fails_before_any_work(repo):
     )
     assert proc.returncode == 2
     assert "sample.overlapp: unknown key; did you mean 'overlap'?" in proc.stderr
+
+
+# Keys a stage reads that its dvc.yaml params leave out on purpose: none can change the
+# stage's outputs, so editing one reruns nothing (the second test below checks the bytes).
+UNDECLARED = {
+    "engine": "where the per-image stages run: both engines write the same bytes",
+    "ray": "the cluster of engine: ray",
+    "evaluate.chunk_size": "images per resumable unit: each image's noise is its item's own",
+    "evaluate.noise_guard": "a gate: a run it lets through writes what it would have anyway",
+    "evaluate.oracle": "in evaluate's resume fingerprint; it reaches evaluate's bytes only "
+    "through models/eval/oracle, a dep",
+    "evaluate.clip": "likewise, through models/eval/clip",
+}
+
+
+def covered(key: str, listed) -> bool:
+    """Whether `key` or a section above it is in `listed` (a DVC params section covers
+    every key under it)."""
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in listed for i in range(1, len(parts) + 1))
+
+
+def lock_outs(repo: Path, stage: str) -> list[dict]:
+    """The outputs dvc.lock records for `stage`, with their hashes."""
+    return yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]["outs"]
+
+
+def test_every_params_key_a_stage_reads_is_declared_in_dvc_yaml(tiny_repro, tmp_path):
+    reads = tiny_repro.reads  # logged by the tiny run, stage by stage (conftest.tiny_repro)
+    # With blend.use_upsampled off, as in the tiny run, upsample_captions writes an empty
+    # table and reads nothing else: run it once more, on.
+    repo = finished_copy(tiny_repro, tmp_path / "run")
+    write_params(repo, blend={"use_upsampled": True})
+    log = tmp_path / "reads.tsv"
+    run(["dvc", "repro", "--force", "--single-item", "upsample_captions"], repo, **reads_env(log))
+    more = read_reads(log)
+    assert set(more) == {"upsample_captions"}
+    assert len(more["upsample_captions"]) > len(reads["upsample_captions"])
+    reads = {**reads, **more}
+
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    assert set(reads) == set(stages)  # every stage ran under the hook
+    undeclared = {
+        stage: sorted(
+            key
+            for key in reads[stage]
+            if not covered(key, spec.get("params", [])) and not covered(key, UNDECLARED)
+        )
+        for stage, spec in stages.items()
+    }
+    assert undeclared == {stage: [] for stage in stages}
+
+
+def test_keys_left_out_of_dvc_yaml_leave_the_outputs_bytes_unchanged(tiny_repro, tmp_path):
+    """evaluate rerun with the undeclared keys it reads edited writes the same bytes.
+    (engine: ray is tests/test_engine.py's; noise_guard on refuses the tiny generator.)"""
+    edit = {"chunk_size": 7, "oracle": {"steps": 4}, "clip": {"steps": 4}}
+    keys = {"evaluate.chunk_size", "evaluate.oracle.steps", "evaluate.clip.steps"}
+    assert keys <= tiny_repro.reads["evaluate"]
+    assert all(covered(key, UNDECLARED) for key in keys)
+    repo = finished_copy(tiny_repro, tmp_path / "run")
+    write_params(repo, evaluate=edit)
+    assert "evaluate" not in stale(repo)  # oracle and eval_clip are, with their own keys
+    out = run(["dvc", "repro", "--force", "--single-item", "evaluate"], repo)
+    assert "Running stage 'evaluate'" in out
+    assert lock_outs(repo, "evaluate") == lock_outs(tiny_repro.pristine, "evaluate")
 
 
 def encoded(repo: Path, target: str, *flags: str) -> dict:

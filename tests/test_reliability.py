@@ -8,7 +8,7 @@ import yaml
 
 from recaption import io
 
-from tiny_repo import clone, finished_copy, read_failpoints, run, stale
+from tiny_repo import clone, finished_copy, read_failpoints, run, stale, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -96,3 +96,44 @@ def test_every_stage_killed_mid_write_recovers_to_the_same_outputs(tiny_repro, t
     assert yaml.safe_load((repo / "dvc.lock").read_text()) == yaml.safe_load(tiny_repro.lock)
     assert stale(repo) == set()
     assert leftovers(repo) == []
+
+
+def lock_outs(repo: Path) -> dict[str, list[dict]]:
+    """Stage -> the outputs dvc.lock records for it, with their hashes."""
+    stages = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {name: stage.get("outs", []) for name, stage in stages.items()}
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"autoencoder": {"steps": 4}},  # upstream: other latents, another latent space
+        {"generator": {"seed": 1}},  # the stage's own
+    ],
+    ids=["autoencoder-steps", "generator-seed"],
+)
+def test_a_training_killed_after_a_checkpoint_then_edited_ends_as_a_clean_run(
+    tiny_repro, tmp_path, edit
+):
+    """train_generator is killed just after its first checkpoint, a param it depends on is
+    edited, and `dvc repro` must end with the bytes of a clean run with the edit: the
+    checkpoint, made from other inputs, is not resumed."""
+    checkpoint = next(
+        name
+        for command, name in tiny_repro.failpoints
+        if command == "train-generator" and name.startswith("after-rename:data/.work/")
+    )
+    killed = finished_copy(tiny_repro, tmp_path / "killed")
+    proc = run(["dvc", "repro", "--force", "--single-item", "train_generator"], killed,
+               check=False, RECAPTION_KILL_AT=checkpoint)  # fmt: skip
+    assert proc.returncode != 0
+    assert (killed / checkpoint.split(":", 1)[1] / "state.json").is_file()
+    write_params(killed, **edit)
+    run(["dvc", "repro"], killed)
+
+    clean = finished_copy(tiny_repro, tmp_path / "clean")
+    write_params(clean, **edit)
+    run(["dvc", "repro"], clean)
+    outs = lock_outs(clean)
+    assert outs["train_generator"] != lock_outs(tiny_repro.pristine)["train_generator"]
+    assert lock_outs(killed) == outs

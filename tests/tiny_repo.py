@@ -15,6 +15,7 @@ import yaml
 from conftest import TINY, merge
 
 ROOT = Path(__file__).resolve().parents[1]
+READS_HOOK = ROOT / "tests" / "params_reads"  # its sitecustomize logs the params stages read
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, **env_vars: str):
@@ -175,6 +176,7 @@ class Repro:
     commit: str  # the project before the run
     lock: str  # dvc.lock as the run wrote it
     failpoints: list[tuple[str, str]]  # (command, failpoint) in the order the run passed them
+    reads: dict[str, set[str]]  # stage -> the params keys it read
     pristine: Path  # a copy of `path` right after the run, never changed
 
 
@@ -193,3 +195,19 @@ def read_failpoints(trace: Path) -> list[tuple[str, str]]:
     if not trace.exists():
         return []
     return [tuple(line.split("\t")) for line in trace.read_text().splitlines()]
+
+
+def reads_env(log: Path) -> dict[str, str]:
+    """Environment for `run` under which every stage DVC runs appends the params keys it
+    reads to `log` (tests/params_reads/sitecustomize.py)."""
+    path = [str(READS_HOOK), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {"RECAPTION_PARAMS_READS": str(log), "PYTHONPATH": os.pathsep.join(path)}
+
+
+def read_reads(log: Path) -> dict[str, set[str]]:
+    """Stage -> the params keys it read, from a log written under `reads_env`."""
+    reads: dict[str, set[str]] = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        stage, key = line.split("\t")
+        reads.setdefault(stage, set()).add(key)
+    return reads

@@ -66,11 +66,14 @@ def checkpoint_dir(params: Params, caption_version: str, compute: dict, clean: b
     """Where this run's checkpoints live: named by everything training depends on, the
     resolved precision and hardware included, so a run never resumes another's (and,
     with `clean`, other runs' leftovers are removed)."""
+    latent = ae_lib.is_trained(paths.AUTOENCODER)
     key = {
         "compute": compute,
         "captions": caption_version,
         "dataset": lineage.tree_hash(paths.DATASET),
         "splits": lineage.tree_hash(paths.SPLITS),
+        # The latent space, and so the latents it trains on.
+        "autoencoder": ae_lib.fingerprint(paths.AUTOENCODER) if latent else None,
         "generator": params.generator.model_dump(),
         "blend": params.blend.model_dump(),
         "seed": params.seed,
