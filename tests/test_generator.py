@@ -16,6 +16,8 @@ from recaption.models.generator_train import (
     train_generator,
 )
 from recaption.models.tokenizer import train_tokenizer
+from recaption.params import load_params
+from recaption.stages import train_generator as stage
 
 TINY = str(Path(__file__).parent / "data" / "tiny-unet-16.json")
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 50), "black": (0, 0, 0)}
@@ -296,3 +298,13 @@ def test_an_euler_scheduler_draws_what_ddim_draws():
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     euler = pixels(pipe(captions, num_inference_steps=20, seed=0)).astype(float)
     assert np.abs(ddim - euler).mean() < 90
+
+
+def test_the_checkpoint_folder_changes_when_the_architecture_json_is_edited(project):
+    arch = project.root / "unet.json"
+    arch.write_text('{"unet": {"layers_per_block": 1}}')
+    params = load_params(project.write_params(generator={"model": str(arch)}))
+    first = stage.checkpoint_dir(params, "captions-1", {}, clean=False)
+    assert stage.checkpoint_dir(params, "captions-1", {}, clean=False) == first
+    arch.write_text('{"unet": {"layers_per_block": 2}}')  # same path, another model
+    assert stage.checkpoint_dir(params, "captions-1", {}, clean=False) != first

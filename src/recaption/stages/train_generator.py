@@ -67,6 +67,7 @@ def checkpoint_dir(params: Params, caption_version: str, compute: dict, clean: b
     resolved precision and hardware included, so a run never resumes another's (and,
     with `clean`, other runs' leftovers are removed)."""
     latent = ae_lib.is_trained(paths.AUTOENCODER)
+    model = Path(params.generator.model)  # a JSON or a saved pipeline folder
     key = {
         "compute": compute,
         "captions": caption_version,
@@ -75,6 +76,8 @@ def checkpoint_dir(params: Params, caption_version: str, compute: dict, clean: b
         # The latent space, and so the latents it trains on.
         "autoencoder": ae_lib.fingerprint(paths.AUTOENCODER) if latent else None,
         "generator": params.generator.model_dump(),
+        # What generator.model names, not only its path: an edited JSON is another model.
+        "architecture": lineage.tree_hash(model) if model.exists() else None,
         "blend": params.blend.model_dump(),
         "seed": params.seed,
     }
