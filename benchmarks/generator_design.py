@@ -42,6 +42,11 @@ from common import ROOT
 VARIANTS: dict[str, dict] = {
     "pixel": {"model": "tiny-unet-32.json", "vae": None},
     "latent": {"model": "tiny-unet-latent-8.json", "vae": "tiny-kl-f4.json"},
+    "latent-v": {
+        "model": "tiny-unet-latent-8.json",
+        "vae": "tiny-kl-f4.json",
+        "prediction": "v_prediction",
+    },
     "pixel-attn16": {
         "model": "tiny-unet-32.json",
         "vae": None,
@@ -86,11 +91,12 @@ def world(n: int, seed: int, cfg) -> tuple[torch.Tensor, list, list[str]]:
     return torch.stack(images), scenes, captions
 
 
-def train_vae(config: Path, images: torch.Tensor, steps: int, seed: int, lr: float, precision: str):
+def train_vae(config: Path, images: torch.Tensor, steps: int, seed: int, lr: float, precision: str,
+              edge_weight: float = 0.0):  # fmt: skip
     vae = ae_lib.create_builtin(config, images.shape[-1], seed)
     cfg = ae_lib.AutoencoderTrainConfig(steps=steps, batch_size=64, lr=lr, warmup_steps=50,
                                         kl_weight=1e-4, grad_clip=1.0, precision=precision,
-                                        seed=seed)  # fmt: skip
+                                        seed=seed, edge_weight=edge_weight)  # fmt: skip
     start = time.perf_counter()
     metrics = ae_lib.train_autoencoder(vae, images, cfg)
     return vae, {**metrics, "seconds": round(time.perf_counter() - start, 1)}
@@ -144,6 +150,9 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
     parser.add_argument("--vae-model", help="autoencoder JSON, overriding the variant's")
+    parser.add_argument("--vae-edge-weight", type=float, default=0.0)
+    parser.add_argument("--vae-load", help="a saved autoencoder, instead of training one")
+    parser.add_argument("--vae-save", help="save the trained autoencoder here")
     parser.add_argument("--vae-only", action="store_true", help="stop after the autoencoder")
     parser.add_argument("--images", type=int, default=7500)
     parser.add_argument("--prompts", type=int, default=50, help="per category")
@@ -181,9 +190,16 @@ def main() -> None:
     vae, data = None, images
     if variant["vae"]:
         vae_model = args.vae_model or ROOT / "configs/autoencoder" / variant["vae"]
-        vae, out["vae"] = train_vae(
-            Path(vae_model), images, args.vae_steps, params.seed, args.vae_lr, args.precision
-        )
+        if args.vae_load:
+            vae, out["vae"] = ae_lib.load(args.vae_load), {"loaded": args.vae_load}
+        else:
+            vae, out["vae"] = train_vae(
+                Path(vae_model), images, args.vae_steps, params.seed, args.vae_lr,
+                args.precision, args.vae_edge_weight,
+            )  # fmt: skip
+            out["vae"]["edge_weight"] = args.vae_edge_weight
+        if args.vae_save:
+            vae.save_pretrained(args.vae_save)
         fresh = [make_example(params.evaluate.seed, i, cfg) for i in range(1000)]
         arrays = [torch.from_numpy(np.asarray(e.image)).permute(2, 0, 1) for e in fresh]
         pixels = torch.stack(arrays)

@@ -53,6 +53,31 @@ def test_a_saved_autoencoder_loads_and_reconstructs_the_same(trained, tmp_path):
         ae_lib.load(tmp_path)
 
 
+def test_edge_weights_are_one_on_flat_ground_and_grow_at_an_outline():
+    x = torch.full((1, 3, 9, 9), -1.0)  # black
+    assert torch.equal(ae_lib.edge_weights(x, 10.0), torch.ones(1, 1, 9, 9))
+    x[:, :, 4, 4] = 1.0  # one white pixel: brightness 2 above its neighbours
+    w = ae_lib.edge_weights(x, 10.0)[0, 0]
+    # At the pixel: |1 - (1 - 8) / 9| = 16/9; the 3x3 max spreads the largest distance
+    # in reach, so the ring two pixels out sees the pixel's neighbours' 2/9 only.
+    assert w[4, 4].item() == pytest.approx(1 + 10 * 16 / 9)
+    assert w[4, 6].item() == pytest.approx(1 + 10 * 2 / 9)
+    assert w[0, 0].item() == 1.0
+    assert torch.equal(ae_lib.edge_weights(x, 0.0), torch.ones(1, 1, 9, 9))
+
+
+def test_edge_weighting_keeps_a_small_object_the_plain_l1_blurs():
+    images, _ = dataset()
+    errors = {}
+    for edge in (0.0, 20.0):
+        vae = ae_lib.create_builtin(TINY_KL, 16, seed=0)
+        ae_lib.train_autoencoder(vae, images, ae_config(edge_weight=edge))
+        recon = ae_lib.reconstruct(vae, images).float()
+        mask = ae_lib.edge_weights(ae_lib.to_unit(images), 1.0) > 1.05  # near outlines
+        errors[edge] = ((recon - images.float()).abs().mean(1, keepdim=True)[mask]).mean()
+    assert errors[20.0] < errors[0.0]
+
+
 def write_dataset(folder: Path, images: torch.Tensor, shard_size: int = 3) -> list[str]:
     """A dataset folder of PNG shards (key, sha256, image), as ingest writes them."""
     import pyarrow as pa

@@ -385,6 +385,7 @@ class AutoencoderParams(Section):
     lr: float = Field(1e-3, gt=0, le=1)
     warmup_steps: int = Field(50, ge=0)
     kl_weight: float = Field(1e-4, ge=0)  # KL term against the per-pixel L1
+    edge_weight: float = Field(0.0, ge=0)  # extra L1 weight on pixels near an edge
     grad_clip: float = Field(1.0, gt=0)
     # Synthetic world: the stage fails when the oracle reads fewer held-out
     # reconstructions exactly right (every cell, colour and the background).

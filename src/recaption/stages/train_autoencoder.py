@@ -83,6 +83,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     config = ae_lib.AutoencoderTrainConfig(
         steps=ap.steps, batch_size=ap.batch_size, lr=ap.lr, warmup_steps=ap.warmup_steps,
         kl_weight=ap.kl_weight, grad_clip=ap.grad_clip, precision=compute, seed=params.seed,
+        edge_weight=ap.edge_weight,
     )  # fmt: skip
     with Live(str(paths.DVCLIVE / "train_autoencoder"), dvcyaml=False, save_dvc_exp=False) as live:
         metrics = ae_lib.train_autoencoder(vae, images, config, step_logger(live))
