@@ -46,6 +46,10 @@ ModelRef = Annotated[str, AfterValidator(_not_pickled)]
 # natively (a bf16 GPU, a CPU with AVX-512 BF16 or AMX) and fp32 elsewhere; fp16 is for
 # GPUs without bf16 (with a gradient scaler).
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+# Where a stage computes (recaption.devices.resolve): auto is cuda when a GPU is visible,
+# else cpu; cuda without one is an error. It decides how the arithmetic is spread, not
+# what is computed, except through the precision auto resolves to on it.
+Device = Literal["auto", "cpu", "cuda"]
 
 
 class Section(BaseModel):
@@ -158,6 +162,7 @@ class ContrastiveParams(Section):
     weight_decay: float = Field(0.1, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     precision: Precision = "auto"
+    device: Device = "auto"
 
 
 class ClipTrainParams(ContrastiveParams):
@@ -191,7 +196,7 @@ class EmbedParams(Section):
     # auto: 0 on the CPU (the forward pass already uses every core; measured faster),
     # up to 8 beside a GPU.
     num_workers: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     grid: int = Field(4, ge=0, le=16)
     probe_train_size: int = Field(4000, ge=10)
 
@@ -216,6 +221,7 @@ class CaptionerStageParams(Section):
     patience: int = Field(3, ge=1)  # evaluations without a better val loss before stopping
     max_tokens: int = Field(ge=2)  # caption tokens kept, EOS included
     precision: Precision = "auto"
+    device: Device = "auto"
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> CaptionerStageParams:
@@ -292,7 +298,7 @@ class RecaptionParams(Section):
 
     batch_size: int = Field(256, ge=1)
     chunk_size: int = Field(2000, ge=1)  # images per resumable unit of work
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     precision: Precision = "auto"
     short: DecodingParams = DecodingParams(**_DECODING_DEFAULTS["short"])
     descriptive: DecodingParams = DecodingParams(**_DECODING_DEFAULTS["descriptive"])
@@ -374,6 +380,7 @@ class GeneratorParams(Section):
     checkpoint_every: int = Field(200, ge=0)  # steps between resumable checkpoints (0: none)
     train_text_encoder: bool = True  # built-in: trained jointly; false keeps it frozen
     precision: Precision = "auto"
+    device: Device = "auto"
 
 
 class AutoencoderParams(Section):
@@ -429,7 +436,7 @@ class EvaluateParams(Section):
     guidance: float = Field(3.0, ge=0)
     batch_size: int = Field(128, ge=1)
     chunk_size: int = Field(256, ge=1)  # images per resumable unit
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     precision: Precision = "auto"
     grid_prompts: int = Field(6, ge=1)  # prompts per category in reports/grids/
     # Refuse to report on generated images that look like noise (an untrained or broken

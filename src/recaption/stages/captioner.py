@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from recaption import datasets, embed, io, lineage, paths, precision, sampling
+from recaption import datasets, devices, embed, io, lineage, paths, precision, sampling
 from recaption.errors import UserError
 from recaption.live import main_live, step_logger
 from recaption.models import captioner as captioner_lib
@@ -82,7 +82,7 @@ def train_config(
     sp: CaptionerStageParams, examples: int, seed: int, compute: str
 ) -> CaptionTrainConfig:
     """The stage's loop settings; `compute` is its resolved precision."""
-    fields = sp.model_dump(exclude={"enabled", "steps", "epochs"})
+    fields = sp.model_dump(exclude={"enabled", "steps", "epochs", "device"})
     fields["precision"] = compute
     return CaptionTrainConfig(steps=sp.total_steps(examples), seed=seed, **fields)
 
@@ -90,6 +90,7 @@ def train_config(
 def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     sp: CaptionerStageParams = getattr(params.captioner, stage)
+    par = Parallel.start(devices.resolve(sp.device, f"captioner.{stage}.device"))
     pairs = stage_pairs(stage)
     keys = sorted(pairs)
     n_val = max(1, round(len(keys) * params.captioner.val_fraction))
@@ -97,7 +98,6 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
     train_keys = sorted(set(keys) - set(val_keys))
     emb = embed.read_dir(paths.IMAGE_EMBEDDINGS)
     model = start_model(stage, params, emb, pairs)
-    par = Parallel.start()
     key = f"captioner.{stage}.precision"
     compute, record = precision.settle(sp.precision, par.device, key)
     config = train_config(sp, len(train_keys), params.seed, compute)
@@ -130,7 +130,7 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
             inputs.update(captions=CAPTION_SETS[stage], parent=folder(PARENT[stage]))
         else:
             inputs.update(dataset=paths.DATASET, splits=paths.SPLITS)
-        stage_params = {"seed": params.seed, stage: sp.model_dump()}
+        stage_params = {"seed": params.seed, stage: sp.model_dump(exclude={"device"})}
         if stage == "pretrain":
             stage_params["captioner"] = params.captioner.model_dump(exclude=set(STAGES))
         lineage.write_lineage(

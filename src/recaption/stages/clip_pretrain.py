@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from recaption import datasets, images, io, lineage, paths, precision
+from recaption import datasets, devices, images, io, lineage, paths, precision
 from recaption.live import main_live
 from recaption.models import clip as clip_lib
 from recaption.models.clip_train import ClipTrainConfig, retrieval_recall, train_clip
@@ -84,10 +84,10 @@ def heldout_set(size: int):
 def main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     cp = params.clip
+    par = Parallel.start(devices.resolve(cp.train.device, "clip.train.device"))
     pretrained = None if cp.pretrained == "none" else cp.pretrained
     clip = clip_lib.create(cp.model, pretrained, seed=params.seed)
     heldout = heldout_set(clip.image_size)
-    par = Parallel.start()
     compute, record = precision.settle(cp.train.precision, par.device, "clip.train.precision")
     with main_live(LIVE_DIR.name, par.is_main) as live:
         if pretrained is None:
@@ -99,9 +99,9 @@ def main(params_path: Path = paths.PARAMS) -> dict:
                     world, n, cp.train.corpus_seed, clip.image_size
                 )
                 pixels, captions = torch.cat([pixels, extra]), [*captions, *extra_captions]
-            train = cp.train.model_dump(
-                exclude={"captions", "annotated_repeat", "corpus", "corpus_seed", "hard_negatives"}
-            )
+            train = cp.train.model_dump(exclude={
+                "captions", "annotated_repeat", "corpus", "corpus_seed", "hard_negatives", "device"
+            })  # fmt: skip
             config = ClipTrainConfig(seed=params.seed, **{**train, "precision": compute})
 
             def log_step(step: int, metrics: dict) -> None:
@@ -120,6 +120,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         return metrics
     if par.world > 1:
         metrics = {**metrics, "processes": par.world}
+    recorded = cp.model_dump(exclude={"train": {"device"}})  # where it ran: in `compute`
     with io.atomic_path(paths.CLIP) as tmp:
         clip_lib.save(clip, tmp)
         inputs = {"dataset": paths.DATASET, "splits": paths.SPLITS}
@@ -129,7 +130,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             tmp,
             "clip_pretrain",
             inputs,
-            {"seed": params.seed, "data.source": params.data.source, "clip": cp.model_dump()},
+            {"seed": params.seed, "data.source": params.data.source, "clip": recorded},
             metrics={k: round(v, 6) for k, v in metrics.items()},
             compute=record if pretrained is None else None,
         )

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from dvclive import Live
 
-from recaption import io, lineage, paths, precision
+from recaption import devices, io, lineage, paths, precision
 from recaption.errors import UserError
 from recaption.live import step_logger
 from recaption.models import clip as clip_lib
 from recaption.models import oracle as oracle_lib
 from recaption.models.clip_train import ClipTrainConfig, retrieval_recall, train_clip
+from recaption.parallel import Parallel
 from recaption.params import ContrastiveParams, Params, load_params
 from recaption.synthetic import world_config
 
@@ -60,10 +61,11 @@ def _save(folder: Path, save: Callable[[Path], None], stage: str, params: Params
     """Write a model folder atomically with a lineage: its params, its held-out figures and
     (trained here in a chosen precision) the resolved precision and hardware."""
     section = {"oracle": params.evaluate.oracle, "eval_clip": params.evaluate.clip}[stage]
+    section = section.model_dump(exclude={"device"})  # where it ran: in `compute`
     with io.atomic_path(folder) as tmp:
         save(tmp)
         lineage.write_lineage(
-            tmp, stage, {}, {"evaluate.seed": params.evaluate.seed, stage: section.model_dump()},
+            tmp, stage, {}, {"evaluate.seed": params.evaluate.seed, stage: section},
             metrics=metrics, compute=compute,
         )  # fmt: skip
 
@@ -107,6 +109,7 @@ def oracle_main(params_path: Path = paths.PARAMS) -> dict:
 def eval_clip_main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     cp = params.evaluate.clip
+    device = devices.resolve(cp.device, "evaluate.clip.device")
     pretrained = None if cp.pretrained == "none" else cp.pretrained
     clip = clip_lib.create(cp.model, pretrained, seed=params.evaluate.seed)
     examples, images = fresh_renders(
@@ -115,9 +118,9 @@ def eval_clip_main(params_path: Path = paths.PARAMS) -> dict:
     held = (images[cp.train_size :], [e.descriptive for e in examples[cp.train_size :]])
     record = None
     if pretrained is None:
-        compute, record = precision.settle(cp.precision, "cpu", "evaluate.clip.precision")
+        compute, record = precision.settle(cp.precision, device, "evaluate.clip.precision")
         captions = [[e.descriptive, e.short] for e in examples[: cp.train_size]]
-        train = cp.model_dump(include=set(ContrastiveParams.model_fields))
+        train = cp.model_dump(include=set(ContrastiveParams.model_fields) - {"device"})
         config = ClipTrainConfig(seed=params.evaluate.seed, eval_every=cp.steps,
                                  **{**train, "precision": compute})  # fmt: skip
         with Live(str(paths.DVCLIVE / "eval_clip"), dvcyaml=False, save_dvc_exp=False) as live:
@@ -128,6 +131,7 @@ def eval_clip_main(params_path: Path = paths.PARAMS) -> dict:
                 config,
                 held,
                 step_logger(live),
+                Parallel(device=torch.device(device)),
                 desc="eval_clip",
             )
     else:

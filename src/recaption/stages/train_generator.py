@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from recaption import datasets, io, latents, lineage, paths, precision
+from recaption import datasets, devices, io, latents, lineage, paths, precision
 from recaption.blend import SOURCES
 from recaption.blend_params import blend_of
 from recaption.live import main_live, step_logger
@@ -75,7 +75,7 @@ def checkpoint_dir(params: Params, caption_version: str, compute: dict, clean: b
         "splits": lineage.tree_hash(paths.SPLITS),
         # The latent space, and so the latents it trains on.
         "autoencoder": ae_lib.fingerprint(paths.AUTOENCODER) if latent else None,
-        "generator": params.generator.model_dump(),
+        "generator": params.generator.model_dump(exclude={"device"}),
         # What generator.model names, not only its path: an edited JSON is another model.
         "architecture": lineage.tree_hash(model) if model.exists() else None,
         "blend": params.blend.model_dump(),
@@ -91,6 +91,7 @@ def checkpoint_dir(params: Params, caption_version: str, compute: dict, clean: b
 
 def main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
+    par = Parallel.start(devices.resolve(params.generator.device, "generator.device"))
     heldout = datasets.read_splits(paths.SPLITS)["heldout"]
     table = pq.read_table(paths.RELABELED_CAPTIONS).to_pylist()
     table = [r for r in table if r["key"] not in heldout]
@@ -100,10 +101,9 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     pipe = start_pipeline(params, [r["caption"] for r in table])
     rows = lambda: datasets.load_rows(paths.DATASET, ["image"], set(keys))  # noqa: E731
     images = training_data(pipe, keys, lambda: [r["image"] for r in rows()])
-    par = Parallel.start()
     compute, record = precision.settle(params.generator.precision, par.device,
                                        "generator.precision")  # fmt: skip
-    fields = params.generator.model_dump(exclude={"model", "vocab_size", "seed"})
+    fields = params.generator.model_dump(exclude={"model", "vocab_size", "seed", "device"})
     config = GeneratorTrainConfig(seed=seed_of(params), **{**fields, "precision": compute})
     caption_version = lineage.tree_hash(paths.RELABELED)
     checkpoints = checkpoint_dir(params, caption_version, record, clean=par.is_main)
@@ -134,7 +134,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             },
             {
                 "seed": params.seed,
-                "generator": params.generator.model_dump(),
+                "generator": params.generator.model_dump(exclude={"device"}),
                 "blend": params.blend.model_dump(),
             },  # fmt: skip
             caption_version=caption_version,

@@ -1,0 +1,91 @@
+"""Device selection: one resolver, and every training and inference stage goes through it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recaption import devices
+from recaption.errors import UserError
+from recaption.parallel import Parallel
+from recaption.stages import captioner, clip_pretrain, eval_models, train_generator
+
+# Each stage that trains through `Parallel`: its main and its device key.
+PARALLEL_STAGES = {
+    "clip.train.device": clip_pretrain.main,
+    "captioner.pretrain.device": lambda: captioner.main("pretrain"),
+    "captioner.stage1.device": lambda: captioner.main("stage1"),
+    "captioner.stage2.device": lambda: captioner.main("stage2"),
+    "generator.device": train_generator.main,
+}
+# Every stage with a device key: its main.
+STAGES = {**PARALLEL_STAGES, "evaluate.clip.device": eval_models.eval_clip_main}
+
+
+class Started(Exception):
+    """Raised in place of Parallel.start, to stop a stage once its device is known."""
+
+
+def with_cuda(monkeypatch, available: bool) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    # resolve asks cuDNN for deterministic kernels on cuda: restore its flags afterwards.
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", torch.backends.cudnn.deterministic)
+
+
+def write_device(project, key: str, device: str) -> None:
+    """params.yaml with `key` (dotted, ending in .device) set to `device`."""
+    section: dict = {"device": device}
+    for part in reversed(key.split(".")[:-1]):
+        section = {part: section}
+    project.write_params(**section)
+
+
+def test_auto_is_the_cpu_without_a_gpu(monkeypatch):
+    with_cuda(monkeypatch, False)
+    assert devices.resolve("auto", "x.device") == "cpu"
+    assert devices.resolve("cpu", "x.device") == "cpu"
+
+
+def test_auto_is_cuda_with_a_gpu(monkeypatch):
+    with_cuda(monkeypatch, True)
+    assert devices.resolve("auto", "x.device") == "cuda"
+    assert devices.resolve("cpu", "x.device") == "cpu"  # a GPU is never forced on
+
+
+def test_cuda_without_a_gpu_is_an_error_naming_the_key(monkeypatch):
+    with_cuda(monkeypatch, False)
+    with pytest.raises(UserError, match="generator.device is 'cuda'"):
+        devices.resolve("cuda", "generator.device")
+
+
+@pytest.mark.parametrize("key", list(STAGES))
+def test_each_stage_refuses_cuda_without_a_gpu_before_any_work(project, monkeypatch, key):
+    """The tiny project has no data: the stage stops at its device, naming its own key."""
+    with_cuda(monkeypatch, False)
+    write_device(project, key, "cuda")
+    with pytest.raises(UserError, match=f"{key} is 'cuda'"):
+        STAGES[key]()
+
+
+@pytest.mark.parametrize("key", list(PARALLEL_STAGES))
+def test_each_training_stage_starts_on_the_device_it_resolves(project, monkeypatch, key):
+    """auto on a machine with a GPU: the stage resolves its own key, and Parallel.start
+    gets cuda (not the CPU it was given before the device params existed)."""
+    with_cuda(monkeypatch, True)
+    resolved: list[tuple[str, str]] = []
+    resolve = devices.resolve
+
+    def recording(device: str, name: str) -> str:
+        resolved.append((name, out := resolve(device, name)))
+        return out
+
+    def start(device: str = "cpu") -> Parallel:
+        raise Started(device)
+
+    monkeypatch.setattr(devices, "resolve", recording)
+    monkeypatch.setattr(Parallel, "start", start)
+    with pytest.raises(Started) as started:
+        PARALLEL_STAGES[key]()
+    assert resolved == [(key, "cuda")]
+    assert started.value.args == ("cuda",)
