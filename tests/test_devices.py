@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from recaption import devices
+from recaption import devices, precision
 from recaption.errors import UserError
+from recaption.models import oracle as oracle_lib
 from recaption.parallel import Parallel
-from recaption.stages import captioner, clip_pretrain, eval_models, train_generator
+from recaption.stages import (
+    captioner,
+    clip_pretrain,
+    eval_models,
+    train_autoencoder,
+    train_generator,
+    upsample,
+)
 
 # Each stage that trains through `Parallel`: its main and its device key.
 PARALLEL_STAGES = {
@@ -19,7 +29,16 @@ PARALLEL_STAGES = {
     "generator.device": train_generator.main,
 }
 # Every stage with a device key: its main.
-STAGES = {**PARALLEL_STAGES, "evaluate.clip.device": eval_models.eval_clip_main}
+STAGES = {
+    **PARALLEL_STAGES,
+    "upsample.device": upsample.main,
+    "autoencoder.device": train_autoencoder.main,
+    "evaluate.oracle.device": eval_models.oracle_main,
+    "evaluate.clip.device": eval_models.eval_clip_main,
+}
+# The evaluation's models on a few fresh renders.
+FEW_RENDERS = {"train_size": 100, "heldout_size": 10, "steps": 2, "batch_size": 16}
+CLIP_ARCH = str(Path(__file__).resolve().parents[1] / "configs" / "clip" / "tiny-rn-32.json")
 
 
 class Started(Exception):
@@ -89,3 +108,27 @@ def test_each_training_stage_starts_on_the_device_it_resolves(project, monkeypat
         PARALLEL_STAGES[key]()
     assert resolved == [(key, "cuda")]
     assert started.value.args == ("cuda",)
+
+
+def test_the_evaluation_models_train_on_the_device_they_resolve(project, monkeypatch):
+    """oracle and eval_clip, auto on a machine with a GPU: the training functions get cuda."""
+    with_cuda(monkeypatch, True)
+    gpu = precision.Hardware("cuda", "a GPU", native_bf16=True)
+    monkeypatch.setattr(precision, "hardware", lambda device="cpu": gpu)
+    clip = {**FEW_RENDERS, "model": CLIP_ARCH}
+    project.write_params(evaluate={"oracle": FEW_RENDERS, "clip": clip})
+
+    def train_oracle(oracle, images, targets, config, log, device="cpu"):
+        raise Started(device)
+
+    def train_clip(clip, images, captions, config, heldout, log, par, **kwargs):
+        raise Started(par.device)
+
+    monkeypatch.setattr(oracle_lib, "train_oracle", train_oracle)
+    monkeypatch.setattr(eval_models, "train_clip", train_clip)
+    with pytest.raises(Started) as started:
+        eval_models.oracle_main()
+    assert started.value.args == ("cuda",)
+    with pytest.raises(Started) as started:
+        eval_models.eval_clip_main()
+    assert started.value.args == (torch.device("cuda"),)

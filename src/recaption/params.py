@@ -328,6 +328,7 @@ class UpsampleParams(Section):
     max_source_tokens: int = Field(40, ge=1)  # the text to rewrite, truncated
     max_tokens: int = Field(80, ge=2)  # the rewrite, in training
     precision: Precision = "auto"
+    device: Device = "auto"  # where it trains and rewrites (upsample, upsample_captions)
     decoding: DecodingParams = DecodingParams(**_UPSAMPLE_DEFAULTS["decoding"])
     generate_batch_size: int = Field(128, ge=1)
     heldout_prompts: int = Field(300, ge=0)  # held-out short captions the faithfulness uses
@@ -398,6 +399,7 @@ class AutoencoderParams(Section):
     # reconstructions exactly right (every cell, colour and the background).
     min_scene_accuracy: float = Field(0.98, ge=0, le=1)
     precision: Precision = "auto"
+    device: Device = "auto"
 
     @property
     def enabled(self) -> bool:
@@ -414,6 +416,7 @@ class OracleParams(Section):
     lr: float = Field(2e-3, gt=0, le=1)
     noise: float = Field(0.06, ge=0, le=1)  # pixel-noise augmentation (generated images are grainy)
     min_accuracy: float = Field(0.97, ge=0, le=1)  # the stage fails below this on any attribute
+    device: Device = "auto"
 
 
 class EvalClipParams(ContrastiveParams):

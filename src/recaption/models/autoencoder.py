@@ -111,7 +111,8 @@ def edge_weights(x: torch.Tensor, edge_weight: float) -> torch.Tensor:
 
 def _loss(vae: AutoencoderKL, x: torch.Tensor, config: AutoencoderTrainConfig, gen):
     posterior = vae.encode(x).latent_dist
-    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+    noise = torch.randn(posterior.mean.shape, generator=gen).to(x.device)  # drawn on the CPU
+    z = posterior.mean + posterior.std * noise
     recon = vae.decode(z).sample.float()
     error = (recon - x).abs()
     weights = edge_weights(x, config.edge_weight)
@@ -147,8 +148,10 @@ def train_autoencoder(
     images: torch.Tensor,
     config: AutoencoderTrainConfig,
     log_step: Callable[[int, dict], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict:
-    """Train `vae` in place on uint8 (N, 3, H, W) images, then set its scaling factor.
+    """Train `vae` in place on uint8 (N, 3, H, W) images on `device`, then, back on the
+    CPU, set its scaling factor.
 
     Step s's batch and noise come from a generator seeded by (seed, s), so the run is
     a function of its inputs and config.
@@ -156,9 +159,10 @@ def train_autoencoder(
         {"steps", "l1" (last window's mean L1, pixels in [-1, 1]), "scaling_factor",
         "images_per_s"}.
     """
+    vae.to(device)
     params = [p for p in vae.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    scaler = precision.grad_scaler(config.precision)
+    scaler = precision.grad_scaler(config.precision, device)
     window: list[float] = []
     tick = time.perf_counter()
     vae.train()
@@ -168,14 +172,15 @@ def train_autoencoder(
         idx = torch.randint(0, len(images), (config.batch_size,), generator=gen)
         for group in optimizer.param_groups:
             group["lr"] = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
-        with precision.autocast(config.precision):
-            loss, l1 = _loss(vae, to_unit(images[idx]), config, gen)
+        with precision.autocast(config.precision, device):
+            loss, l1 = _loss(vae, to_unit(images[idx].to(device)), config, gen)
         precision.backward_step(loss, optimizer, params, config.grad_clip, scaler)
         window = [*window[-49:], l1.item()]
         done = step + 1
         if log_step is not None and (done % config.log_every == 0 or done == config.steps):
             log_step(done, {"l1": sum(window) / len(window)})
     seconds = time.perf_counter() - tick
+    vae.to("cpu")
     latents = encode(vae, images[: min(len(images), 2048)])
     vae.register_to_config(scaling_factor=float(1 / latents.std()))
     return {

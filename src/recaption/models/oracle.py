@@ -236,10 +236,13 @@ def train_oracle(
     targets: dict[str, torch.Tensor],
     config: OracleTrainConfig,
     log: Callable[[int, dict], None] = lambda step, metrics: None,
+    device: str | torch.device = "cpu",
 ) -> float:
-    """Train in place on uint8 images (N, 3, H, W) and their `stack_targets`; returns the
-    last loss. Batches, noise and order all come from one seeded generator."""
+    """Train in place on uint8 images (N, 3, H, W) and their `stack_targets`, on `device`
+    (left on the CPU after); returns the last loss. Batches, noise and order all come from
+    one seeded generator on the CPU, so every device draws the same ones."""
     gen = torch.Generator().manual_seed(config.seed)
+    oracle.to(device)
     opt = torch.optim.AdamW(oracle.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batch_size = min(config.batch_size, len(images))
     order, cursor, loss = torch.randperm(len(images), generator=gen), 0, torch.tensor(0.0)
@@ -251,13 +254,13 @@ def train_oracle(
         cursor += batch_size
         for group in opt.param_groups:
             group["lr"] = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
-        batch = _noisy(images[idx], config.noise, gen)
-        loss = _loss(oracle(batch), {k: v[idx] for k, v in targets.items()})
+        batch = _noisy(images[idx], config.noise, gen).to(device)
+        loss = _loss(oracle(batch), {k: v[idx].to(device) for k, v in targets.items()})
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         log(step, {"loss": loss.item()})
-    oracle.eval()
+    oracle.eval().to("cpu")
     return loss.item()
 
 

@@ -101,7 +101,8 @@ class Upsampler:
         desc: str | None = None,
     ) -> list[str]:
         """The rewritten texts, in order; batches are left-padded so every row ends where
-        generation starts. With sampling, `seed` fixes each batch's draw."""
+        generation starts. With sampling, `seed` fixes each batch's draw. Runs where the
+        LM is (`self.lm.to(device)`)."""
         decoding = decoding or self.decoding
         self.check_length(decoding.max_new_tokens, "max_new_tokens")
         out: list[str] = []
@@ -110,7 +111,9 @@ class Upsampler:
         for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None):
             prompts = [self.prompt_ids(t) for t in texts[start : start + batch_size]]
             ids, mask = pad(prompts, self.tokenizer.pad_token_id, left=True)
-            with torch.random.fork_rng(devices=[]):
+            ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
+            on_gpu = [self.lm.device] if self.lm.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=on_gpu):
                 torch.manual_seed(seed + start)
                 new = self.lm.generate(input_ids=ids, attention_mask=mask, generation_config=config)
             texts_out = self.tokenizer.batch_decode(
@@ -224,12 +227,14 @@ def train(
     config: UpsampleTrainConfig,
     log_step: Callable[[int, dict], None] | None = None,
 ) -> dict:
-    """Train a built-in upsampler on (source, target) pairs; returns {"loss": last 50 steps}."""
+    """Train a built-in upsampler on (source, target) pairs where its LM is; returns
+    {"loss": last 50 steps}."""
     up.check_length(config.max_tokens, "max_tokens")
     data = training_ids(up, pairs, config.max_tokens)
     params = [p for p in up.lm.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scaler = precision.grad_scaler(config.precision, "cpu")
+    device = up.lm.device
+    scaler = precision.grad_scaler(config.precision, device)
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)  # dropout
     order: list[int] = []
@@ -241,9 +246,10 @@ def train(
         picked, order = order[: config.batch_size], order[config.batch_size :]
         ids, mask = pad([data[i][0] for i in picked], up.tokenizer.pad_token_id, left=False)
         labels, _ = pad([data[i][1] for i in picked], -100, left=False)
+        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
         for group in optimizer.param_groups:
             group["lr"] = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
-        with precision.autocast(config.precision, "cpu"):
+        with precision.autocast(config.precision, device):
             loss = up.lm(input_ids=ids, attention_mask=mask, labels=labels).loss
         precision.backward_step(loss, optimizer, params, config.grad_clip, scaler)
         window = [*window[-49:], loss.item()]

@@ -73,6 +73,7 @@ def _save(folder: Path, save: Callable[[Path], None], stage: str, params: Params
 def oracle_main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     op = params.evaluate.oracle
+    device = devices.resolve(op.device, "evaluate.oracle.device")
     torch.manual_seed(params.evaluate.seed)
     examples, images = fresh_renders(params, ORACLE_RENDERS, op.train_size + op.heldout_size)
     targets = oracle_lib.stack_targets([e.scene for e in examples])
@@ -86,7 +87,7 @@ def oracle_main(params_path: Path = paths.PARAMS) -> dict:
     with Live(str(paths.DVCLIVE / "oracle"), dvcyaml=False, save_dvc_exp=False) as live:
         oracle_lib.train_oracle(
             oracle, images[train], {k: v[train] for k, v in targets.items()}, config,
-            step_logger(live),
+            step_logger(live), device,
         )  # fmt: skip
     pred = oracle_lib.predict(oracle, images[held])
     acc = {

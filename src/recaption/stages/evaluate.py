@@ -141,15 +141,20 @@ def compute_of(params: Params) -> tuple[str, dict]:
     return precision.settle(params.evaluate.precision, device, "evaluate.precision")
 
 
+# evaluate keys that leave its samples as they are (the devices: `compute` says where).
+_NOT_FINGERPRINTED = {
+    "device": True, "chunk_size": True, "noise_guard": True,
+    "oracle": {"device"}, "clip": {"device"},
+}  # fmt: skip
+
+
 def _fingerprint(params: Params, jobs: Sequence[Job], models: dict[str, str], compute: dict) -> str:
     return io.sha256_bytes(
         json.dumps(
             {
                 "models": models,
                 "compute": compute,
-                "evaluate": params.evaluate.model_dump(
-                    exclude={"device", "chunk_size", "noise_guard"}
-                ),
+                "evaluate": params.evaluate.model_dump(exclude=_NOT_FINGERPRINTED),
                 "jobs": io.sha256_bytes(json.dumps([asdict(j) for j in jobs]).encode()),
             },
             sort_keys=True,

@@ -23,7 +23,7 @@ import torch
 from dvclive import Live
 from PIL import Image
 
-from recaption import datasets, io, latents, lineage, paths, precision
+from recaption import datasets, devices, io, latents, lineage, paths, precision
 from recaption.errors import UserError
 from recaption.live import step_logger
 from recaption.models import autoencoder as ae_lib
@@ -69,16 +69,18 @@ def _figure(images: torch.Tensor, recon: torch.Tensor, scale: int = 4) -> Image.
 def main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     ap = params.autoencoder
+    device = devices.resolve(ap.device, "autoencoder.device")
+    recorded = ap.model_dump(exclude={"device"})  # where it ran: in `compute`
     if not ap.enabled:
         with io.atomic_path(paths.AUTOENCODER) as tmp:
             tmp.mkdir()
-            lineage.write_lineage(tmp, "train_autoencoder", {}, {"autoencoder": ap.model_dump()})
+            lineage.write_lineage(tmp, "train_autoencoder", {}, {"autoencoder": recorded})
         io.write_json(paths.AUTOENCODER_REPORT, {"autoencoder": "none"})
         return {"autoencoder": "none"}
     train, held = _split(params)
     size = params.data.image_size
     images = datasets.images_tensor([r["image"] for r in train], size)
-    compute, record = precision.settle(ap.precision, "cpu", "autoencoder.precision")
+    compute, record = precision.settle(ap.precision, device, "autoencoder.precision")
     vae = ae_lib.create_builtin(ap.model, size, params.seed)
     config = ae_lib.AutoencoderTrainConfig(
         steps=ap.steps, batch_size=ap.batch_size, lr=ap.lr, warmup_steps=ap.warmup_steps,
@@ -86,7 +88,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         edge_weight=ap.edge_weight,
     )  # fmt: skip
     with Live(str(paths.DVCLIVE / "train_autoencoder"), dvcyaml=False, save_dvc_exp=False) as live:
-        metrics = ae_lib.train_autoencoder(vae, images, config, step_logger(live))
+        metrics = ae_lib.train_autoencoder(vae, images, config, step_logger(live), device)
     held_images = datasets.images_tensor([r["image"] for r in held], size)
     recon = ae_lib.reconstruct(vae, held_images)
     error = (recon.float() - held_images.float()) / 255
@@ -116,7 +118,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         vae.save_pretrained(tmp, safe_serialization=True)
         lineage.write_lineage(
             tmp, "train_autoencoder", {"dataset": paths.DATASET, "splits": paths.SPLITS},
-            {"seed": params.seed, "data.image_size": size, "autoencoder": ap.model_dump()},
+            {"seed": params.seed, "data.image_size": size, "autoencoder": recorded},
             metrics={k: report[k] for k in ("heldout_l1", "heldout_psnr", "scaling_factor")},
             compute=record,
         )  # fmt: skip

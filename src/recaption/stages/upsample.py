@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from dvclive import Live
 
-from recaption import datasets, io, lineage, paths, precision, sampling
+from recaption import datasets, devices, io, lineage, paths, precision, sampling
 from recaption.live import step_logger
 from recaption.metrics.upsampling import faithfulness
 from recaption.models import upsampler as up_lib
@@ -78,14 +78,16 @@ def build(params: Params) -> tuple[up_lib.Upsampler, dict, dict | None]:
     """The upsampler, trained here when it is built in; what training reported; and the
     resolved precision and hardware it trained with (None: not trained here)."""
     us = params.upsample
+    device = devices.resolve(us.device, "upsample.device")
     pairs = training_pairs(params)
     texts = sorted({t for pair in pairs for t in pair})
     decoding = Decoding(**us.decoding.model_dump())
     model = up_lib.create(us.lm, texts, us.vocab_size, params.seed, us.max_source_tokens, decoding)
+    model.lm.to(device)
     if not model.builtin:
         log.info("upsample: %s is used as it is, through its instruction", us.lm)
         return model, {}, None
-    compute, record = precision.settle(us.precision, "cpu", "upsample.precision")
+    compute, record = precision.settle(us.precision, device, "upsample.precision")
     fields = up_lib.UpsampleTrainConfig.__dataclass_fields__.keys() - {"seed"}
     config = up_lib.UpsampleTrainConfig(
         seed=params.seed, **{**us.model_dump(include=fields), "precision": compute}
@@ -134,7 +136,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             tmp,
             "upsample",
             {"dataset": paths.DATASET, "short": paths.SHORT, "descriptive": paths.DESCRIPTIVE},
-            {"seed": params.seed, "upsample": us.model_dump(exclude={"chunk_size"})},
+            {"seed": params.seed, "upsample": us.model_dump(exclude={"chunk_size", "device"})},
             metrics={"training": trained, "heldout": report["heldout"]},
             compute=record,
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from recaption import datasets, io, lineage, paths, runner
+from recaption import datasets, devices, io, lineage, paths, runner
 from recaption.models import upsampler as up_lib
 from recaption.params import Params, load_params
 
@@ -39,6 +39,7 @@ class Worker:
     def __init__(self, params: Params):
         self.us, self.seed = params.upsample, params.seed
         self.model = up_lib.load(paths.UPSAMPLER)
+        self.model.lm.to(devices.resolve(self.us.device, "upsample.device"))
         self.upsampler = lineage.tree_hash(paths.UPSAMPLER)
         self.truth = ground_truth()
 
