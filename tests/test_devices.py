@@ -132,3 +132,29 @@ def test_the_evaluation_models_train_on_the_device_they_resolve(project, monkeyp
     with pytest.raises(Started) as started:
         eval_models.eval_clip_main()
     assert started.value.args == (torch.device("cuda"),)
+
+
+def test_recap_generate_draws_on_the_device_it_is_given(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from recaption import generate
+    from recaption.cli import app
+
+    drawn: list[str] = []
+
+    def write_images(model, prompt, n, seed, steps, guidance, out, scale, device="cpu"):
+        drawn.append(device)
+        return [out]
+
+    monkeypatch.setattr(generate, "write_images", write_images)
+    runner, out = CliRunner(), str(tmp_path / "a.png")
+    with_cuda(monkeypatch, True)
+    assert runner.invoke(app, ["generate", "a red circle", "--out", out]).exit_code == 0
+    assert runner.invoke(app, ["generate", "x", "--out", out, "--device", "cpu"]).exit_code == 0
+    assert drawn == ["cuda", "cpu"]
+    with_cuda(monkeypatch, False)
+    result = runner.invoke(app, ["generate", "x", "--out", out, "--device", "cuda"])
+    assert result.exit_code == 2
+    assert "--device is 'cuda' but no CUDA device is available" in result.output
+    result = runner.invoke(app, ["generate", "x", "--out", out, "--device", "gpu"])
+    assert result.exit_code == 2 and "use one of auto, cpu, cuda" in result.output

@@ -237,16 +237,21 @@ def generate(
         False, "--upsample", help="rewrite PROMPT as a descriptive caption first (printed)"
     ),
     upsampler: Path = UpsamplerOption,
+    device: str = typer.Option(
+        "auto", "--device", help="auto (cuda when there is one) | cpu | cuda"
+    ),
 ) -> None:
     """Draw PROMPT with a trained generator and write PNGs."""
+    from recaption import devices
     from recaption.generate import upsample_prompt, write_images
 
     def run(_: Path) -> None:
+        where = devices.resolve(device, "--device")
         text = prompt
         if upsample:
             text = upsample_prompt(upsampler, prompt)
             typer.echo(f"upsampled: {text}")
-        for path in write_images(model, text, n, seed, steps, guidance, out, scale):
+        for path in write_images(model, text, n, seed, steps, guidance, out, scale, where):
             typer.echo(str(path))
 
     _run(run, paths.PARAMS)

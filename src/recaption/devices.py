@@ -18,15 +18,19 @@ import torch
 from recaption.errors import UserError
 
 log = logging.getLogger(__name__)
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve(device: str, key: str) -> str:
     """ "auto" -> "cuda" when a GPU is visible, else "cpu"; a named device is checked.
+    Every stage, and `recap generate`, picks its device here.
 
     Args:
-        device: "auto", "cpu" or "cuda", as given in params.
-        key: the params key it came from, named in the error.
+        device: "auto", "cpu" or "cuda", as given in params (or on the command line).
+        key: the params key (or option) it came from, named in the error.
     """
+    if device not in DEVICES:
+        raise UserError(f"{key} is {device!r}; use one of {', '.join(DEVICES)}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():

@@ -18,12 +18,14 @@ def write_images(
     guidance: float,
     out: Path,
     scale: int = 1,
+    device: str = "cpu",
 ) -> list[Path]:
-    """Draw `prompt` n times; write `out` (n == 1) or `<stem>-<i>.png` plus `<stem>-grid.png`.
+    """Draw `prompt` n times on `device`; write `out` (n == 1) or `<stem>-<i>.png` plus
+    `<stem>-grid.png`. The noise is drawn on the CPU, so every device starts from the same.
 
     Returns the paths written.
     """
-    pipe = gen_lib.load(model)
+    pipe = gen_lib.load(model).to(device)
     images = pipe([prompt], num_inference_steps=steps, guidance_scale=guidance,
                   num_images_per_prompt=n, seed=seed)  # fmt: skip
     images = [_upscale(i, scale) for i in images]
