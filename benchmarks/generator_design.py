@@ -42,6 +42,11 @@ from common import ROOT
 VARIANTS: dict[str, dict] = {
     "pixel": {"model": "tiny-unet-32.json", "vae": None},
     "latent": {"model": "tiny-unet-latent-8.json", "vae": "tiny-kl-f4.json"},
+    "latent-small-v": {  # the pixel design's UNet on 16x16 latents
+        "model": "tiny-unet-32.json",
+        "vae": "tiny-kl-f2.json",
+        "prediction": "v_prediction",
+    },
     "latent-v": {
         "model": "tiny-unet-latent-8.json",
         "vae": "tiny-kl-f4.json",
