@@ -12,14 +12,12 @@ from __future__ import annotations
 import random
 import re
 
-from .vocab import COLOUR_NAMES, SHAPE_PLURALS, SHAPES
+from .vocab import COLOUR_NAMES, SHAPE_PLURALS, SHAPES, alternation
 
 _PLURAL_TO_SHAPE = {plural: shape for shape, plural in SHAPE_PLURALS.items()}
 _WORDS = re.compile(
-    r"\b(" + "|".join(sorted([*SHAPES, *SHAPE_PLURALS.values(), *COLOUR_NAMES], key=len,
-                             reverse=True)) + r")\b",
-    re.IGNORECASE,
-)  # fmt: skip
+    rf"\b({alternation([*SHAPES, *SHAPE_PLURALS.values(), *COLOUR_NAMES])})\b", re.IGNORECASE
+)
 
 
 def _other(word: str, rng: random.Random) -> str:

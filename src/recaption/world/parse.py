@@ -27,7 +27,15 @@ import re
 
 from .phrases import group_count
 from .scene import Scene
-from .vocab import BACKGROUNDS, COLOUR_NAMES, NUMBER_WORDS, SHAPE_PLURALS, SHAPES, glyph_kind
+from .vocab import (
+    BACKGROUNDS,
+    COLOUR_NAMES,
+    NUMBER_WORDS,
+    SHAPE_PLURALS,
+    SHAPES,
+    alternation,
+    glyph_kind,
+)
 
 Fact = tuple
 Span = tuple[int, int, Fact]  # text[start:end] states the fact
@@ -38,19 +46,15 @@ _POSITION_ALIASES = {"upper": "top", "lower": "bottom", "middle": "center", "cen
 _BACKGROUND_ALIASES = {"grey": "gray", "checked": "checkered", "stripy": "striped"}
 
 
-def _alt(words: object) -> str:
-    return "|".join(sorted(words, key=len, reverse=True))  # longest first
-
-
-_BG_WORDS = _alt([*BACKGROUNDS, *_BACKGROUND_ALIASES])
+_BG_WORDS = alternation([*BACKGROUNDS, *_BACKGROUND_ALIASES])
 _SIDE = "top|upper|bottom|lower"
 _PATTERN = re.compile(
     rf"""
     (?P<rel>\b(?:to\ the\ )?(?:left|right)\ of\b|\babove\b|\bbelow\b)
   | (?P<bg>\b(?:(?P<bg1>{_BG_WORDS})\ background|background\ is\ (?:an?\ )?(?P<bg2>{_BG_WORDS}))\b)
   | (?P<text>\b(?:letter|digit|number|character)\s+"?(?P<glyph>[a-z0-9])"?(?![a-z0-9]))
-  | (?P<obj>\b(?:(?P<num>{_alt(_WORD_TO_NUMBER)})\s+)?(?:(?:small|large|big|tiny)\s+)?
-        (?P<colour>{_alt(COLOUR_NAMES)})\s+(?P<shape>{_alt(SHAPES)})(?:es|s)?\b)
+  | (?P<obj>\b(?:(?P<num>{alternation(_WORD_TO_NUMBER)})\s+)?(?:(?:small|large|big|tiny)\s+)?
+        (?P<colour>{alternation(COLOUR_NAMES)})\s+(?P<shape>{alternation(SHAPES)})(?:es|s)?\b)
   | (?P<pos>\b(?:(?:{_SIDE})\s+(?:left|right)|top|upper|bottom|lower|left|right|center|centre
         |middle)\b)
   | (?P<brk>[.,;:!?])

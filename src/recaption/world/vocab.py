@@ -90,6 +90,11 @@ NUMBER_WORDS: dict[int, str] = {
 }
 
 
+def alternation(words: object) -> str:
+    """A regex alternation of `words`, longest first, so "stars" wins over "star"."""
+    return "|".join(sorted(words, key=len, reverse=True))
+
+
 def text_colour_for(background: str) -> str:
     """Name of the glyph ink that contrasts with `background`."""
     return "white" if background in DARK_BACKGROUNDS else "black"
