@@ -211,7 +211,6 @@ def test_a_typo_in_params_fails_before_any_work(repo):
 UNDECLARED = {
     "engine": "where the per-image stages run: both engines write the same bytes",
     "ray": "the cluster of engine: ray",
-    "evaluate.chunk_size": "images per resumable unit: each image's noise is its item's own",
     "evaluate.noise_guard": "a gate: a run it lets through writes what it would have anyway",
     "evaluate.oracle": "in evaluate's resume fingerprint; it reaches evaluate's bytes only "
     "through models/eval/oracle, a dep",
@@ -260,8 +259,8 @@ def test_every_params_key_a_stage_reads_is_declared_in_dvc_yaml(tiny_repro, tmp_
 def test_keys_left_out_of_dvc_yaml_leave_the_outputs_bytes_unchanged(tiny_repro, tmp_path):
     """evaluate rerun with the undeclared keys it reads edited writes the same bytes.
     (engine: ray is tests/test_engine.py's; noise_guard on refuses the tiny generator.)"""
-    edit = {"chunk_size": 7, "oracle": {"steps": 4}, "clip": {"steps": 4}}
-    keys = {"evaluate.chunk_size", "evaluate.oracle.steps", "evaluate.clip.steps"}
+    edit = {"oracle": {"steps": 4}, "clip": {"steps": 4}}
+    keys = {"evaluate.oracle.steps", "evaluate.clip.steps"}
     assert keys <= tiny_repro.reads["evaluate"]
     assert all(covered(key, UNDECLARED) for key in keys)
     repo = finished_copy(tiny_repro, tmp_path / "run")
