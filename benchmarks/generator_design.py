@@ -52,6 +52,24 @@ VARIANTS: dict[str, dict] = {
         "vae": "tiny-kl-f4.json",
         "prediction": "v_prediction",
     },
+    "latent-attn-v": {  # 16x16 latents, cross-attention at every level (16, 8, 4)
+        "model": "tiny-unet-32.json",
+        "vae": "tiny-kl-f2.json",
+        "prediction": "v_prediction",
+        "unet": {
+            "down_block_types": ["CrossAttnDownBlock2D"] * 3,
+            "up_block_types": ["CrossAttnUpBlock2D"] * 3,
+        },
+    },
+    "latent-attn8-v": {  # 16x16 latents, cross-attention at 8x8 and 4x4
+        "model": "tiny-unet-32.json",
+        "vae": "tiny-kl-f2.json",
+        "prediction": "v_prediction",
+        "unet": {
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        },
+    },
     "pixel-attn16": {
         "model": "tiny-unet-32.json",
         "vae": None,
@@ -175,6 +193,8 @@ def main() -> None:
         help="measure the caption's share of the denoising, not the suite",
     )
     parser.add_argument("--snr-gamma", type=float, default=0.0)
+    parser.add_argument("--edge-weight", type=float, default=0.0,
+                        help="denoising-loss weight near outlines")  # fmt: skip
     parser.add_argument("--save", help="save the trained pipeline here")
     parser.add_argument("--load", help="score a saved pipeline instead of training one")
     parser.add_argument("--sample-steps", type=int, default=20)
@@ -188,7 +208,7 @@ def main() -> None:
     out_rough = round(float(np.median(noise_guard.roughness(hwc))), 2)
     oracle = oracle_lib.load(ROOT / paths.ORACLE)
     out: dict = {"variant": args.variant, "steps": args.steps, "batch_size": args.batch_size,
-                 "snr_gamma": args.snr_gamma, "model": args.model,
+                 "snr_gamma": args.snr_gamma, "edge_weight": args.edge_weight, "model": args.model,
                  "precision": args.precision, "frozen_text_encoder": args.freeze_text_encoder,
                  "lr": args.lr, "capability": torch.backends.cpu.get_cpu_capability(),
                  "threads": torch.get_num_threads(), "dataset_roughness": out_rough}  # fmt: skip
@@ -237,12 +257,13 @@ def main() -> None:
                                   ema_decay=gp.ema_decay, checkpoint_every=0,
                                   train_text_encoder=not args.freeze_text_encoder,
                                   precision=args.precision,
-                                  seed=params.seed, snr_gamma=args.snr_gamma)  # fmt: skip
+                                  seed=params.seed, snr_gamma=args.snr_gamma,
+                                  edge_weight=args.edge_weight)  # fmt: skip
     start = time.perf_counter()
     if args.load:
         pipe = gen_lib.load(args.load)
     else:
-        metrics = train_generator(pipe, data, lambda epoch: captions, config)
+        metrics = train_generator(pipe, data, lambda epoch: captions, config, pixels=images)
         out["train_seconds"] = round(time.perf_counter() - start, 1)
         out["loss"] = round(metrics["loss"], 4)
     if args.save:

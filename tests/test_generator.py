@@ -308,3 +308,37 @@ def test_the_checkpoint_folder_changes_when_the_architecture_json_is_edited(proj
     assert stage.checkpoint_dir(params, "captions-1", {}, clean=False) == first
     arch.write_text('{"unet": {"layers_per_block": 2}}')  # same path, another model
     assert stage.checkpoint_dir(params, "captions-1", {}, clean=False) != first
+
+
+def test_edge_loss_weights_are_one_on_flat_ground_and_high_around_an_object():
+    from recaption.models.generator_train import edge_loss_weights
+
+    images = torch.full((2, 3, 16, 16), 200, dtype=torch.uint8)
+    images[1, :, 6:10, 6:10] = 0  # a dark square in the second image
+    weights = edge_loss_weights(images, 20.0, 8)  # onto an 8x8 model space
+    assert weights.shape == (2, 1, 8, 8)
+    assert torch.allclose(weights[0], torch.ones(1, 8, 8))
+    # Around the square's outline the weight rises; the corners, far from it, stay 1.
+    assert weights[1, 0, 3, 3] > 5 and weights[1, 0, 0, 0].item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_uniform_weights_leave_the_loss_as_it_is_and_edge_weights_change_training():
+    from recaption.models.generator_train import Denoiser
+
+    images, captions = dataset()
+    pipe = tiny_pipeline()
+    x0 = to_model_space(pipe, images)
+    gen = torch.Generator().manual_seed(3)
+    steps = pipe.scheduler.config.num_train_timesteps
+    noise, t = torch.randn(x0.shape, generator=gen), torch.randint(0, steps, (8,), generator=gen)
+    with torch.no_grad():
+        plain = Denoiser(pipe)(x0, t, noise, captions)
+        uniform = Denoiser(pipe)(x0, t, noise, captions, torch.full((8, 1, 16, 16), 3.0))
+    assert uniform.item() == pytest.approx(plain.item(), rel=1e-5)
+    plain_run = train_generator(tiny_pipeline(), images, lambda e: captions, config(steps=5))
+    edged = train_generator(tiny_pipeline(), images, lambda e: captions,
+                            config(steps=5, edge_weight=20.0), pixels=images)  # fmt: skip
+    assert edged["loss"] != plain_run["loss"]
+    with pytest.raises(ValueError, match="pixels"):
+        train_generator(tiny_pipeline(), images, lambda e: captions,
+                        config(steps=5, edge_weight=20.0))  # fmt: skip

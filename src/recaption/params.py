@@ -378,6 +378,7 @@ class GeneratorParams(Section):
     cond_dropout: float = Field(0.1, ge=0, lt=1)  # captions dropped, for classifier-free guidance
     ema_decay: float = Field(0.995, ge=0, lt=1)
     snr_gamma: float = Field(0.0, ge=0)  # Min-SNR-gamma loss weighting (0: plain MSE)
+    edge_weight: float = Field(0.0, ge=0)  # extra denoising-loss weight near outlines
     checkpoint_every: int = Field(200, ge=0)  # steps between resumable checkpoints (0: none)
     train_text_encoder: bool = True  # built-in: trained jointly; false keeps it frozen
     precision: Precision = "auto"

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from recaption import io, precision
+from recaption.models.autoencoder import edge_weights
 from recaption.models.generator import GeneratorPipeline
 from recaption.models.schedule import OptimConfig, warmup_cosine
 from recaption.parallel import Parallel
@@ -38,6 +39,7 @@ class GeneratorTrainConfig(OptimConfig):
     seed: int
     log_every: int = 50
     snr_gamma: float = 0.0  # Min-SNR loss weighting (0: plain MSE)
+    edge_weight: float = 0.0  # extra loss weight near outlines (see `edge_loss_weights`)
 
 
 class EMA:
@@ -98,17 +100,40 @@ class Denoiser(torch.nn.Module):
         self._pipe = [pipe]  # in a list: not registered twice as a submodule
 
     def forward(
-        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, captions: list[str]
+        self,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        captions: list[str],
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The denoising loss; `weights` (B, 1, h, w) weigh its positions (mean 1 kept)."""
         pipe = self._pipe[0]
         noisy = pipe.scheduler.add_noise(x0, noise, t)
         states = pipe.encode_prompts(captions)
         pred = self.unet(pipe.unet_input(noisy), t, encoder_hidden_states=states).sample
         target = training_target(pipe, x0, noise, t)
-        if not self.snr_gamma:
+        if weights is None and not self.snr_gamma:
             return F.mse_loss(pred.float(), target)
-        per_sample = (pred.float() - target).pow(2).flatten(1).mean(1)
+        error = (pred.float() - target).pow(2)
+        if weights is not None:
+            error = error * weights / weights.mean()
+        if not self.snr_gamma:
+            return error.mean()
+        per_sample = error.flatten(1).mean(1)
         return (per_sample * min_snr_weights(pipe, t, self.snr_gamma)).mean()
+
+
+def edge_loss_weights(images: torch.Tensor, edge_weight: float, size: int) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> (N, 1, size, size) denoising-loss weights: the autoencoder's
+    edge weights (1 + w x edge) averaged down to the model space's grid. An MSE over the
+    whole image is spent on backgrounds, which cover most of it; these make the small
+    objects' outlines count."""
+    chunks = [
+        F.adaptive_avg_pool2d(edge_weights(c.float() / 127.5 - 1, edge_weight), size)
+        for c in images.split(1024)
+    ]
+    return torch.cat(chunks)
 
 
 def training_target(
@@ -175,6 +200,7 @@ def train_generator(
     checkpoint_dir: Path | None = None,
     log_step: Callable[[int, dict], None] | None = None,
     par: Parallel | None = None,
+    pixels: torch.Tensor | None = None,
 ) -> dict:
     """Train `pipe` in place, then load the EMA weights into it.
 
@@ -204,6 +230,11 @@ def train_generator(
         for step, metrics in logged:  # a resumed run's curves start where the first run's did
             log_step(step, metrics)
     captions, epoch, tick = None, -1, time.perf_counter()
+    weights = None
+    if config.edge_weight:
+        if pixels is None:
+            raise ValueError("edge_weight needs the uint8 pixels of the training images")
+        weights = edge_loss_weights(pixels, config.edge_weight, pipe.unet.config.sample_size)
     bar = tqdm(total=config.steps * config.batch_size, initial=start * config.batch_size,
                desc="train_generator", unit="img", unit_scale=True, mininterval=2,
                disable=not par.is_main)  # fmt: skip
@@ -224,7 +255,9 @@ def train_generator(
         noise, t = draw_noise(pipe, torch.Size([len(idx), *x0.shape[1:]]), gen)
         noise, t = noise[mine].to(par.device), t[mine].to(par.device)
         with precision.autocast(config.precision, par.device):
-            loss = denoiser(x0, t, noise, [texts[i] for i in mine])
+            rows = [idx[i] for i in mine]
+            w = None if weights is None else weights[rows].to(par.device)
+            loss = denoiser(x0, t, noise, [texts[i] for i in mine], w)
         precision.backward_step(loss, optimizer, params, config.grad_clip, scaler)
         ema.update(named, step)
         window = [*window[-49:], par.mean(loss.item())]

@@ -57,6 +57,18 @@ def training_data(pipe: gen_lib.GeneratorPipeline, keys: list[str], pngs) -> tor
     return datasets.images_tensor(pngs(), pipe.image_size)
 
 
+def edge_pixels(
+    params: Params, pipe: gen_lib.GeneratorPipeline, images: torch.Tensor, pngs
+) -> torch.Tensor | None:
+    """The uint8 pixels the edge-weighted loss reads (`generator.edge_weight`): the
+    training images themselves, or, under cached latents, the images they encode."""
+    if not params.generator.edge_weight:
+        return None
+    if not images.is_floating_point():
+        return images
+    return datasets.images_tensor(pngs(), pipe.image_size)
+
+
 def seed_of(params: Params) -> int:
     """The generator's own seed: the global seed plus `generator.seed`."""
     return params.seed + params.generator.seed
@@ -100,7 +112,9 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     blend = blend_of(params)
     pipe = start_pipeline(params, [r["caption"] for r in table])
     rows = lambda: datasets.load_rows(paths.DATASET, ["image"], set(keys))  # noqa: E731
-    images = training_data(pipe, keys, lambda: [r["image"] for r in rows()])
+    pngs = lambda: [r["image"] for r in rows()]  # noqa: E731
+    images = training_data(pipe, keys, pngs)
+    pixels = edge_pixels(params, pipe, images, pngs)
     compute, record = precision.settle(params.generator.precision, par.device,
                                        "generator.precision")  # fmt: skip
     fields = params.generator.model_dump(exclude={"model", "vocab_size", "seed", "device"})
@@ -116,6 +130,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             checkpoints,
             step_logger(live) if live else None,
             par,
+            pixels,
         )
     if not par.is_main:  # the main process writes the model
         return metrics
