@@ -342,3 +342,31 @@ def test_uniform_weights_leave_the_loss_as_it_is_and_edge_weights_change_trainin
     with pytest.raises(ValueError, match="pixels"):
         train_generator(tiny_pipeline(), images, lambda e: captions,
                         config(steps=5, edge_weight=20.0))  # fmt: skip
+
+
+def attention_kinds(pipe) -> set[str]:
+    kinds = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
+    return kinds | {pipe.text_encoder.config._attn_implementation}
+
+
+def test_bf16_on_a_cpu_gets_the_plain_attention_kernels_which_compute_the_same():
+    images, captions = dataset()
+    pipe = tiny_pipeline()
+    x0 = to_model_space(pipe, images)
+    t = torch.full((8,), 50)
+    with torch.no_grad():
+        fused = pipe.unet(x0, t, encoder_hidden_states=pipe.encode_prompts(captions)).sample
+        gen_lib.choose_attention(pipe, "bf16", "cpu")
+        assert attention_kinds(pipe) == {"AttnProcessor", "eager"}
+        plain = pipe.unet(x0, t, encoder_hidden_states=pipe.encode_prompts(captions)).sample
+    assert torch.allclose(plain, fused, atol=1e-5)  # the same attention, another kernel
+    for compute, device in (("fp32", "cpu"), ("bf16", "cuda")):
+        gen_lib.choose_attention(pipe, compute, device)
+        assert attention_kinds(pipe) == {"AttnProcessor2_0", "sdpa"}
+
+
+def test_a_bf16_training_run_hands_back_the_fused_kernels():
+    images, captions = dataset()
+    pipe = tiny_pipeline()
+    train_generator(pipe, images, lambda e: captions, config(steps=2, precision="bf16"))
+    assert attention_kinds(pipe) == {"AttnProcessor2_0", "sdpa"}

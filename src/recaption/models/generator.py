@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
 
@@ -145,6 +146,22 @@ class GeneratorPipeline(DiffusionPipeline):
         pixels = self.to_images(latents).clamp(-1, 1)
         array = ((pixels + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(a) for a in array]
+
+
+def choose_attention(pipe: GeneratorPipeline, compute: str, device: str | torch.device) -> None:
+    """Set the attention kernels of `pipe`'s UNet and text encoder for a run in `compute`
+    (a resolved precision) on `device`.
+
+    On a CPU under bf16 autocast, PyTorch's fused attention kernel is several times
+    slower than the plain matmul-softmax one at these models' sizes (measured on a CPU
+    with native bf16: a 16x16-latent UNet's training step 1.7x, an 8x8 one's 3.5x, the
+    text encoder's 2.5x; `benchmarks/attention_kernels.py`), so the plain kernels are
+    used there. Everywhere else, fp32 on a CPU included, the fused kernel is as fast
+    or faster and stays. Both compute the same attention; the weights are untouched.
+    """
+    plain = torch.device(device).type == "cpu" and compute == "bf16"
+    pipe.unet.set_attn_processor(AttnProcessor() if plain else AttnProcessor2_0())
+    pipe.text_encoder.set_attn_implementation("eager" if plain else "sdpa")
 
 
 def _initial_noise(shape: tuple[int, ...], seed: int | Sequence[int]) -> torch.Tensor:

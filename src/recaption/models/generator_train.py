@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from recaption import io, precision
 from recaption.models.autoencoder import edge_weights
-from recaption.models.generator import GeneratorPipeline
+from recaption.models.generator import GeneratorPipeline, choose_attention
 from recaption.models.schedule import OptimConfig, warmup_cosine
 from recaption.parallel import Parallel
 
@@ -217,6 +217,7 @@ def train_generator(
     """
     par = par or Parallel()
     pipe.to(par.device)
+    choose_attention(pipe, config.precision, par.device)
     denoiser = par.wrap(Denoiser(pipe, config.snr_gamma))
     named = _trainable(pipe, config)
     params = list(named.values())
@@ -276,6 +277,7 @@ def train_generator(
     seconds = time.perf_counter() - tick
     ema.copy_to(named)
     pipe.to("cpu")
+    choose_attention(pipe, "fp32", "cpu")  # the pipeline leaves as it came: fused kernels
     pipe.unet.eval()
     pipe.text_encoder.eval()
     return {
