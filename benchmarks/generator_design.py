@@ -193,6 +193,7 @@ def main() -> None:
         help="measure the caption's share of the denoising, not the suite",
     )
     parser.add_argument("--snr-gamma", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0, help="added to the generator's seed")
     parser.add_argument("--edge-weight", type=float, default=0.0,
                         help="denoising-loss weight near outlines")  # fmt: skip
     parser.add_argument("--save", help="save the trained pipeline here")
@@ -208,7 +209,8 @@ def main() -> None:
     out_rough = round(float(np.median(noise_guard.roughness(hwc))), 2)
     oracle = oracle_lib.load(ROOT / paths.ORACLE)
     out: dict = {"variant": args.variant, "steps": args.steps, "batch_size": args.batch_size,
-                 "snr_gamma": args.snr_gamma, "edge_weight": args.edge_weight, "model": args.model,
+                 "seed": args.seed, "snr_gamma": args.snr_gamma,
+                 "edge_weight": args.edge_weight, "model": args.model,
                  "precision": args.precision, "frozen_text_encoder": args.freeze_text_encoder,
                  "lr": args.lr, "capability": torch.backends.cpu.get_cpu_capability(),
                  "threads": torch.get_num_threads(), "dataset_roughness": out_rough}  # fmt: skip
@@ -248,7 +250,8 @@ def main() -> None:
         model = Path(tempfile.mkdtemp()) / f"{args.variant}.json"
         model.write_text(json.dumps(spec))
     tokenizer = train_tokenizer(captions, params.generator.vocab_size, wrap=True)
-    pipe = gen_lib.create_builtin(model, tokenizer, images.shape[-1], params.seed, vae)
+    seed = params.seed + args.seed  # the generator's own draws; the data stay the dataset's
+    pipe = gen_lib.create_builtin(model, tokenizer, images.shape[-1], seed, vae)
     gp = params.generator
     config = GeneratorTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                   warmup_steps=args.warmup or gp.warmup_steps,
@@ -257,7 +260,7 @@ def main() -> None:
                                   ema_decay=gp.ema_decay, checkpoint_every=0,
                                   train_text_encoder=not args.freeze_text_encoder,
                                   precision=args.precision,
-                                  seed=params.seed, snr_gamma=args.snr_gamma,
+                                  seed=seed, snr_gamma=args.snr_gamma,
                                   edge_weight=args.edge_weight)  # fmt: skip
     start = time.perf_counter()
     if args.load:
