@@ -15,6 +15,7 @@ both are trained on scenes drawn from the built-in world with `evaluate.seed`
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from dvclive import Live
 
-from recaption import devices, io, lineage, paths, precision
+from recaption import devices, io, lineage, paths, precision, resume
 from recaption.errors import UserError
 from recaption.live import step_logger
 from recaption.models import clip as clip_lib
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 # Each model takes its own range of render indices, so none sees the other's held-out set.
 ORACLE_RENDERS = 0
 CLIP_RENDERS = 1 << 30
+# The oracle's optimiser settings that params leave fixed: a short warm-up, light decay,
+# no gradient clipping (an infinite norm bound leaves the gradients as they are).
+ORACLE_OPTIM = {"warmup_steps": 50, "weight_decay": 1e-4, "grad_clip": math.inf}
 
 
 class OracleAccuracyError(UserError):
@@ -82,12 +86,15 @@ def oracle_main(params_path: Path = paths.PARAMS) -> dict:
     oracle = oracle_lib.Oracle()
     config = oracle_lib.OracleTrainConfig(
         steps=op.steps, batch_size=op.batch_size, lr=op.lr, noise=op.noise,
-        seed=params.evaluate.seed,
+        seed=params.evaluate.seed, **ORACLE_OPTIM,
     )  # fmt: skip
+    checkpoints = resume.checkpoints(
+        "oracle", params, [], precision.hardware(device).record(), op.steps
+    )
     with Live(str(paths.DVCLIVE / "oracle"), dvcyaml=False, save_dvc_exp=False) as live:
         oracle_lib.train_oracle(
             oracle, images[train], {k: v[train] for k, v in targets.items()}, config,
-            step_logger(live), device,
+            step_logger(live), Parallel(device=torch.device(device)), checkpoints,
         )  # fmt: skip
     pred = oracle_lib.predict(oracle, images[held])
     acc = {
@@ -103,6 +110,7 @@ def oracle_main(params_path: Path = paths.PARAMS) -> dict:
             f"{op.min_accuracy}: raise evaluate.oracle.steps or train_size"
         )
     _save(paths.ORACLE, lambda tmp: oracle_lib.save(oracle, tmp), "oracle", params, acc)
+    resume.finish("oracle")
     log.info("oracle held-out accuracy: %s", acc)
     return report
 
