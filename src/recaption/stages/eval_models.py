@@ -25,7 +25,7 @@ from dvclive import Live
 
 from recaption import devices, io, lineage, paths, precision, resume
 from recaption.errors import UserError
-from recaption.live import step_logger
+from recaption.live import main_live, step_logger
 from recaption.models import clip as clip_lib
 from recaption.models import oracle as oracle_lib
 from recaption.models.clip_train import ClipTrainConfig, retrieval_recall, train_clip
@@ -77,7 +77,7 @@ def _save(folder: Path, save: Callable[[Path], None], stage: str, params: Params
 def oracle_main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     op = params.evaluate.oracle
-    device = devices.resolve(op.device, "evaluate.oracle.device")
+    par = Parallel.start(devices.resolve(op.device, "evaluate.oracle.device"))
     torch.manual_seed(params.evaluate.seed)
     examples, images = fresh_renders(params, ORACLE_RENDERS, op.train_size + op.heldout_size)
     targets = oracle_lib.stack_targets([e.scene for e in examples])
@@ -88,14 +88,15 @@ def oracle_main(params_path: Path = paths.PARAMS) -> dict:
         steps=op.steps, batch_size=op.batch_size, lr=op.lr, noise=op.noise,
         seed=params.evaluate.seed, **ORACLE_OPTIM,
     )  # fmt: skip
-    checkpoints = resume.checkpoints(
-        "oracle", params, [], precision.hardware(device).record(), op.steps
-    )
-    with Live(str(paths.DVCLIVE / "oracle"), dvcyaml=False, save_dvc_exp=False) as live:
+    compute = precision.hardware(par.device).record()
+    checkpoints = resume.checkpoints("oracle", params, [], compute, op.steps, clean=par.is_main)
+    with main_live("oracle", par.is_main) as live:
         oracle_lib.train_oracle(
             oracle, images[train], {k: v[train] for k, v in targets.items()}, config,
-            step_logger(live), Parallel(device=torch.device(device)), checkpoints,
+            step_logger(live) if live else None, par, checkpoints,
         )  # fmt: skip
+    if not par.is_main:  # the main process measures and writes the oracle
+        return {}
     pred = oracle_lib.predict(oracle, images[held])
     acc = {
         k: round(v, 4)
