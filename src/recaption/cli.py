@@ -155,7 +155,7 @@ def upsample(params: Path = ParamsOption) -> None:
     measure faithfulness on held-out short captions."""
     from recaption.stages import upsample as stage
 
-    _run(stage.main, params)
+    _run(stage.main, params, trains=True)
 
 
 @app.command("upsample-captions")
