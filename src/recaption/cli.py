@@ -212,7 +212,7 @@ def eval_clip(params: Path = ParamsOption) -> None:
     """Train (or load) the evaluation CLIP: models/eval/clip/, reports/eval_clip.json."""
     from recaption.stages import eval_models as stage
 
-    _run(stage.eval_clip_main, params)
+    _run(stage.eval_clip_main, params, trains=True)
 
 
 @app.command()

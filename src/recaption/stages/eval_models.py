@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dvclive import Live
 
 from recaption import devices, io, lineage, paths, precision, resume
 from recaption.errors import UserError
@@ -119,7 +118,7 @@ def oracle_main(params_path: Path = paths.PARAMS) -> dict:
 def eval_clip_main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     cp = params.evaluate.clip
-    device = devices.resolve(cp.device, "evaluate.clip.device")
+    par = Parallel.start(devices.resolve(cp.device, "evaluate.clip.device"))
     pretrained = None if cp.pretrained == "none" else cp.pretrained
     clip = clip_lib.create(cp.model, pretrained, seed=params.evaluate.seed)
     examples, images = fresh_renders(
@@ -128,28 +127,28 @@ def eval_clip_main(params_path: Path = paths.PARAMS) -> dict:
     held = (images[cp.train_size :], [e.descriptive for e in examples[cp.train_size :]])
     record = None
     if pretrained is None:
-        compute, record = precision.settle(cp.precision, device, "evaluate.clip.precision")
+        compute, record = precision.settle(cp.precision, par.device, "evaluate.clip.precision")
         captions = [[e.descriptive, e.short] for e in examples[: cp.train_size]]
         train = cp.model_dump(include=set(ContrastiveParams.model_fields) - {"device"})
         config = ClipTrainConfig(seed=params.evaluate.seed, eval_every=cp.steps,
                                  **{**train, "precision": compute})  # fmt: skip
-        with Live(str(paths.DVCLIVE / "eval_clip"), dvcyaml=False, save_dvc_exp=False) as live:
+        checkpoints = resume.checkpoints("eval_clip", params, [Path(cp.model)], record, cp.steps,
+                                         clean=par.is_main)  # fmt: skip
+        with main_live("eval_clip", par.is_main) as live:
             metrics = train_clip(
-                clip,
-                images[: cp.train_size],
-                captions,
-                config,
-                held,
-                step_logger(live),
-                Parallel(device=torch.device(device)),
-                desc="eval_clip",
-            )
+                clip, images[: cp.train_size], captions, config, held,
+                step_logger(live) if live else None, par, desc="eval_clip",
+                checkpoints=checkpoints,
+            )  # fmt: skip
     else:
         metrics = retrieval_recall(clip, *held)
+    if not par.is_main:  # the main process writes the model
+        return metrics
     metrics = {k: round(v, 4) for k, v in metrics.items()}
     report = {"heldout_renders": cp.heldout_size, **metrics, "compute": record}
     io.write_json(paths.EVAL_CLIP_REPORT, report)
     _save(paths.EVAL_CLIP, lambda tmp: clip_lib.save(clip, tmp), "eval_clip", params, metrics,
           record)  # fmt: skip
+    resume.finish("eval_clip")
     log.info("evaluation CLIP held-out retrieval: %s", metrics)
     return metrics
