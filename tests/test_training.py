@@ -89,3 +89,43 @@ def test_epoch_batches_cover_every_row_once_per_epoch():
     assert len(set(sum(batches[:3], []))) == 9
     assert batches[:3] != batches[3:]  # each epoch its own order
     assert epoch_batch(4, 8, 0, seed=5) == epoch_batch(4, 4, 0, seed=5)  # capped at n
+
+
+def test_the_best_evaluated_weights_are_kept_and_a_stale_run_stops_early(tmp_path):
+    net = model()
+    scores = iter([5.0, 3.0, 1.0, 2.0, 4.0, 6.0, 7.0])  # at steps 0, 2, 4, 6, 8, 10, 12
+    kept = {}
+
+    def run(step):
+        if step == 4:
+            kept.update({n: p.detach().clone() for n, p in net.named_parameters()})
+        return {"val": next(scores)}
+
+    evaluation = Evaluation(run, every=2, best="val", patience=3)
+    result = train(net, cfg=config(steps=20), evaluation=evaluation, ema_decay=None)
+    assert result.steps == 10 and result.best == {"step": 4, "value": 1.0}
+    assert all(torch.equal(p, kept[n]) for n, p in net.named_parameters())
+
+
+def test_a_killed_run_that_keeps_its_best_resumes_to_the_same_weights(tmp_path):
+    def evaluation():  # lowest at step 6, then worse: the run stops at step 12
+        return Evaluation(lambda step: {"val": abs(step - 6.0)}, every=3, best="val", patience=2)
+
+    clean = model()
+    clean_result = train(clean, cfg=config(steps=20), evaluation=evaluation())
+
+    def crash_at_10(step, metrics):
+        if step >= 10:
+            raise Crash
+
+    folder = Checkpoints(tmp_path / "ck", every=4)
+    with pytest.raises(Crash):
+        train(model(), cfg=config(steps=20), evaluation=evaluation(), log=crash_at_10,
+              checkpoints=folder)  # fmt: skip
+    resumed = model(seed=1)
+    result = train(resumed, cfg=config(steps=20), evaluation=evaluation(),
+                   checkpoints=folder)  # fmt: skip
+    assert result.resumed_from == 8 and result.steps == clean_result.steps == 12
+    assert result.best == clean_result.best == {"step": 6, "value": 0.0}
+    for (name, a), b in zip(clean.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

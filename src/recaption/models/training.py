@@ -45,10 +45,17 @@ class Checkpoints:
 @dataclass(frozen=True)
 class Evaluation:
     """Metrics computed every `every` steps and at the last (`run(step)`: held-out recall,
-    a validation loss), logged with the loss; every process runs it."""
+    a validation loss), logged with the loss; every process runs it, so all stop together.
+
+    With `best`, the weights where that metric was lowest (the starting weights included)
+    are restored at the end; with `patience` too, the run stops after that many
+    evaluations without a new lowest.
+    """
 
     run: Callable[[int], dict]
     every: int
+    best: str | None = None
+    patience: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class Fit:
     resumed_from: int
     metrics: dict
     seconds: float  # this process's time in the loop (not counting what a resume skipped)
+    best: dict | None = None  # with Evaluation.best: {"step", "value"} of the weights kept
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -113,16 +121,14 @@ def fit(
     run = _Run(named, config, seed, compute, par, ema_decay, evaluation)
     saved = {**named, **(buffers or {})}  # what a checkpoint holds besides the optimizer's
     if checkpoints:
-        run.start, run.window, run.logged = resume(
-            checkpoints.folder, config, saved, run.ema, run.optimizer
-        )
-        run.window = run.window or {}
+        run.restore(checkpoints.folder, saved)
+    run.judge_start()
     if log_step is not None and par.is_main:
         for step, metrics in run.logged:
             log_step(step, metrics)
     bar = tqdm(total=config.steps, initial=run.start, desc=desc, unit="step", mininterval=2,
                disable=not par.is_main)  # fmt: skip
-    tick = time.perf_counter()
+    tick, done = time.perf_counter(), run.start
     for step in range(run.start, config.steps):
         run.train_step(step, step_loss)
         bar.update()
@@ -132,17 +138,15 @@ def fit(
             run.logged.append((done, metrics))
             if log_step is not None and par.is_main:
                 log_step(done, metrics)
+        stop = run.judge(done, metrics)
         if checkpoints and checkpoints.every and done % checkpoints.every == 0:
             if par.is_main:
-                history = {"window": run.window, "logged": run.logged}
-                save_checkpoint(checkpoints.folder, config, done, saved, run.ema, run.optimizer,
-                                history)  # fmt: skip
+                run.save(checkpoints.folder, done, saved)
             par.wait()
+        if stop:
+            break
     bar.close()
-    if run.ema is not None:
-        run.ema.copy_to(named)
-    last = run.logged[-1][1] if run.logged else {}
-    return Fit(config.steps, run.start, last, time.perf_counter() - tick)
+    return run.finish(done, time.perf_counter() - tick)
 
 
 class _Run:
@@ -162,6 +166,60 @@ class _Run:
         self.start = 0
         self.window: dict[str, list[float]] = {}
         self.logged: list[tuple[int, dict]] = []
+        self.best: dict | None = None  # {"step", "value", "stale"} with Evaluation.best
+        self.best_weights: dict[str, torch.Tensor] = {}
+        if evaluation is not None and evaluation.best:
+            self.best_weights = {n: p.detach().clone() for n, p in named.items()}
+
+    def restore(self, folder: Path, saved: dict[str, torch.Tensor]) -> None:
+        """Continue from the checkpoint in `folder`, if one was written for this config."""
+        self.start, window, self.logged = resume(
+            folder, self.config, saved, self.ema, self.optimizer, self.best_weights
+        )
+        self.window = window or {}
+        if self.start:
+            self.best = _state(folder, self.config).get("best")
+
+    def save(self, folder: Path, step: int, saved: dict[str, torch.Tensor]) -> None:
+        history = {"window": self.window, "logged": self.logged, "best": self.best}
+        save_checkpoint(folder, self.config, step, saved, self.ema, self.optimizer, history,
+                        self.best_weights)  # fmt: skip
+
+    def judge_start(self) -> None:
+        """A fresh run's starting weights are the first best (a tuning may only worsen)."""
+        ev = self.evaluation
+        if self.best_weights and self.best is None:
+            self.best = {"step": self.start, "value": ev.run(self.start)[ev.best], "stale": 0}
+
+    def judge(self, done: int, metrics: dict) -> bool:
+        """Keep the weights if step `done` evaluated best yet; True: stop early."""
+        ev = self.evaluation
+        if not self.best_weights or ev.best not in metrics:
+            return False
+        if metrics[ev.best] < self.best["value"]:
+            self.best = {"step": done, "value": metrics[ev.best], "stale": 0}
+            for n, p in self.named.items():
+                self.best_weights[n].copy_(p.detach())
+            return False
+        self.best["stale"] += 1
+        if not ev.patience or self.best["stale"] < ev.patience:
+            return False
+        log.info("early stop at step %d: no lower %s since step %d", done, ev.best,
+                 self.best["step"])  # fmt: skip
+        return True
+
+    def finish(self, done: int, seconds: float) -> Fit:
+        """Load the weights the run ends with (the EMA's, or the best evaluated)."""
+        if self.ema is not None:
+            self.ema.copy_to(self.named)
+        best = None
+        if self.best_weights:
+            with torch.no_grad():
+                for n, p in self.named.items():
+                    p.copy_(self.best_weights[n])
+            best = {"step": self.best["step"], "value": self.best["value"]}
+        last = self.logged[-1][1] if self.logged else {}
+        return Fit(done, self.start, last, seconds, best)
 
     def train_step(self, step: int, step_loss: StepLoss) -> None:
         """One optimizer step at the schedule's rate; the losses join their windows."""
@@ -234,10 +292,10 @@ def _fingerprint(config: Any) -> str:
     return io.sha256_bytes(json.dumps(fields, sort_keys=True).encode())
 
 
-def save_checkpoint(folder, config, step, named, ema, optimizer, history=None) -> None:
-    """Weights, EMA (if any), optimizer moments, the step and the loss `history` (the
-    running window and what was logged, so a resumed run reports what an uninterrupted
-    one would), written atomically."""
+def save_checkpoint(folder, config, step, named, ema, optimizer, history=None, best=None) -> None:
+    """Weights, EMA (if any), the best weights (if kept), optimizer moments, the step and
+    the loss `history` (the running window and what was logged, so a resumed run reports
+    what an uninterrupted one would), written atomically."""
     state = optimizer.state_dict()
     moments = {
         f"{i}.{k}": v.contiguous()
@@ -252,32 +310,41 @@ def save_checkpoint(folder, config, step, named, ema, optimizer, history=None) -
         )
         if ema is not None:
             save_file({n: t.contiguous() for n, t in ema.shadow.items()}, tmp / "ema.safetensors")
+        if best:
+            save_file({n: t.contiguous() for n, t in best.items()}, tmp / "best.safetensors")
         save_file(moments, tmp / "optimizer.safetensors")
         io.write_json(tmp / "state.json", {"step": step, "fingerprint": _fingerprint(config),
                                            "param_groups": state["param_groups"],
                                            **(history or {})})  # fmt: skip
 
 
-def resume(folder, config, named, ema, optimizer) -> tuple[int, Any, list]:
-    """Load a checkpoint written for this config into `named`, `ema` and `optimizer`.
+def _state(folder: Path, config: Any) -> dict:
+    """The state.json of a checkpoint written for `config`; {} if there is none."""
+    if not (folder / "state.json").is_file():
+        return {}
+    meta = json.loads((folder / "state.json").read_text())
+    if meta["fingerprint"] != _fingerprint(config):
+        log.info("checkpoint in %s is from other params; starting afresh", folder)
+        return {}
+    return meta
+
+
+def resume(folder, config, named, ema, optimizer, best=None) -> tuple[int, Any, list]:
+    """Load a checkpoint written for this config into `named`, `ema`, `optimizer` and the
+    `best` weights kept.
 
     Returns:
         (step to continue from, loss window, logged (step, metrics)); (0, [], []) if none.
     """
     folder = Path(folder)
-    if not (folder / "state.json").is_file():
+    meta = _state(folder, config)
+    if not meta:
         return 0, [], []
-    meta = json.loads((folder / "state.json").read_text())
-    if meta["fingerprint"] != _fingerprint(config):
-        log.info("checkpoint in %s is from other params; starting afresh", folder)
-        return 0, [], []
-    weights = load_file(folder / "weights.safetensors")
-    with torch.no_grad():
-        for n, p in named.items():
-            p.copy_(weights[n])
-    if ema is not None:  # copied in: the shadow stays on the weights' device
-        for n, t in load_file(folder / "ema.safetensors").items():
-            ema.shadow[n].copy_(t)
+    _copy_into(named, folder / "weights.safetensors")
+    if ema is not None:
+        _copy_into(ema.shadow, folder / "ema.safetensors")
+    if best:
+        _copy_into(best, folder / "best.safetensors")
     moments = load_file(folder / "optimizer.safetensors")
     state: dict = {}
     for key, tensor in moments.items():
@@ -287,3 +354,10 @@ def resume(folder, config, named, ema, optimizer) -> tuple[int, Any, list]:
     log.info("resuming training in %s at step %d", folder, meta["step"])
     logged = [(step, metrics) for step, metrics in meta.get("logged", [])]
     return meta["step"], meta.get("window", []), logged
+
+
+@torch.no_grad()
+def _copy_into(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy a safetensors file's tensors into `tensors` (which stay on their device)."""
+    for name, value in load_file(path).items():
+        tensors[name].copy_(value)
