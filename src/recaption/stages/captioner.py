@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from recaption import datasets, devices, embed, io, lineage, paths, precision, sampling
+from recaption import datasets, devices, embed, io, lineage, paths, precision, resume, sampling
 from recaption.errors import UserError
 from recaption.live import main_live, step_logger
 from recaption.models import captioner as captioner_lib
@@ -78,6 +78,15 @@ def start_model(stage: str, params: Params, emb: embed.Embeddings, pairs: dict[s
     )
 
 
+def inputs_of(stage: str, params: Params) -> list[Path]:
+    """What a stage trains from: the embeddings, and its parent's weights and caption set
+    or (pretrain) the dataset, its split and the LM it starts from."""
+    if stage in PARENT:
+        return [paths.IMAGE_EMBEDDINGS, CAPTION_SETS[stage], folder(PARENT[stage])]
+    return [paths.IMAGE_EMBEDDINGS, paths.DATASET, paths.SPLITS, *CAPTION_SETS.values(),
+            Path(params.captioner.lm)]  # fmt: skip
+
+
 def train_config(
     sp: CaptionerStageParams, examples: int, seed: int, compute: str
 ) -> CaptionTrainConfig:
@@ -108,6 +117,8 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
         len(val_keys),
         config.steps,
     )
+    checkpoints = resume.checkpoints(f"captioner_{stage}", params, inputs_of(stage, params),
+                                     record, config.steps, clean=par.is_main)  # fmt: skip
     with main_live(f"captioner_{stage}", par.is_main) as live:
         metrics = train_captioner(
             model,
@@ -116,6 +127,7 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
             config,
             step_logger(live) if live else None,
             par,
+            checkpoints,
         )
         if live:
             live.summary = {k: v for k, v in metrics.items() if v is not None}
@@ -136,5 +148,6 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
         lineage.write_lineage(
             tmp, f"captioner_{stage}", inputs, stage_params, metrics=metrics, compute=record
         )
+    resume.finish(f"captioner_{stage}")
     log.info("captioner %s: %s", stage, metrics)
     return metrics
