@@ -127,5 +127,10 @@ def test_a_killed_run_that_keeps_its_best_resumes_to_the_same_weights(tmp_path):
                    checkpoints=folder)  # fmt: skip
     assert result.resumed_from == 8 and result.steps == clean_result.steps == 12
     assert result.best == clean_result.best == {"step": 6, "value": 0.0}
-    for (name, a), b in zip(clean.state_dict().items(), resumed.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
+    # Killed after it stopped (its last checkpoint is of the stop): it stops there again.
+    again = model(seed=2)
+    result = train(again, cfg=config(steps=20), evaluation=evaluation(), checkpoints=folder)
+    assert result.resumed_from == result.steps == 12 and result.best == clean_result.best
+    for net in (resumed, again):
+        for (name, a), b in zip(clean.state_dict().items(), net.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name

@@ -129,7 +129,7 @@ def fit(
     bar = tqdm(total=config.steps, initial=run.start, desc=desc, unit="step", mininterval=2,
                disable=not par.is_main)  # fmt: skip
     tick, done = time.perf_counter(), run.start
-    for step in range(run.start, config.steps):
+    for step in range(run.start, run.start if run.exhausted() else config.steps):
         run.train_step(step, step_loss)
         bar.update()
         done = step + 1
@@ -178,10 +178,14 @@ class _Run:
         )
         self.window = window or {}
         if self.start:
-            self.best = _state(folder, self.config).get("best")
+            meta = _state(folder, self.config)
+            self.best = meta.get("best")
+            if meta.get("scaler"):  # fp16's loss scale
+                self.scaler.load_state_dict(meta["scaler"])
 
     def save(self, folder: Path, step: int, saved: dict[str, torch.Tensor]) -> None:
-        history = {"window": self.window, "logged": self.logged, "best": self.best}
+        history = {"window": self.window, "logged": self.logged, "best": self.best,
+                   "scaler": self.scaler.state_dict()}  # fmt: skip
         save_checkpoint(folder, self.config, step, saved, self.ema, self.optimizer, history,
                         self.best_weights)  # fmt: skip
 
@@ -190,6 +194,11 @@ class _Run:
         ev = self.evaluation
         if self.best_weights and self.best is None:
             self.best = {"step": self.start, "value": ev.run(self.start)[ev.best], "stale": 0}
+
+    def exhausted(self) -> bool:
+        """Did the run stop early before the checkpoint it resumed from was written?"""
+        ev = self.evaluation
+        return bool(self.best and ev.patience and self.best["stale"] >= ev.patience)
 
     def judge(self, done: int, metrics: dict) -> bool:
         """Keep the weights if step `done` evaluated best yet; True: stop early."""
@@ -202,7 +211,7 @@ class _Run:
                 self.best_weights[n].copy_(p.detach())
             return False
         self.best["stale"] += 1
-        if not ev.patience or self.best["stale"] < ev.patience:
+        if not self.exhausted():
             return False
         log.info("early stop at step %d: no lower %s since step %d", done, ev.best,
                  self.best["step"])  # fmt: skip
