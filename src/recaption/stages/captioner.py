@@ -78,15 +78,6 @@ def start_model(stage: str, params: Params, emb: embed.Embeddings, pairs: dict[s
     )
 
 
-def inputs_of(stage: str, params: Params) -> list[Path]:
-    """What a stage trains from: the embeddings, and its parent's weights and caption set
-    or (pretrain) the dataset, its split and the LM it starts from."""
-    if stage in PARENT:
-        return [paths.IMAGE_EMBEDDINGS, CAPTION_SETS[stage], folder(PARENT[stage])]
-    return [paths.IMAGE_EMBEDDINGS, paths.DATASET, paths.SPLITS, *CAPTION_SETS.values(),
-            Path(params.captioner.lm)]  # fmt: skip
-
-
 def train_config(
     sp: CaptionerStageParams, examples: int, seed: int, compute: str
 ) -> CaptionTrainConfig:
@@ -117,17 +108,13 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
         len(val_keys),
         config.steps,
     )
-    checkpoints = resume.checkpoints(f"captioner_{stage}", params, inputs_of(stage, params),
-                                     record, config.steps, clean=par.is_main)  # fmt: skip
+    train = (features_of(emb, train_keys), [pairs[k] for k in train_keys])
+    val = (features_of(emb, val_keys), [pairs[k] for k in val_keys])
+    checkpoints = resume.checkpoints(f"captioner_{stage}", [model, *train, *val, config], record,
+                                     config.steps, clean=par.is_main)  # fmt: skip
     with main_live(f"captioner_{stage}", par.is_main) as live:
         metrics = train_captioner(
-            model,
-            (features_of(emb, train_keys), [pairs[k] for k in train_keys]),
-            (features_of(emb, val_keys), [pairs[k] for k in val_keys]),
-            config,
-            step_logger(live) if live else None,
-            par,
-            checkpoints,
+            model, train, val, config, step_logger(live) if live else None, par, checkpoints
         )
         if live:
             live.summary = {k: v for k, v in metrics.items() if v is not None}

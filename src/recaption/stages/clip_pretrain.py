@@ -110,10 +110,10 @@ def main(params_path: Path = paths.PARAMS) -> dict:
                     live.log_metric(("train/" if name == "loss" else "heldout/") + name, value)
                 live.next_step()
 
-            inputs = [paths.DATASET, paths.SPLITS, paths.SHORT, paths.DESCRIPTIVE, Path(cp.model)]
-            checkpoints = resume.checkpoints(STAGE, params, inputs, record, config.steps,
-                                             clean=par.is_main)  # fmt: skip
             negative = swap_word if cp.train.hard_negatives else None
+            identity = [clip.model, pixels, captions, *heldout, config, negative is not None]
+            checkpoints = resume.checkpoints(STAGE, identity, record, config.steps,
+                                             clean=par.is_main)  # fmt: skip
             metrics = train_clip(clip, pixels, captions, config, heldout,
                                  log_step if live else None, par, desc=STAGE,
                                  negative=negative, checkpoints=checkpoints)  # fmt: skip

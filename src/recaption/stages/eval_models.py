@@ -88,12 +88,12 @@ def oracle_main(params_path: Path = paths.PARAMS) -> dict:
         seed=params.evaluate.seed, **ORACLE_OPTIM,
     )  # fmt: skip
     compute = precision.hardware(par.device).record()
-    checkpoints = resume.checkpoints("oracle", params, [], compute, op.steps, clean=par.is_main)
+    data = (images[train], {k: v[train] for k, v in targets.items()})
+    checkpoints = resume.checkpoints("oracle", [oracle, *data, config], compute, op.steps,
+                                     clean=par.is_main)  # fmt: skip
     with main_live("oracle", par.is_main) as live:
-        oracle_lib.train_oracle(
-            oracle, images[train], {k: v[train] for k, v in targets.items()}, config,
-            step_logger(live) if live else None, par, checkpoints,
-        )  # fmt: skip
+        oracle_lib.train_oracle(oracle, *data, config, step_logger(live) if live else None, par,
+                                checkpoints)  # fmt: skip
     if not par.is_main:  # the main process measures and writes the oracle
         return {}
     pred = oracle_lib.predict(oracle, images[held])
@@ -132,14 +132,12 @@ def eval_clip_main(params_path: Path = paths.PARAMS) -> dict:
         train = cp.model_dump(include=set(ContrastiveParams.model_fields) - {"device"})
         config = ClipTrainConfig(seed=params.evaluate.seed, eval_every=cp.steps,
                                  **{**train, "precision": compute})  # fmt: skip
-        checkpoints = resume.checkpoints("eval_clip", params, [Path(cp.model)], record, cp.steps,
-                                         clean=par.is_main)  # fmt: skip
+        data = (images[: cp.train_size], captions)
+        checkpoints = resume.checkpoints("eval_clip", [clip.model, *data, *held, config], record,
+                                         cp.steps, clean=par.is_main)  # fmt: skip
         with main_live("eval_clip", par.is_main) as live:
-            metrics = train_clip(
-                clip, images[: cp.train_size], captions, config, held,
-                step_logger(live) if live else None, par, desc="eval_clip",
-                checkpoints=checkpoints,
-            )  # fmt: skip
+            metrics = train_clip(clip, *data, config, held, step_logger(live) if live else None,
+                                 par, desc="eval_clip", checkpoints=checkpoints)  # fmt: skip
     else:
         metrics = retrieval_recall(clip, *held)
     if not par.is_main:  # the main process writes the model

@@ -84,13 +84,13 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     images = datasets.images_tensor([r["image"] for r in train], size)
     compute, record = precision.settle(ap.precision, par.device, "autoencoder.precision")
     vae = ae_lib.create_builtin(ap.model, size, params.seed)
-    config = ae_lib.AutoencoderTrainConfig(
+    config = ae_lib.AutoencoderTrainConfig(  # no weight decay: a reconstruction needs none
         steps=ap.steps, batch_size=ap.batch_size, lr=ap.lr, warmup_steps=ap.warmup_steps,
         weight_decay=0.0, kl_weight=ap.kl_weight, grad_clip=ap.grad_clip, precision=compute,
         seed=params.seed, edge_weight=ap.edge_weight,
     )  # fmt: skip
-    inputs = [paths.DATASET, paths.SPLITS, Path(ap.model)]
-    checkpoints = resume.checkpoints(STAGE, params, inputs, record, ap.steps, clean=par.is_main)
+    checkpoints = resume.checkpoints(STAGE, [vae, images, config], record, ap.steps,
+                                     clean=par.is_main)  # fmt: skip
     with main_live(STAGE, par.is_main) as live:
         metrics = ae_lib.train_autoencoder(
             vae, images, config, step_logger(live) if live else None, par, checkpoints

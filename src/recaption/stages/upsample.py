@@ -91,8 +91,8 @@ def build(params: Params, par: Parallel) -> tuple[up_lib.Upsampler, dict, dict |
     config = up_lib.UpsampleTrainConfig(
         seed=params.seed, **{**us.model_dump(include=fields), "precision": compute}
     )
-    inputs = [paths.DATASET, paths.SHORT, paths.DESCRIPTIVE, Path(us.lm)]
-    checkpoints = resume.checkpoints(STAGE, params, inputs, record, us.steps, clean=par.is_main)
+    identity = [model.lm, pairs, model.max_source_tokens, config]
+    checkpoints = resume.checkpoints(STAGE, identity, record, config.steps, clean=par.is_main)
     with main_live(STAGE, par.is_main) as live:
         trained = up_lib.train(
             model, pairs, config, step_logger(live) if live else None, par, checkpoints
