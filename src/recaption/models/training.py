@@ -30,6 +30,7 @@ from recaption.parallel import Parallel
 log = logging.getLogger(__name__)
 
 WINDOW = 50  # steps the logged losses average over
+_DROPOUT = 1 << 40  # the global RNG's seed offset from the step generator's
 StepLoss = Callable[[int, torch.Generator], torch.Tensor | dict[str, torch.Tensor]]
 LogStep = Callable[[int, dict], None]
 
@@ -258,10 +259,8 @@ class _Run:
         ev = self.evaluation
         if ev is not None and (done % ev.every == 0 or last):
             metrics.update(ev.run(done))
-        return metrics
-
-
-_DROPOUT = 1 << 40  # the global RNG's seed offset from the step generator's
+        # In name order, as a checkpoint's JSON keeps them: a resumed run logs them alike.
+        return dict(sorted(metrics.items()))
 
 
 class EMA:
