@@ -118,8 +118,9 @@ def train_vae(config: Path, images: torch.Tensor, steps: int, seed: int, lr: flo
               edge_weight: float = 0.0):  # fmt: skip
     vae = ae_lib.create_builtin(config, images.shape[-1], seed)
     cfg = ae_lib.AutoencoderTrainConfig(steps=steps, batch_size=64, lr=lr, warmup_steps=50,
-                                        kl_weight=1e-4, grad_clip=1.0, precision=precision,
-                                        seed=seed, edge_weight=edge_weight)  # fmt: skip
+                                        weight_decay=0.0, kl_weight=1e-4, grad_clip=1.0,
+                                        precision=precision, seed=seed,
+                                        edge_weight=edge_weight)  # fmt: skip
     start = time.perf_counter()
     metrics = ae_lib.train_autoencoder(vae, images, cfg)
     return vae, {**metrics, "seconds": round(time.perf_counter() - start, 1)}

@@ -10,6 +10,7 @@ from recaption import io, latents
 from recaption.models import autoencoder as ae_lib
 from recaption.models import generator as gen_lib
 from recaption.models.generator_train import train_generator
+from recaption.models.training import Checkpoints
 from test_generator import config, dataset, pixels
 
 TINY_KL = Path(__file__).parent / "data" / "tiny-kl-16.json"
@@ -17,8 +18,9 @@ TINY_UNET = Path(__file__).parent / "data" / "tiny-unet-16.json"
 
 
 def ae_config(**overrides) -> ae_lib.AutoencoderTrainConfig:
-    fields = dict(steps=80, batch_size=8, lr=3e-3, warmup_steps=5, kl_weight=1e-4,
-                  grad_clip=1.0, precision="fp32", seed=0, log_every=20)  # fmt: skip
+    fields = dict(steps=80, batch_size=8, lr=3e-3, warmup_steps=5, weight_decay=0.0,
+                  kl_weight=1e-4, grad_clip=1.0, precision="fp32", seed=0,
+                  log_every=20)  # fmt: skip
     return ae_lib.AutoencoderTrainConfig(**{**fields, **overrides})
 
 
@@ -51,6 +53,32 @@ def test_a_saved_autoencoder_loads_and_reconstructs_the_same(trained, tmp_path):
     assert torch.equal(ae_lib.reconstruct(loaded, images), ae_lib.reconstruct(trained, images))
     with pytest.raises(ae_lib.AutoencoderError, match="config.json is missing"):
         ae_lib.load(tmp_path)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_killed_autoencoder_training_resumes_to_the_same_weights(tmp_path):
+    images, _ = dataset()
+    config = ae_config(steps=12, log_every=1, edge_weight=2.0)
+    clean = ae_lib.create_builtin(TINY_KL, 16, seed=0)
+    clean_result = ae_lib.train_autoencoder(clean, images, config)
+
+    def crash_at_9(step, metrics):
+        if step >= 9:
+            raise Crash
+
+    folder = Checkpoints(tmp_path / "ck", every=4)
+    with pytest.raises(Crash):
+        ae_lib.train_autoencoder(ae_lib.create_builtin(TINY_KL, 16, seed=0), images, config,
+                                 crash_at_9, checkpoints=folder)  # fmt: skip
+    resumed = ae_lib.create_builtin(TINY_KL, 16, seed=1)  # the checkpoint's weights replace these
+    result = ae_lib.train_autoencoder(resumed, images, config, checkpoints=folder)
+    for (name, a), b in zip(clean.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert result["l1"] == clean_result["l1"]
+    assert result["scaling_factor"] == clean_result["scaling_factor"]
 
 
 def test_edge_weights_are_one_on_flat_ground_and_grow_at_an_outline():

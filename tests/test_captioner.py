@@ -12,6 +12,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from recaption.models import captioner as cap
 from recaption.models.captioner_train import CaptionTrainConfig, train_captioner
 from recaption.models.tokenizer import train_tokenizer
+from recaption.models.training import Checkpoints
 
 TINY_LM = str(Path(__file__).parent / "data" / "tiny-gpt2.json")
 CAPTIONS = [
@@ -92,6 +93,32 @@ def test_early_stopping_restores_the_best_weights():
     assert result["stopped_early"] and result["steps"] < 200
     ids, mask = model.pad(model.tokenize(val[1], 16))
     assert model.loss(val[0], ids, mask).item() == pytest.approx(result["val_loss"], rel=1e-3)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_killed_captioner_training_resumes_to_the_same_weights_and_figures(tmp_path):
+    feats = features(len(CAPTIONS))
+    val = (feats, [" ".join(c.split()[::-1]) for c in CAPTIONS])
+    cfg = config(steps=30, eval_every=3, patience=3)
+    clean = tiny_captioner()
+    clean_result = train_captioner(clean, (feats, CAPTIONS), val, cfg)
+
+    def crash_at_9(step, metrics):
+        if step >= 9:
+            raise Crash
+
+    folder = Checkpoints(tmp_path / "ck", every=4)
+    with pytest.raises(Crash):
+        train_captioner(tiny_captioner(), (feats, CAPTIONS), val, cfg, crash_at_9,
+                        checkpoints=folder)  # fmt: skip
+    resumed = tiny_captioner(seed=1)  # other weights: the checkpoint's replace them
+    result = train_captioner(resumed, (feats, CAPTIONS), val, cfg, checkpoints=folder)
+    assert result == clean_result
+    for (name, a), b in zip(clean.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_sampling_is_fixed_by_its_seed_and_greedy_batches_match_single_images():

@@ -13,15 +13,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from open_clip import ClipLoss
 from safetensors.torch import save_file
 
 from recaption import embed, paths
 from recaption.datasets import load_rows
 from recaption.models import clip as clip_lib
 from recaption.models.clip_train import ClipTrainConfig, train_clip
+from recaption.models.training import Checkpoints
 from recaption.params import load_params
 from recaption.stages import annotate, clip_pretrain, embed_probe, ingest, prompts, sample
 from recaption.stages import embed as embed_stage
+from recaption.world.negatives import swap_word
 
 TINY_ARCH = {
     "embed_dim": 32,
@@ -42,16 +45,61 @@ def arch(project):
     return path
 
 
-def test_training_lowers_the_contrastive_loss(arch):
-    clip = clip_lib.create(str(arch), None, seed=0)
+def clip_data() -> tuple[torch.Tensor, list[list[str]]]:
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (32, 3, 16, 16), generator=gen, dtype=torch.uint8)
-    captions = [[f"image number {i}"] for i in range(32)]
-    losses = []
-    config = ClipTrainConfig(steps=40, batch_size=32, lr=2e-3, warmup_steps=5, weight_decay=0.1,
-                             grad_clip=1.0, eval_every=100, seed=0, precision="fp32")  # fmt: skip
-    train_clip(clip, images, captions, config, log=lambda step, m: losses.append(m["loss"]))
-    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])  # from ln(32) = 3.47 at chance
+    return images, [[f"image number {i}", f"picture {i}"] for i in range(32)]
+
+
+def clip_config(**overrides) -> ClipTrainConfig:
+    fields = dict(steps=40, batch_size=32, lr=2e-3, warmup_steps=5, weight_decay=0.1,
+                  grad_clip=1.0, eval_every=100, seed=0, precision="fp32")  # fmt: skip
+    return ClipTrainConfig(**{**fields, **overrides})
+
+
+def contrastive_loss(clip, images, texts) -> float:
+    clip.model.eval()
+    with torch.no_grad():
+        img, txt, scale = clip.model(clip.normalise(images), clip.tokenizer(texts))
+        return ClipLoss()(img, txt, scale).item()
+
+
+def test_training_lowers_the_contrastive_loss(arch):
+    clip = clip_lib.create(str(arch), None, seed=0)
+    images, captions = clip_data()
+    texts = [c[0] for c in captions]
+    before = contrastive_loss(clip, images, texts)
+    train_clip(clip, images, [[t] for t in texts], clip_config())
+    assert contrastive_loss(clip, images, texts) < 0.7 * before  # from ln(32) = 3.47 at chance
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_killed_clip_training_resumes_to_the_same_weights_and_metrics(arch, tmp_path):
+    images, captions = clip_data()
+    held = (images[:8], [c[0] for c in captions[:8]])
+    config = clip_config(steps=9, batch_size=8, eval_every=3)
+    clean = clip_lib.create(str(arch), None, seed=0)
+    clean_metrics = train_clip(clean, images, captions, config, held, negative=swap_word)
+
+    def crash_at_6(step, metrics):
+        if step >= 6:
+            raise Crash
+
+    folder = Checkpoints(tmp_path / "ck", every=4)
+    with pytest.raises(Crash):
+        train_clip(clip_lib.create(str(arch), None, seed=0), images, captions, config, held,
+                   crash_at_6, negative=swap_word, checkpoints=folder)  # fmt: skip
+    resumed = clip_lib.create(str(arch), None, seed=1)  # the checkpoint's weights replace these
+    metrics = train_clip(resumed, images, captions, config, held, negative=swap_word,
+                         checkpoints=folder)  # fmt: skip
+    for (name, a), b in zip(
+        clean.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert metrics == clean_metrics
 
 
 def test_save_and_load_give_the_same_model(arch, tmp_path):

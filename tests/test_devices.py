@@ -118,8 +118,8 @@ def test_the_evaluation_models_train_on_the_device_they_resolve(project, monkeyp
     clip = {**FEW_RENDERS, "model": CLIP_ARCH}
     project.write_params(evaluate={"oracle": FEW_RENDERS, "clip": clip})
 
-    def train_oracle(oracle, images, targets, config, log, device="cpu"):
-        raise Started(device)
+    def train_oracle(oracle, images, targets, config, log, par, checkpoints):
+        raise Started(par.device)
 
     def train_clip(clip, images, captions, config, heldout, log, par, **kwargs):
         raise Started(par.device)
@@ -128,7 +128,7 @@ def test_the_evaluation_models_train_on_the_device_they_resolve(project, monkeyp
     monkeypatch.setattr(eval_models, "train_clip", train_clip)
     with pytest.raises(Started) as started:
         eval_models.oracle_main()
-    assert started.value.args == ("cuda",)
+    assert started.value.args == (torch.device("cuda"),)
     with pytest.raises(Started) as started:
         eval_models.eval_clip_main()
     assert started.value.args == (torch.device("cuda"),)

@@ -4,8 +4,9 @@ As open_clip keeps `open_clip` (the models) apart from `open_clip_train` (the
 trainer), `recaption` has two layers, told apart by module:
 
 - the pipeline, the modules named in `PIPELINE` (params, paths, the stages, the
-  dvclive helpers, the runner and engine, comparisons, audit, lineage and cards,
-  the CLI): it reads params.yaml, knows the repository's paths, talks to DVC;
+  dvclive helpers, the stages' checkpoint folders, the runner and engine,
+  comparisons, audit, lineage and cards, the CLI): it reads params.yaml, knows the
+  repository's paths, talks to DVC;
 - the library, every other module (world, sources, models, metrics, io, images,
   precision, checkpoints, datasets, parallel, ...): plain arguments in, values out.
 
@@ -33,8 +34,8 @@ PACKAGE = "recaption"
 # Modules and packages directly under recaption/ that make up the pipeline.
 PIPELINE = frozenset({
     "__main__", "audit", "blend_params", "cards", "clean", "cli", "compare", "embed",
-    "engine", "experiments", "ladder", "lineage", "live", "params", "paths", "runner",
-    "stages", "synthetic",
+    "engine", "experiments", "ladder", "lineage", "live", "params", "paths", "resume",
+    "runner", "stages", "synthetic",
 })  # fmt: skip
 STAGES = "stages"
 # Third-party packages only the pipeline may import.

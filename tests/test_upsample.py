@@ -15,6 +15,7 @@ from recaption.metrics.upsampling import contradictions, faithfulness, stated_fa
 from recaption.models import upsampler as up_lib
 from recaption.models.captioner import Decoding
 from recaption.models.tokenizer import train_tokenizer
+from recaption.models.training import Checkpoints
 from recaption.params import load_params
 from recaption.stages import annotate, ingest, prompts, sample
 from recaption.stages import upsample as stage
@@ -90,6 +91,34 @@ def test_the_built_in_lm_learns_to_rewrite_and_batches_like_single_prompts():
     single = [model.rewrite([s], decoding)[0] for s in shorts]
     assert batched == single  # left padding: every row continues its own prompt
     assert np.mean([len(b.split()) for b in batched]) > np.mean([len(s.split()) for s in shorts])
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_killed_upsampler_training_resumes_to_the_same_weights(tmp_path):
+    pairs = world_pairs(30)
+    texts = sorted({t for p in pairs for t in p})
+    create = lambda seed: up_lib.create(TINY_LM, texts, 300, seed, 20)  # noqa: E731
+    config = up_lib.UpsampleTrainConfig(steps=10, batch_size=8, lr=3e-3, warmup_steps=2,
+                                        weight_decay=0.0, grad_clip=1.0, max_tokens=30,
+                                        precision="fp32", seed=0)  # fmt: skip
+    clean = create(0)
+    up_lib.train(clean, pairs, config)
+
+    def crash(step, metrics):  # the first log is at the last step, after the step-8 checkpoint
+        raise Crash
+
+    folder = Checkpoints(tmp_path / "ck", every=4)
+    with pytest.raises(Crash):
+        up_lib.train(create(0), pairs, config, crash, checkpoints=folder)
+    resumed = create(1)  # other weights: the checkpoint's replace them
+    up_lib.train(resumed, pairs, config, checkpoints=folder)
+    for (name, a), b in zip(
+        clean.lm.state_dict().items(), resumed.lm.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
 
 
 def save_chat_lm(folder: Path) -> None:

@@ -155,7 +155,7 @@ def upsample(params: Path = ParamsOption) -> None:
     measure faithfulness on held-out short captions."""
     from recaption.stages import upsample as stage
 
-    _run(stage.main, params)
+    _run(stage.main, params, trains=True)
 
 
 @app.command("upsample-captions")
@@ -180,7 +180,7 @@ def train_autoencoder(params: Path = ParamsOption) -> None:
     """Train the generator's autoencoder: models/autoencoder/, reports/autoencoder.json."""
     from recaption.stages import train_autoencoder as stage
 
-    _run(stage.main, params)
+    _run(stage.main, params, trains=True)
 
 
 @app.command("encode-latents")
@@ -204,7 +204,7 @@ def train_oracle(params: Path = ParamsOption) -> None:
     """Train the oracle detector on fresh renders: models/eval/oracle/, reports/oracle.json."""
     from recaption.stages import eval_models as stage
 
-    _run(stage.oracle_main, params)
+    _run(stage.oracle_main, params, trains=True)
 
 
 @app.command("eval-clip")
@@ -212,7 +212,7 @@ def eval_clip(params: Path = ParamsOption) -> None:
     """Train (or load) the evaluation CLIP: models/eval/clip/, reports/eval_clip.json."""
     from recaption.stages import eval_models as stage
 
-    _run(stage.eval_clip_main, params)
+    _run(stage.eval_clip_main, params, trains=True)
 
 
 @app.command()

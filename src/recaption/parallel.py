@@ -1,7 +1,8 @@
 """Data-parallel training on Hugging Face Accelerate; in one process, nothing changes.
 
-The training stages (clip_pretrain, the three captioner stages, train_generator) run
-as plain `recap <stage>` in one process. Set a launcher and the same command runs
+The training stages (clip_pretrain, the three captioner stages, upsample,
+train_autoencoder, train_generator, oracle, eval_clip) run as plain `recap <stage>`
+in one process. Set a launcher and the same command runs
 under it, data-parallel:
 
     RECAP_LAUNCHER="accelerate launch --multi_gpu --num_processes 8" dvc repro

@@ -17,19 +17,18 @@ sees latents of unit variance whatever the autoencoder learnt.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
-from tqdm import tqdm
 
-from recaption import io, precision
+from recaption import io
 from recaption.errors import UserError
-from recaption.models.schedule import warmup_cosine
+from recaption.models.schedule import OptimConfig
+from recaption.models.training import Checkpoints, LogStep, fit
+from recaption.parallel import Parallel
 
 
 class AutoencoderError(UserError):
@@ -37,13 +36,8 @@ class AutoencoderError(UserError):
 
 
 @dataclass(frozen=True)
-class AutoencoderTrainConfig:
-    steps: int
-    batch_size: int
-    lr: float
-    warmup_steps: int
+class AutoencoderTrainConfig(OptimConfig):
     kl_weight: float  # weight of the KL term against the per-pixel L1
-    grad_clip: float
     precision: str  # resolved: fp32 | bf16 | fp16
     seed: int
     edge_weight: float = 0.0  # extra L1 weight near the target's edges (0: plain L1)
@@ -109,18 +103,26 @@ def edge_weights(x: torch.Tensor, edge_weight: float) -> torch.Tensor:
     return 1 + edge_weight * edge
 
 
-def _loss(vae: AutoencoderKL, x: torch.Tensor, config: AutoencoderTrainConfig, gen):
-    posterior = vae.encode(x).latent_dist
-    noise = torch.randn(posterior.mean.shape, generator=gen).to(x.device)  # drawn on the CPU
-    z = posterior.mean + posterior.std * noise
-    recon = vae.decode(z).sample.float()
-    error = (recon - x).abs()
-    rec = error.mean()
-    if config.edge_weight:  # no pooling per step when it is off
-        weights = edge_weights(x, config.edge_weight)
-        rec = (weights * error).mean() / weights.mean()  # on the plain L1's scale
-    kl = posterior.kl().mean() / x[0].numel()  # per pixel, so the weight reads against L1
-    return rec + config.kl_weight * kl, error.mean()
+class _Reconstruction(torch.nn.Module):
+    """The autoencoder's training loss as one forward (what DDP wraps)."""
+
+    def __init__(self, vae: AutoencoderKL, config: AutoencoderTrainConfig):
+        super().__init__()
+        self.vae, self.config = vae, config
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: pixels (B, 3, H, W) in [-1, 1]; noise: (B, C, H/f, W/f), the posterior's draw.
+        Returns the loss trained on and the plain L1 (what is reported)."""
+        posterior = self.vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * noise
+        recon = self.vae.decode(z).sample.float()
+        error = (recon - x).abs()
+        rec = error.mean()
+        if self.config.edge_weight:  # no pooling per step when it is off
+            weights = edge_weights(x, self.config.edge_weight)
+            rec = (weights * error).mean() / weights.mean()  # on the plain L1's scale
+        kl = posterior.kl().mean() / x[0].numel()  # per pixel, so the weight reads against L1
+        return {"loss": rec + self.config.kl_weight * kl, "l1": error.mean()}
 
 
 @torch.no_grad()
@@ -149,45 +151,44 @@ def train_autoencoder(
     vae: AutoencoderKL,
     images: torch.Tensor,
     config: AutoencoderTrainConfig,
-    log_step: Callable[[int, dict], None] | None = None,
-    device: str | torch.device = "cpu",
+    log_step: LogStep | None = None,
+    par: Parallel | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> dict:
-    """Train `vae` in place on uint8 (N, 3, H, W) images on `device`, then, back on the
-    CPU, set its scaling factor.
+    """Train `vae` in place on uint8 (N, 3, H, W) images, then, back on the CPU, set its
+    scaling factor.
 
     Step s's batch and noise come from a generator seeded by (seed, s), so the run is
-    a function of its inputs and config.
+    a function of its inputs and config, and one resumed from `checkpoints` ends where
+    an uninterrupted one does.
     Returns:
         {"steps", "l1" (last window's mean L1, pixels in [-1, 1]), "scaling_factor",
         "images_per_s"}.
     """
-    vae.to(device)
-    params = [p for p in vae.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    scaler = precision.grad_scaler(config.precision, device)
-    window: list[float] = []
-    tick = time.perf_counter()
-    vae.train()
-    bar = tqdm(range(config.steps), desc="train_autoencoder", unit="step", mininterval=2)
-    for step in bar:
-        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    par = par or Parallel()
+    vae.to(par.device).train()
+    loss = par.wrap(_Reconstruction(vae, config))
+    side = images.shape[-1] // factor(vae)
+    latent = (vae.config.latent_channels, side, side)
+
+    def step_loss(step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         idx = torch.randint(0, len(images), (config.batch_size,), generator=gen)
-        for group in optimizer.param_groups:
-            group["lr"] = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
-        with precision.autocast(config.precision, device):
-            loss, l1 = _loss(vae, to_unit(images[idx].to(device)), config, gen)
-        precision.backward_step(loss, optimizer, params, config.grad_clip, scaler)
-        window = [*window[-49:], l1.item()]
-        done = step + 1
-        if log_step is not None and (done % config.log_every == 0 or done == config.steps):
-            log_step(done, {"l1": sum(window) / len(window)})
-    seconds = time.perf_counter() - tick
+        noise = torch.randn((config.batch_size, *latent), generator=gen)  # drawn on the CPU
+        mine = par.share(range(config.batch_size), "autoencoder.batch_size")
+        x = to_unit(images[idx[mine]].to(par.device))
+        return loss(x, noise[mine].to(par.device))
+
+    named = {n: p for n, p in vae.named_parameters() if p.requires_grad}
+    result = fit(named, step_loss, config, seed=config.seed, compute=config.precision, par=par,
+                 checkpoints=checkpoints, log_step=log_step, log_every=config.log_every,
+                 desc="train_autoencoder")  # fmt: skip
     vae.to("cpu")
     latents = encode(vae, images[: min(len(images), 2048)])
     vae.register_to_config(scaling_factor=float(1 / latents.std()))
+    trained = config.steps - result.resumed_from
     return {
         "steps": config.steps,
-        "l1": sum(window) / len(window) if window else None,
+        "l1": result.metrics.get("l1"),
         "scaling_factor": vae.config.scaling_factor,
-        "images_per_s": config.steps * config.batch_size / max(seconds, 1e-9),
+        "images_per_s": trained * config.batch_size / max(result.seconds, 1e-9),
     }

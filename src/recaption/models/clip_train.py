@@ -2,7 +2,8 @@
 
 The images of the built-in world are tiny, so they are held as one uint8 tensor and
 normalised per batch; each step draws a batch without replacement within an epoch
-and one of each image's captions at random, all from one seeded generator.
+and one of each image's captions at random, from generators seeded by the step (see
+recaption.models.training), so a killed run resumes to the same weights.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from open_clip import ClipLoss
-from tqdm import tqdm
 
 from recaption import precision
 from recaption.models.clip import Clip
-from recaption.models.schedule import OptimConfig, warmup_cosine
+from recaption.models.schedule import OptimConfig
+from recaption.models.training import Checkpoints, Evaluation, LogStep, epoch_batch, fit
 from recaption.parallel import Parallel
 
 
@@ -63,16 +64,23 @@ def hard_negative_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :b].T, target)) / 2
 
 
+def _step_texts(captions: Sequence[Sequence[str]], idx: list[int], gen: torch.Generator):
+    """One caption of each image of the batch, picked at random."""
+    picks = torch.randint(0, 1 << 30, (len(idx),), generator=gen).tolist()
+    return [captions[i][p % len(captions[i])] for i, p in zip(idx, picks, strict=True)]
+
+
 def train_clip(
     clip: Clip,
     images: torch.Tensor,
     captions: Sequence[Sequence[str]],
     config: ClipTrainConfig,
     heldout: tuple[torch.Tensor, Sequence[str]] | None = None,
-    log: Callable[[int, dict], None] = lambda step, metrics: None,
+    log: LogStep | None = None,
     par: Parallel | None = None,
     desc: str = "clip",
     negative: Callable[[str, random.Random], str | None] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> dict:
     """Train `clip` in place.
 
@@ -88,55 +96,40 @@ def train_clip(
         negative: makes a hard negative of a caption (or None when it cannot); the
             batch's negatives then join its captions on the image side of the loss
             (see `hard_negative_loss`). One process only.
+        checkpoints: where a killed run resumes from (see recaption.models.training).
     Returns:
         The last logged metrics.
     """
     par = par or Parallel()
-    gen = torch.Generator().manual_seed(config.seed)
-    model = clip.model.to(par.device)
-    forward = par.wrap(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scaler = precision.grad_scaler(config.precision, par.device)
-    loss_fn = ClipLoss()
     if negative is not None and par.world > 1:
         raise ValueError("hard negatives are implemented for one process only")
-    neg_rng = random.Random(config.seed)
+    model = clip.model.to(par.device)
+    forward = par.wrap(model)
+    loss_fn = ClipLoss()
     if par.world > 1:
         loss_fn = ClipLoss(gather_with_grad=True, rank=par.rank, world_size=par.world)
-    order, cursor, metrics = torch.randperm(len(images), generator=gen), 0, {}
-    batch_size = min(config.batch_size, len(images))
-    steps = tqdm(range(config.steps), desc=desc, unit="step", mininterval=2,
-                 disable=not par.is_main)  # fmt: skip
-    for step in steps:
-        if cursor + batch_size > len(order):
-            order, cursor = torch.randperm(len(images), generator=gen), 0
-        idx = order[cursor : cursor + batch_size]
-        cursor += batch_size
-        picks = torch.randint(0, 1 << 30, (batch_size,), generator=gen).tolist()
-        texts = [
-            captions[i][p % len(captions[i])] for i, p in zip(idx.tolist(), picks, strict=True)
-        ]
-        for group in opt.param_groups:
-            group["lr"] = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
-        model.train()
-        mine = par.share(range(batch_size), "clip batch_size")
-        pixels = clip.normalise(images[idx[mine]].to(par.device))
+
+    def step_loss(step: int, gen: torch.Generator) -> torch.Tensor:
+        idx = epoch_batch(len(images), config.batch_size, step, config.seed)
+        texts = _step_texts(captions, idx, gen)
+        model.train()  # an evaluation leaves it in eval mode
+        mine = par.share(range(len(idx)), "clip batch_size")
+        pixels = clip.normalise(images[[idx[i] for i in mine]].to(par.device))
         mine_texts = [texts[i] for i in mine]
-        negs = [n for t in mine_texts if negative and (n := negative(t, neg_rng))]
-        tokens = clip.tokenizer(mine_texts + negs).to(par.device)
-        with precision.autocast(config.precision, par.device):
-            img_feat, txt_feat, scale = forward(pixels, tokens)
-        if negative is None:
-            loss = loss_fn(img_feat.float(), txt_feat.float(), scale.float())
-        else:
-            loss = hard_negative_loss(img_feat.float(), txt_feat.float(), scale.float())
-        precision.backward_step(loss, opt, list(model.parameters()), config.grad_clip, scaler)
-        metrics = {"loss": par.mean(loss.item())}
-        last = step + 1 == config.steps
-        if heldout is not None and ((step + 1) % config.eval_every == 0 or last):
-            metrics.update(retrieval_recall(clip, *(t.to(par.device) if torch.is_tensor(t) else t
-                                                    for t in heldout)))  # fmt: skip
-        if par.is_main:
-            log(step, metrics)
+        rng = random.Random(gen.initial_seed())
+        negs = [n for t in mine_texts if negative and (n := negative(t, rng))]
+        img, txt, scale = forward(pixels, clip.tokenizer(mine_texts + negs).to(par.device))
+        with precision.autocast("fp32", par.device):  # the loss itself outside autocast
+            if negative is None:
+                return loss_fn(img.float(), txt.float(), scale.float())
+            return hard_negative_loss(img.float(), txt.float(), scale.float())
+
+    evaluation = None
+    if heldout is not None:
+        held = [t.to(par.device) if torch.is_tensor(t) else t for t in heldout]
+        evaluation = Evaluation(lambda step: retrieval_recall(clip, *held), config.eval_every)
+    result = fit(dict(model.named_parameters()), step_loss, config, seed=config.seed,
+                 compute=config.precision, par=par, checkpoints=checkpoints,
+                 evaluation=evaluation, log_step=log, desc=desc)  # fmt: skip
     model.eval().to("cpu")
-    return metrics
+    return result.metrics

@@ -8,25 +8,21 @@ uninterrupted run would have, with no RNG state to save.
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from recaption import io, precision
+from recaption import precision
 from recaption.models.autoencoder import edge_weights
 from recaption.models.generator import GeneratorPipeline, choose_attention
 from recaption.models.schedule import OptimConfig, warmup_cosine
+from recaption.models.training import EMA, resume, save_checkpoint
 from recaption.parallel import Parallel
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,35 +36,6 @@ class GeneratorTrainConfig(OptimConfig):
     log_every: int = 50
     snr_gamma: float = 0.0  # Min-SNR loss weighting (0: plain MSE)
     edge_weight: float = 0.0  # extra loss weight near outlines (see `edge_loss_weights`)
-
-
-class EMA:
-    """An exponential moving average of a module's trainable weights, with a warm-up.
-
-    Update s (0-based) decays by min(decay, (1 + s) / (10 + s)), as diffusers' EMAModel
-    does: a fixed decay from the first step would keep decay**steps of the random
-    initialisation in the average (13.5 % after 400 steps at 0.995, enough to make a
-    short run's saved weights draw noise); with the warm-up the initialisation's share
-    after s updates is the product of the early decays, below 1e-9 by update 40.
-    """
-
-    def __init__(self, named: dict[str, torch.nn.Parameter], decay: float):
-        self.decay = decay
-        self.shadow = {n: p.detach().clone() for n, p in named.items()}
-
-    def decay_at(self, step: int) -> float:
-        return min(self.decay, (1 + step) / (10 + step))
-
-    @torch.no_grad()
-    def update(self, named: dict[str, torch.nn.Parameter], step: int) -> None:
-        weight = 1 - self.decay_at(step)
-        for n, p in named.items():
-            self.shadow[n].lerp_(p.detach(), weight)
-
-    @torch.no_grad()
-    def copy_to(self, named: dict[str, torch.nn.Parameter]) -> None:
-        for n, p in named.items():
-            p.copy_(self.shadow[n])
 
 
 def _trainable(pipe: GeneratorPipeline, config: GeneratorTrainConfig) -> dict:
@@ -286,63 +253,3 @@ def train_generator(
         "loss": sum(window) / len(window) if window else None,
         "images_per_s": (config.steps - start) * config.batch_size / max(seconds, 1e-9),
     }
-
-
-# --- checkpoints: safetensors for tensors, JSON for the rest -----------------------------
-
-
-def _fingerprint(config: GeneratorTrainConfig) -> str:
-    fields = {k: v for k, v in asdict(config).items() if k not in ("checkpoint_every", "log_every")}
-    return io.sha256_bytes(json.dumps(fields, sort_keys=True).encode())
-
-
-def save_checkpoint(folder, config, step, named, ema, optimizer, history=None) -> None:
-    """Weights, EMA, optimizer moments, the step and the loss `history` (the running
-    window and what was logged, so a resumed run reports what an uninterrupted one
-    would), written atomically."""
-    state = optimizer.state_dict()
-    moments = {
-        f"{i}.{k}": v.contiguous()
-        for i, s in state["state"].items()
-        for k, v in s.items()
-        if torch.is_tensor(v)
-    }
-    with io.atomic_path(folder) as tmp:
-        tmp.mkdir()
-        save_file(
-            {n: p.detach().contiguous() for n, p in named.items()}, tmp / "weights.safetensors"
-        )
-        save_file({n: t.contiguous() for n, t in ema.shadow.items()}, tmp / "ema.safetensors")
-        save_file(moments, tmp / "optimizer.safetensors")
-        io.write_json(tmp / "state.json", {"step": step, "fingerprint": _fingerprint(config),
-                                           "param_groups": state["param_groups"],
-                                           **(history or {})})  # fmt: skip
-
-
-def resume(folder, config, named, ema, optimizer) -> tuple[int, list[float], list]:
-    """Load a checkpoint written for this config.
-
-    Returns:
-        (step to continue from, loss window, logged (step, metrics)); (0, [], []) if none.
-    """
-    folder = Path(folder)
-    if not (folder / "state.json").is_file():
-        return 0, [], []
-    meta = json.loads((folder / "state.json").read_text())
-    if meta["fingerprint"] != _fingerprint(config):
-        log.info("checkpoint in %s is from other params; starting afresh", folder)
-        return 0, [], []
-    weights = load_file(folder / "weights.safetensors")
-    with torch.no_grad():
-        for n, p in named.items():
-            p.copy_(weights[n])
-    ema.shadow = load_file(folder / "ema.safetensors")
-    moments = load_file(folder / "optimizer.safetensors")
-    state: dict = {}
-    for key, tensor in moments.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = tensor
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    log.info("resuming generator training at step %d", meta["step"])
-    logged = [(step, metrics) for step, metrics in meta.get("logged", [])]
-    return meta["step"], meta.get("window", []), logged

@@ -15,7 +15,7 @@ shape inside the cell is kept) goes through shared heads.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm import tqdm
 
 from recaption.errors import UserError
-from recaption.models.schedule import warmup_cosine
+from recaption.models.schedule import OptimConfig
+from recaption.models.training import Checkpoints, LogStep, epoch_batch, fit
+from recaption.parallel import Parallel
 from recaption.world import BACKGROUNDS, COLOUR_NAMES, SHAPES, Scene
 
 # What a grid cell can hold: index 0 is empty, then the shapes, then a glyph.
@@ -201,17 +202,11 @@ def accuracy(pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> 
 
 
 @dataclass(frozen=True)
-class OracleTrainConfig:
-    # The fields evaluate.oracle sets have no default here: params is their one place.
-    steps: int
-    batch_size: int
-    lr: float
+class OracleTrainConfig(OptimConfig):
     # Gaussian pixel noise of a random strength up to this (in [0, 1] units): generated
     # images are grainy, and the oracle should read the scene, not the grain.
     noise: float
     seed: int
-    warmup_steps: int = 50
-    weight_decay: float = 1e-4
 
 
 def _loss(logits: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -235,33 +230,30 @@ def train_oracle(
     images: torch.Tensor,
     targets: dict[str, torch.Tensor],
     config: OracleTrainConfig,
-    log: Callable[[int, dict], None] = lambda step, metrics: None,
-    device: str | torch.device = "cpu",
+    log: LogStep | None = None,
+    par: Parallel | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> float:
-    """Train in place on uint8 images (N, 3, H, W) and their `stack_targets`, on `device`
-    (left on the CPU after); returns the last loss. Batches, noise and order all come from
-    one seeded generator on the CPU, so every device draws the same ones."""
-    gen = torch.Generator().manual_seed(config.seed)
-    oracle.to(device)
-    opt = torch.optim.AdamW(oracle.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    batch_size = min(config.batch_size, len(images))
-    order, cursor, loss = torch.randperm(len(images), generator=gen), 0, torch.tensor(0.0)
-    oracle.train()
-    for step in tqdm(range(config.steps), desc="oracle", unit="step", mininterval=2):
-        if cursor + batch_size > len(order):
-            order, cursor = torch.randperm(len(images), generator=gen), 0
-        idx = order[cursor : cursor + batch_size]
-        cursor += batch_size
-        for group in opt.param_groups:
-            group["lr"] = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
-        batch = _noisy(images[idx], config.noise, gen).to(device)
-        loss = _loss(oracle(batch), {k: v[idx].to(device) for k, v in targets.items()})
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        log(step, {"loss": loss.item()})
+    """Train in place on uint8 images (N, 3, H, W) and their `stack_targets` (left on the
+    CPU after); returns the last logged loss. Step s's batch and noise are drawn on the CPU
+    from generators seeded by (seed, s), so every device and process draws the same ones
+    and a run resumed from `checkpoints` ends where an uninterrupted one does."""
+    par = par or Parallel()
+    oracle.to(par.device).train()
+    forward = par.wrap(oracle)
+
+    def step_loss(step: int, gen: torch.Generator) -> torch.Tensor:
+        idx = epoch_batch(len(images), config.batch_size, step, config.seed)
+        mine = par.share(range(len(idx)), "evaluate.oracle.batch_size")
+        batch = _noisy(images[idx], config.noise, gen)[mine].to(par.device)
+        rows = [idx[i] for i in mine]
+        return _loss(forward(batch), {k: v[rows].to(par.device) for k, v in targets.items()})
+
+    result = fit(dict(oracle.named_parameters()), step_loss, config, seed=config.seed, par=par,
+                 checkpoints=checkpoints, buffers=dict(oracle.named_buffers()), log_step=log,
+                 desc="oracle")  # fmt: skip
     oracle.eval().to("cpu")
-    return loss.item()
+    return result.metrics["loss"]
 
 
 # ---- save / load -------------------------------------------------------------------------

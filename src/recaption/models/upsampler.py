@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,9 +25,10 @@ from jinja2.exceptions import TemplateError
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from recaption import precision
 from recaption.models.captioner import CaptionerError, Decoding, create_lm
-from recaption.models.schedule import OptimConfig, warmup_cosine
+from recaption.models.schedule import OptimConfig
+from recaption.models.training import Checkpoints, LogStep, epoch_batch, fit
+from recaption.parallel import Parallel
 
 log = logging.getLogger(__name__)
 
@@ -225,35 +226,29 @@ def train(
     up: Upsampler,
     pairs: Sequence[tuple[str, str]],
     config: UpsampleTrainConfig,
-    log_step: Callable[[int, dict], None] | None = None,
+    log_step: LogStep | None = None,
+    par: Parallel | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> dict:
-    """Train a built-in upsampler on (source, target) pairs where its LM is; returns
-    {"loss": last 50 steps}."""
+    """Train a built-in upsampler on (source, target) pairs; step s's batch is a slice of
+    an epoch's seeded permutation, so a run resumed from `checkpoints` ends where an
+    uninterrupted one does. Returns {"loss": last 50 steps, "steps", "pairs"}."""
     up.check_length(config.max_tokens, "max_tokens")
+    par = par or Parallel()
     data = training_ids(up, pairs, config.max_tokens)
-    params = [p for p in up.lm.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    device = up.lm.device
-    scaler = precision.grad_scaler(config.precision, device)
-    generator = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)  # dropout
-    order: list[int] = []
-    window: list[float] = []
+    lm = par.wrap(up.lm.to(par.device))
+
+    def step_loss(step: int, gen: torch.Generator) -> torch.Tensor:
+        picked = epoch_batch(len(data), config.batch_size, step, config.seed)
+        mine = [picked[i] for i in par.share(range(len(picked)), "upsample.batch_size")]
+        ids, mask = pad([data[i][0] for i in mine], up.tokenizer.pad_token_id, left=False)
+        labels, _ = pad([data[i][1] for i in mine], -100, left=False)
+        ids, mask, labels = ids.to(par.device), mask.to(par.device), labels.to(par.device)
+        return lm(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    named = {n: p for n, p in up.lm.named_parameters() if p.requires_grad}
     up.lm.train()
-    for step in tqdm(range(config.steps), desc="upsampler", unit="step", mininterval=2):
-        if len(order) < config.batch_size:
-            order += torch.randperm(len(data), generator=generator).tolist()
-        picked, order = order[: config.batch_size], order[config.batch_size :]
-        ids, mask = pad([data[i][0] for i in picked], up.tokenizer.pad_token_id, left=False)
-        labels, _ = pad([data[i][1] for i in picked], -100, left=False)
-        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
-        with precision.autocast(config.precision, device):
-            loss = up.lm(input_ids=ids, attention_mask=mask, labels=labels).loss
-        precision.backward_step(loss, optimizer, params, config.grad_clip, scaler)
-        window = [*window[-49:], loss.item()]
-        if log_step is not None and ((step + 1) % 50 == 0 or step + 1 == config.steps):
-            log_step(step + 1, {"loss": sum(window) / len(window)})
+    result = fit(named, step_loss, config, seed=config.seed, compute=config.precision, par=par,
+                 checkpoints=checkpoints, log_step=log_step, desc="upsampler")  # fmt: skip
     up.lm.eval()
-    return {"loss": sum(window) / len(window), "steps": config.steps, "pairs": len(data)}
+    return {"loss": result.metrics["loss"], "steps": config.steps, "pairs": len(data)}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from recaption import datasets, devices, embed, io, lineage, paths, precision, sampling
+from recaption import datasets, devices, embed, io, lineage, paths, precision, resume, sampling
 from recaption.errors import UserError
 from recaption.live import main_live, step_logger
 from recaption.models import captioner as captioner_lib
@@ -108,14 +108,13 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
         len(val_keys),
         config.steps,
     )
+    train = (features_of(emb, train_keys), [pairs[k] for k in train_keys])
+    val = (features_of(emb, val_keys), [pairs[k] for k in val_keys])
+    checkpoints = resume.checkpoints(f"captioner_{stage}", [model, *train, *val, config], record,
+                                     config.steps, clean=par.is_main)  # fmt: skip
     with main_live(f"captioner_{stage}", par.is_main) as live:
         metrics = train_captioner(
-            model,
-            (features_of(emb, train_keys), [pairs[k] for k in train_keys]),
-            (features_of(emb, val_keys), [pairs[k] for k in val_keys]),
-            config,
-            step_logger(live) if live else None,
-            par,
+            model, train, val, config, step_logger(live) if live else None, par, checkpoints
         )
         if live:
             live.summary = {k: v for k, v in metrics.items() if v is not None}
@@ -136,5 +135,6 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
         lineage.write_lineage(
             tmp, f"captioner_{stage}", inputs, stage_params, metrics=metrics, compute=record
         )
+    resume.finish(f"captioner_{stage}")
     log.info("captioner %s: %s", stage, metrics)
     return metrics

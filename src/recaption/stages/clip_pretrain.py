@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from recaption import datasets, devices, images, io, lineage, paths, precision
+from recaption import datasets, devices, images, io, lineage, paths, precision, resume
 from recaption.live import main_live
 from recaption.models import clip as clip_lib
 from recaption.models.clip_train import ClipTrainConfig, retrieval_recall, train_clip
@@ -29,7 +29,7 @@ from recaption.world import WorldConfig, make_example
 from recaption.world.negatives import swap_word
 
 log = logging.getLogger(__name__)
-LIVE_DIR = paths.DVCLIVE / "clip_pretrain"
+STAGE = "clip_pretrain"
 
 
 def training_pairs(params: Params) -> tuple[list[str], list[bytes], list[list[str]]]:
@@ -89,7 +89,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     clip = clip_lib.create(cp.model, pretrained, seed=params.seed)
     heldout = heldout_set(clip.image_size)
     compute, record = precision.settle(cp.train.precision, par.device, "clip.train.precision")
-    with main_live(LIVE_DIR.name, par.is_main) as live:
+    with main_live(STAGE, par.is_main) as live:
         if pretrained is None:
             _, pngs, captions = training_pairs(params)
             pixels = datasets.images_tensor(pngs, clip.image_size)
@@ -105,13 +105,18 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             config = ClipTrainConfig(seed=params.seed, **{**train, "precision": compute})
 
             def log_step(step: int, metrics: dict) -> None:
+                live.step = step
                 for name, value in metrics.items():
                     live.log_metric(("train/" if name == "loss" else "heldout/") + name, value)
                 live.next_step()
 
             negative = swap_word if cp.train.hard_negatives else None
-            metrics = train_clip(clip, pixels, captions, config, heldout, log_step, par,
-                                 desc="clip_pretrain", negative=negative)  # fmt: skip
+            identity = [clip.model, pixels, captions, *heldout, config, negative is not None]
+            checkpoints = resume.checkpoints(STAGE, identity, record, config.steps,
+                                             clean=par.is_main)  # fmt: skip
+            metrics = train_clip(clip, pixels, captions, config, heldout,
+                                 log_step if live else None, par, desc=STAGE,
+                                 negative=negative, checkpoints=checkpoints)  # fmt: skip
         else:
             metrics = retrieval_recall(clip, *heldout)
             for name, value in metrics.items() if live else ():
@@ -134,5 +139,6 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             metrics={k: round(v, 6) for k, v in metrics.items()},
             compute=record if pretrained is None else None,
         )
+    resume.finish(STAGE)
     log.info("clip_pretrain: %s", {k: round(v, 3) for k, v in metrics.items()})
     return metrics

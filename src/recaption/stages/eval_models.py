@@ -15,16 +15,16 @@ both are trained on scenes drawn from the built-in world with `evaluate.seed`
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from dvclive import Live
 
-from recaption import devices, io, lineage, paths, precision
+from recaption import devices, io, lineage, paths, precision, resume
 from recaption.errors import UserError
-from recaption.live import step_logger
+from recaption.live import main_live, step_logger
 from recaption.models import clip as clip_lib
 from recaption.models import oracle as oracle_lib
 from recaption.models.clip_train import ClipTrainConfig, retrieval_recall, train_clip
@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 # Each model takes its own range of render indices, so none sees the other's held-out set.
 ORACLE_RENDERS = 0
 CLIP_RENDERS = 1 << 30
+# The oracle's optimiser settings that params leave fixed: a short warm-up, light decay,
+# no gradient clipping (an infinite norm bound leaves the gradients as they are).
+ORACLE_OPTIM = {"warmup_steps": 50, "weight_decay": 1e-4, "grad_clip": math.inf}
 
 
 class OracleAccuracyError(UserError):
@@ -73,7 +76,7 @@ def _save(folder: Path, save: Callable[[Path], None], stage: str, params: Params
 def oracle_main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     op = params.evaluate.oracle
-    device = devices.resolve(op.device, "evaluate.oracle.device")
+    par = Parallel.start(devices.resolve(op.device, "evaluate.oracle.device"))
     torch.manual_seed(params.evaluate.seed)
     examples, images = fresh_renders(params, ORACLE_RENDERS, op.train_size + op.heldout_size)
     targets = oracle_lib.stack_targets([e.scene for e in examples])
@@ -82,13 +85,17 @@ def oracle_main(params_path: Path = paths.PARAMS) -> dict:
     oracle = oracle_lib.Oracle()
     config = oracle_lib.OracleTrainConfig(
         steps=op.steps, batch_size=op.batch_size, lr=op.lr, noise=op.noise,
-        seed=params.evaluate.seed,
+        seed=params.evaluate.seed, **ORACLE_OPTIM,
     )  # fmt: skip
-    with Live(str(paths.DVCLIVE / "oracle"), dvcyaml=False, save_dvc_exp=False) as live:
-        oracle_lib.train_oracle(
-            oracle, images[train], {k: v[train] for k, v in targets.items()}, config,
-            step_logger(live), device,
-        )  # fmt: skip
+    compute = precision.hardware(par.device).record()
+    data = (images[train], {k: v[train] for k, v in targets.items()})
+    checkpoints = resume.checkpoints("oracle", [oracle, *data, config], compute, op.steps,
+                                     clean=par.is_main)  # fmt: skip
+    with main_live("oracle", par.is_main) as live:
+        oracle_lib.train_oracle(oracle, *data, config, step_logger(live) if live else None, par,
+                                checkpoints)  # fmt: skip
+    if not par.is_main:  # the main process measures and writes the oracle
+        return {}
     pred = oracle_lib.predict(oracle, images[held])
     acc = {
         k: round(v, 4)
@@ -103,6 +110,7 @@ def oracle_main(params_path: Path = paths.PARAMS) -> dict:
             f"{op.min_accuracy}: raise evaluate.oracle.steps or train_size"
         )
     _save(paths.ORACLE, lambda tmp: oracle_lib.save(oracle, tmp), "oracle", params, acc)
+    resume.finish("oracle")
     log.info("oracle held-out accuracy: %s", acc)
     return report
 
@@ -110,7 +118,7 @@ def oracle_main(params_path: Path = paths.PARAMS) -> dict:
 def eval_clip_main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     cp = params.evaluate.clip
-    device = devices.resolve(cp.device, "evaluate.clip.device")
+    par = Parallel.start(devices.resolve(cp.device, "evaluate.clip.device"))
     pretrained = None if cp.pretrained == "none" else cp.pretrained
     clip = clip_lib.create(cp.model, pretrained, seed=params.evaluate.seed)
     examples, images = fresh_renders(
@@ -119,28 +127,26 @@ def eval_clip_main(params_path: Path = paths.PARAMS) -> dict:
     held = (images[cp.train_size :], [e.descriptive for e in examples[cp.train_size :]])
     record = None
     if pretrained is None:
-        compute, record = precision.settle(cp.precision, device, "evaluate.clip.precision")
+        compute, record = precision.settle(cp.precision, par.device, "evaluate.clip.precision")
         captions = [[e.descriptive, e.short] for e in examples[: cp.train_size]]
         train = cp.model_dump(include=set(ContrastiveParams.model_fields) - {"device"})
         config = ClipTrainConfig(seed=params.evaluate.seed, eval_every=cp.steps,
                                  **{**train, "precision": compute})  # fmt: skip
-        with Live(str(paths.DVCLIVE / "eval_clip"), dvcyaml=False, save_dvc_exp=False) as live:
-            metrics = train_clip(
-                clip,
-                images[: cp.train_size],
-                captions,
-                config,
-                held,
-                step_logger(live),
-                Parallel(device=torch.device(device)),
-                desc="eval_clip",
-            )
+        data = (images[: cp.train_size], captions)
+        checkpoints = resume.checkpoints("eval_clip", [clip.model, *data, *held, config], record,
+                                         cp.steps, clean=par.is_main)  # fmt: skip
+        with main_live("eval_clip", par.is_main) as live:
+            metrics = train_clip(clip, *data, config, held, step_logger(live) if live else None,
+                                 par, desc="eval_clip", checkpoints=checkpoints)  # fmt: skip
     else:
         metrics = retrieval_recall(clip, *held)
+    if not par.is_main:  # the main process writes the model
+        return metrics
     metrics = {k: round(v, 4) for k, v in metrics.items()}
     report = {"heldout_renders": cp.heldout_size, **metrics, "compute": record}
     io.write_json(paths.EVAL_CLIP_REPORT, report)
     _save(paths.EVAL_CLIP, lambda tmp: clip_lib.save(clip, tmp), "eval_clip", params, metrics,
           record)  # fmt: skip
+    resume.finish("eval_clip")
     log.info("evaluation CLIP held-out retrieval: %s", metrics)
     return metrics

@@ -20,19 +20,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dvclive import Live
 from PIL import Image
 
-from recaption import datasets, devices, io, latents, lineage, paths, precision
+from recaption import datasets, devices, io, latents, lineage, paths, precision, resume
 from recaption.errors import UserError
-from recaption.live import step_logger
+from recaption.live import main_live, step_logger
 from recaption.models import autoencoder as ae_lib
 from recaption.models import oracle as oracle_lib
+from recaption.parallel import Parallel
 from recaption.params import Params, load_params
 from recaption.world import Scene
 
 log = logging.getLogger(__name__)
 SHOWN = 16  # held-out images in reports/autoencoder.png
+STAGE = "train_autoencoder"
 
 
 class ReconstructionError(UserError):
@@ -77,18 +78,25 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             lineage.write_lineage(tmp, "train_autoencoder", {}, {"autoencoder": recorded})
         io.write_json(paths.AUTOENCODER_REPORT, {"autoencoder": "none"})
         return {"autoencoder": "none"}
+    par = Parallel.start(device)
     train, held = _split(params)
     size = params.data.image_size
     images = datasets.images_tensor([r["image"] for r in train], size)
-    compute, record = precision.settle(ap.precision, device, "autoencoder.precision")
+    compute, record = precision.settle(ap.precision, par.device, "autoencoder.precision")
     vae = ae_lib.create_builtin(ap.model, size, params.seed)
-    config = ae_lib.AutoencoderTrainConfig(
+    config = ae_lib.AutoencoderTrainConfig(  # no weight decay: a reconstruction needs none
         steps=ap.steps, batch_size=ap.batch_size, lr=ap.lr, warmup_steps=ap.warmup_steps,
-        kl_weight=ap.kl_weight, grad_clip=ap.grad_clip, precision=compute, seed=params.seed,
-        edge_weight=ap.edge_weight,
+        weight_decay=0.0, kl_weight=ap.kl_weight, grad_clip=ap.grad_clip, precision=compute,
+        seed=params.seed, edge_weight=ap.edge_weight,
     )  # fmt: skip
-    with Live(str(paths.DVCLIVE / "train_autoencoder"), dvcyaml=False, save_dvc_exp=False) as live:
-        metrics = ae_lib.train_autoencoder(vae, images, config, step_logger(live), device)
+    checkpoints = resume.checkpoints(STAGE, [vae, images, config], record, ap.steps,
+                                     clean=par.is_main)  # fmt: skip
+    with main_live(STAGE, par.is_main) as live:
+        metrics = ae_lib.train_autoencoder(
+            vae, images, config, step_logger(live) if live else None, par, checkpoints
+        )
+    if not par.is_main:  # the main process checks and writes the model
+        return metrics
     held_images = datasets.images_tensor([r["image"] for r in held], size)
     recon = ae_lib.reconstruct(vae, held_images)
     error = (recon.float() - held_images.float()) / 255
@@ -122,6 +130,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             metrics={k: report[k] for k in ("heldout_l1", "heldout_psnr", "scaling_factor")},
             compute=record,
         )  # fmt: skip
+    resume.finish(STAGE)
     log.info("train_autoencoder: %s", {k: v for k, v in report.items() if k != "compute"})
     return report
 

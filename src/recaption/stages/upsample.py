@@ -23,18 +23,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dvclive import Live
 
-from recaption import datasets, devices, io, lineage, paths, precision, sampling
-from recaption.live import step_logger
+from recaption import datasets, devices, io, lineage, paths, precision, resume, sampling
+from recaption.live import main_live, step_logger
 from recaption.metrics.upsampling import faithfulness
 from recaption.models import upsampler as up_lib
 from recaption.models.captioner import Decoding
+from recaption.parallel import Parallel
 from recaption.params import Params, load_params
 from recaption.world import Scene, scene_prompt
 
 log = logging.getLogger(__name__)
-LIVE_DIR = paths.DVCLIVE / "upsample"
+STAGE = "upsample"
 
 
 def training_pairs(params: Params) -> list[tuple[str, str]]:
@@ -74,32 +74,39 @@ def heldout_shorts(params: Params) -> list[tuple[str, str]]:
     return [(r["key"], r["short"]) for r in rows]
 
 
-def build(params: Params) -> tuple[up_lib.Upsampler, dict, dict | None]:
+def build(params: Params, par: Parallel) -> tuple[up_lib.Upsampler, dict, dict | None]:
     """The upsampler, trained here when it is built in; what training reported; and the
     resolved precision and hardware it trained with (None: not trained here)."""
     us = params.upsample
-    device = devices.resolve(us.device, "upsample.device")
     pairs = training_pairs(params)
     texts = sorted({t for pair in pairs for t in pair})
     decoding = Decoding(**us.decoding.model_dump())
     model = up_lib.create(us.lm, texts, us.vocab_size, params.seed, us.max_source_tokens, decoding)
-    model.lm.to(device)
+    model.lm.to(par.device)
     if not model.builtin:
         log.info("upsample: %s is used as it is, through its instruction", us.lm)
         return model, {}, None
-    compute, record = precision.settle(us.precision, device, "upsample.precision")
+    compute, record = precision.settle(us.precision, par.device, "upsample.precision")
     fields = up_lib.UpsampleTrainConfig.__dataclass_fields__.keys() - {"seed"}
     config = up_lib.UpsampleTrainConfig(
         seed=params.seed, **{**us.model_dump(include=fields), "precision": compute}
     )
-    with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
-        return model, up_lib.train(model, pairs, config, step_logger(live)), record
+    identity = [model.lm, pairs, model.max_source_tokens, config]
+    checkpoints = resume.checkpoints(STAGE, identity, record, config.steps, clean=par.is_main)
+    with main_live(STAGE, par.is_main) as live:
+        trained = up_lib.train(
+            model, pairs, config, step_logger(live) if live else None, par, checkpoints
+        )
+    return model, trained, record
 
 
 def main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     us = params.upsample
-    model, trained, record = build(params)
+    par = Parallel.start(devices.resolve(us.device, "upsample.device"))
+    model, trained, record = build(params, par)
+    if not par.is_main:  # the main process rewrites and writes
+        return trained
 
     def rewrite(texts: list[str], what: str) -> list[str]:
         return model.rewrite(texts, None, us.generate_batch_size, params.seed, desc=what)
@@ -141,5 +148,6 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             compute=record,
         )
     io.write_json(paths.UPSAMPLE_REPORT, report)
+    resume.finish(STAGE)
     log.info("upsample: %s", {k: report[k] for k in ("heldout", "suite")})
     return report

@@ -1,0 +1,371 @@
+"""One training loop for every model: AdamW, warm-up then cosine, autocast, clipping, EMA,
+a windowed loss, checkpoints that resume after a kill, data-parallel.
+
+A model brings its trainable parameters and a `step_loss(step, gen)`: the loss of step
+`step` on this process's slice of the step's batch, every random choice drawn from `gen`
+(seeded by (seed, step)) or from the global RNG (dropout), which the loop reseeds each
+step. Step s is then a function of the weights and s alone, so a run resumed from a
+checkpoint at step s continues exactly as the uninterrupted run would, with no RNG state
+to save.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from recaption import io, precision
+from recaption.models.schedule import OptimConfig, warmup_cosine
+from recaption.parallel import Parallel
+
+log = logging.getLogger(__name__)
+
+WINDOW = 50  # steps the logged losses average over
+_DROPOUT = 1 << 40  # the global RNG's seed offset from the step generator's
+StepLoss = Callable[[int, torch.Generator], torch.Tensor | dict[str, torch.Tensor]]
+LogStep = Callable[[int, dict], None]
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Where a run keeps its checkpoint, and every how many steps it rewrites it (0: never)."""
+
+    folder: Path
+    every: int
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics computed every `every` steps and at the last (`run(step)`: held-out recall,
+    a validation loss), logged with the loss; every process runs it, so all stop together.
+
+    With `best`, the weights where that metric was lowest (the starting weights included)
+    are restored at the end; with `patience` too, the run stops after that many
+    evaluations without a new lowest.
+    """
+
+    run: Callable[[int], dict]
+    every: int
+    best: str | None = None
+    patience: int = 0
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What a run did: steps trained to, where it resumed, its last logged metrics."""
+
+    steps: int
+    resumed_from: int
+    metrics: dict
+    seconds: float  # this process's time in the loop (not counting what a resume skipped)
+    best: dict | None = None  # with Evaluation.best: {"step", "value"} of the weights kept
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of step `step`'s generator."""
+    return seed * 1_000_003 + step
+
+
+def epoch_batch(n: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """The indices of step `step`'s batch: slices of a permutation of range(n) seeded by
+    (seed, epoch), so any step's batch is known without drawing the ones before."""
+    size = min(batch_size, n)
+    per_epoch = max(1, n // size)
+    epoch, index = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    return order[index * size : (index + 1) * size].tolist()
+
+
+def fit(
+    named: dict[str, torch.nn.Parameter],
+    step_loss: StepLoss,
+    config: OptimConfig,
+    *,
+    seed: int,
+    compute: str = "fp32",
+    par: Parallel | None = None,
+    ema_decay: float | None = None,
+    checkpoints: Checkpoints | None = None,
+    buffers: dict[str, torch.Tensor] | None = None,
+    evaluation: Evaluation | None = None,
+    log_step: LogStep | None = None,
+    log_every: int = WINDOW,
+    desc: str = "train",
+) -> Fit:
+    """Train `named` for `config.steps` steps of `step_loss`; the weights end in place (the
+    EMA's, with `ema_decay`).
+
+    Args:
+        step_loss: (step, generator) -> the loss, or a dict of scalars whose "loss" is
+            trained on; every entry is averaged over the last WINDOW steps and logged
+            every `log_every` steps and at the last.
+        config: the optimiser's settings; all of it (its subclass's model fields too)
+            fingerprints a checkpoint, so one written with other settings is ignored.
+        compute: the resolved precision (see recaption.precision) the loss runs in.
+        par: data-parallel training: `step_loss` computes its process's slice (through a
+            module `par.wrap` wrapped); the main process alone logs and checkpoints.
+        buffers: tensors that change in training without being trained (BatchNorm
+            statistics), kept in checkpoints with the weights.
+        log_step: called as log_step(step, metrics) (main process only); a resumed run
+            first replays what the interrupted one logged.
+    """
+    par = par or Parallel()
+    run = _Run(named, config, seed, compute, par, ema_decay, evaluation)
+    saved = {**named, **(buffers or {})}  # what a checkpoint holds besides the optimizer's
+    if checkpoints:
+        run.restore(checkpoints.folder, saved)
+    run.judge_start()
+    if log_step is not None and par.is_main:
+        for step, metrics in run.logged:
+            log_step(step, metrics)
+    bar = tqdm(total=config.steps, initial=run.start, desc=desc, unit="step", mininterval=2,
+               disable=not par.is_main)  # fmt: skip
+    tick, done = time.perf_counter(), run.start
+    for step in range(run.start, run.start if run.exhausted() else config.steps):
+        run.train_step(step, step_loss)
+        bar.update()
+        done = step + 1
+        metrics = run.metrics_at(done, log_every)
+        if metrics:
+            run.logged.append((done, metrics))
+            if log_step is not None and par.is_main:
+                log_step(done, metrics)
+        stop = run.judge(done, metrics)
+        if checkpoints and checkpoints.every and done % checkpoints.every == 0:
+            if par.is_main:
+                run.save(checkpoints.folder, done, saved)
+            par.wait()
+        if stop:
+            break
+    bar.close()
+    return run.finish(done, time.perf_counter() - tick)
+
+
+class _Run:
+    """A run's state: optimizer, scaler, EMA, loss windows and what was logged."""
+
+    def __init__(self, named, config, seed, compute, par, ema_decay, evaluation):
+        self.named, self.config, self.seed, self.compute, self.par = (
+            named, config, seed, compute, par
+        )  # fmt: skip
+        self.params = list(named.values())
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.scaler = precision.grad_scaler(compute, par.device)
+        self.ema = EMA(named, ema_decay) if ema_decay is not None else None
+        self.evaluation = evaluation
+        self.start = 0
+        self.window: dict[str, list[float]] = {}
+        self.logged: list[tuple[int, dict]] = []
+        self.best: dict | None = None  # {"step", "value", "stale"} with Evaluation.best
+        self.best_weights: dict[str, torch.Tensor] = {}
+        if evaluation is not None and evaluation.best:
+            self.best_weights = {n: p.detach().clone() for n, p in named.items()}
+
+    def restore(self, folder: Path, saved: dict[str, torch.Tensor]) -> None:
+        """Continue from the checkpoint in `folder`, if one was written for this config."""
+        self.start, window, self.logged = resume(
+            folder, self.config, saved, self.ema, self.optimizer, self.best_weights
+        )
+        self.window = window or {}
+        if self.start:
+            meta = _state(folder, self.config)
+            self.best = meta.get("best")
+            if meta.get("scaler"):  # fp16's loss scale
+                self.scaler.load_state_dict(meta["scaler"])
+
+    def save(self, folder: Path, step: int, saved: dict[str, torch.Tensor]) -> None:
+        history = {"window": self.window, "logged": self.logged, "best": self.best,
+                   "scaler": self.scaler.state_dict()}  # fmt: skip
+        save_checkpoint(folder, self.config, step, saved, self.ema, self.optimizer, history,
+                        self.best_weights)  # fmt: skip
+
+    def judge_start(self) -> None:
+        """A fresh run's starting weights are the first best (a tuning may only worsen)."""
+        ev = self.evaluation
+        if self.best_weights and self.best is None:
+            self.best = {"step": self.start, "value": ev.run(self.start)[ev.best], "stale": 0}
+
+    def exhausted(self) -> bool:
+        """Did the run stop early before the checkpoint it resumed from was written?"""
+        ev = self.evaluation
+        return bool(self.best and ev.patience and self.best["stale"] >= ev.patience)
+
+    def judge(self, done: int, metrics: dict) -> bool:
+        """Keep the weights if step `done` evaluated best yet; True: stop early."""
+        ev = self.evaluation
+        if not self.best_weights or ev.best not in metrics:
+            return False
+        if metrics[ev.best] < self.best["value"]:
+            self.best = {"step": done, "value": metrics[ev.best], "stale": 0}
+            for n, p in self.named.items():
+                self.best_weights[n].copy_(p.detach())
+            return False
+        self.best["stale"] += 1
+        if not self.exhausted():
+            return False
+        log.info("early stop at step %d: no lower %s since step %d", done, ev.best,
+                 self.best["step"])  # fmt: skip
+        return True
+
+    def finish(self, done: int, seconds: float) -> Fit:
+        """Load the weights the run ends with (the EMA's, or the best evaluated)."""
+        if self.ema is not None:
+            self.ema.copy_to(self.named)
+        best = None
+        if self.best_weights:
+            with torch.no_grad():
+                for n, p in self.named.items():
+                    p.copy_(self.best_weights[n])
+            best = {"step": self.best["step"], "value": self.best["value"]}
+        last = self.logged[-1][1] if self.logged else {}
+        return Fit(done, self.start, last, seconds, best)
+
+    def train_step(self, step: int, step_loss: StepLoss) -> None:
+        """One optimizer step at the schedule's rate; the losses join their windows."""
+        config = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
+        gen = torch.Generator().manual_seed(step_seed(self.seed, step))
+        torch.manual_seed(step_seed(self.seed, step) + _DROPOUT)
+        with precision.autocast(self.compute, self.par.device):
+            losses = step_loss(step, gen)
+        losses = losses if isinstance(losses, dict) else {"loss": losses}
+        precision.backward_step(
+            losses["loss"], self.optimizer, self.params, config.grad_clip, self.scaler
+        )
+        if self.ema is not None:
+            self.ema.update(self.named, step)
+        for name, value in losses.items():
+            recent = self.window.get(name, [])[-(WINDOW - 1) :]
+            self.window[name] = [*recent, self.par.mean(value.item())]
+
+    def metrics_at(self, done: int, log_every: int) -> dict:
+        """What step `done` logs: the windows' means, and the evaluation when it is due."""
+        last = done == self.config.steps
+        metrics = {}
+        if done % log_every == 0 or last:
+            metrics = {name: sum(values) / len(values) for name, values in self.window.items()}
+        ev = self.evaluation
+        if ev is not None and (done % ev.every == 0 or last):
+            metrics.update(ev.run(done))
+        # In name order, as a checkpoint's JSON keeps them: a resumed run logs them alike.
+        return dict(sorted(metrics.items()))
+
+
+class EMA:
+    """An exponential moving average of a module's trainable weights, with a warm-up.
+
+    Update s (0-based) decays by min(decay, (1 + s) / (10 + s)), as diffusers' EMAModel
+    does: a fixed decay from the first step would keep decay**steps of the random
+    initialisation in the average (13.5 % after 400 steps at 0.995, enough to make a
+    short run's saved weights draw noise); with the warm-up the initialisation's share
+    after s updates is the product of the early decays, below 1e-9 by update 40.
+    """
+
+    def __init__(self, named: dict[str, torch.nn.Parameter], decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().clone() for n, p in named.items()}
+
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step))
+
+    @torch.no_grad()
+    def update(self, named: dict[str, torch.nn.Parameter], step: int) -> None:
+        weight = 1 - self.decay_at(step)
+        for n, p in named.items():
+            self.shadow[n].lerp_(p.detach(), weight)
+
+    @torch.no_grad()
+    def copy_to(self, named: dict[str, torch.nn.Parameter]) -> None:
+        for n, p in named.items():
+            p.copy_(self.shadow[n])
+
+
+# --- checkpoints: safetensors for tensors, JSON for the rest -----------------------------
+
+
+def _fingerprint(config: Any) -> str:
+    fields = {k: v for k, v in asdict(config).items() if k not in ("checkpoint_every", "log_every")}
+    return io.sha256_bytes(json.dumps(fields, sort_keys=True).encode())
+
+
+def save_checkpoint(folder, config, step, named, ema, optimizer, history=None, best=None) -> None:
+    """Weights, EMA (if any), the best weights (if kept), optimizer moments, the step and
+    the loss `history` (the running window and what was logged, so a resumed run reports
+    what an uninterrupted one would), written atomically."""
+    state = optimizer.state_dict()
+    moments = {
+        f"{i}.{k}": v.contiguous()
+        for i, s in state["state"].items()
+        for k, v in s.items()
+        if torch.is_tensor(v)
+    }
+    with io.atomic_path(folder) as tmp:
+        tmp.mkdir()
+        save_file(
+            {n: p.detach().contiguous() for n, p in named.items()}, tmp / "weights.safetensors"
+        )
+        if ema is not None:
+            save_file({n: t.contiguous() for n, t in ema.shadow.items()}, tmp / "ema.safetensors")
+        if best:
+            save_file({n: t.contiguous() for n, t in best.items()}, tmp / "best.safetensors")
+        save_file(moments, tmp / "optimizer.safetensors")
+        io.write_json(tmp / "state.json", {"step": step, "fingerprint": _fingerprint(config),
+                                           "param_groups": state["param_groups"],
+                                           **(history or {})})  # fmt: skip
+
+
+def _state(folder: Path, config: Any) -> dict:
+    """The state.json of a checkpoint written for `config`; {} if there is none."""
+    if not (folder / "state.json").is_file():
+        return {}
+    meta = json.loads((folder / "state.json").read_text())
+    if meta["fingerprint"] != _fingerprint(config):
+        log.info("checkpoint in %s is from other params; starting afresh", folder)
+        return {}
+    return meta
+
+
+def resume(folder, config, named, ema, optimizer, best=None) -> tuple[int, Any, list]:
+    """Load a checkpoint written for this config into `named`, `ema`, `optimizer` and the
+    `best` weights kept.
+
+    Returns:
+        (step to continue from, loss window, logged (step, metrics)); (0, [], []) if none.
+    """
+    folder = Path(folder)
+    meta = _state(folder, config)
+    if not meta:
+        return 0, [], []
+    _copy_into(named, folder / "weights.safetensors")
+    if ema is not None:
+        _copy_into(ema.shadow, folder / "ema.safetensors")
+    if best:
+        _copy_into(best, folder / "best.safetensors")
+    moments = load_file(folder / "optimizer.safetensors")
+    state: dict = {}
+    for key, tensor in moments.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = tensor
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    log.info("resuming training in %s at step %d", folder, meta["step"])
+    logged = [(step, metrics) for step, metrics in meta.get("logged", [])]
+    return meta["step"], meta.get("window", []), logged
+
+
+@torch.no_grad()
+def _copy_into(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy a safetensors file's tensors into `tensors` (which stay on their device)."""
+    for name, value in load_file(path).items():
+        tensors[name].copy_(value)
