@@ -9,13 +9,13 @@ from safetensors.torch import load_file
 
 from recaption.models import generator as gen_lib
 from recaption.models.generator_train import (
-    EMA,
     GeneratorTrainConfig,
     denoising_loss,
     to_model_space,
     train_generator,
 )
 from recaption.models.tokenizer import train_tokenizer
+from recaption.models.training import EMA
 from recaption.params import load_params
 from recaption.stages import train_generator as stage
 

@@ -1,4 +1,5 @@
-"""Training the generator: denoising loss, caption dropout, EMA, checkpoints that resume.
+"""Training the generator: the denoising loss and caption dropout, trained through the
+shared loop (`recaption.models.training.fit`: EMA, checkpoints that resume).
 
 Every random choice of step s (the epoch's image order, the noise, the timesteps,
 which captions are dropped) comes from generators seeded by (seed, epoch) and
@@ -8,20 +9,17 @@ uninterrupted run would have, with no RNG state to save.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from recaption import precision
 from recaption.models.autoencoder import edge_weights
 from recaption.models.generator import GeneratorPipeline, choose_attention
-from recaption.models.schedule import OptimConfig, warmup_cosine
-from recaption.models.training import EMA, resume, save_checkpoint
+from recaption.models.schedule import OptimConfig
+from recaption.models.training import Checkpoints, epoch_batch, fit
 from recaption.parallel import Parallel
 
 
@@ -147,14 +145,6 @@ def denoising_loss(
     return Denoiser(pipe)(x0, t, noise, captions)
 
 
-def _batch(config: GeneratorTrainConfig, n: int, step: int) -> list[int]:
-    """The image indices of `step`: slices of a per-epoch permutation seeded by the epoch."""
-    per_epoch = max(1, n // config.batch_size)
-    epoch, index = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))
-    return order[index * config.batch_size : (index + 1) * config.batch_size].tolist()
-
-
 def epoch_of(config: GeneratorTrainConfig, n: int, step: int) -> int:
     return step // max(1, n // config.batch_size)
 
@@ -169,7 +159,8 @@ def train_generator(
     par: Parallel | None = None,
     pixels: torch.Tensor | None = None,
 ) -> dict:
-    """Train `pipe` in place, then load the EMA weights into it.
+    """Train `pipe` in place through the shared loop (`training.fit`), then load the EMA
+    weights into it.
 
     Args:
         images: uint8 (N, 3, H, W), the training images, or float (N, C, h, w) model-space
@@ -179,77 +170,61 @@ def train_generator(
             run finding one there resumes from it (the main process writes it).
         par: data-parallel training (see recaption.parallel): each process draws the
             step's whole batch and its noise, and trains on its slice.
+        pixels: the uint8 images the edge-weighted loss reads (`config.edge_weight`).
     Returns:
         {"steps", "resumed_from", "loss" (last window, over every process), "images_per_s"}.
     """
     par = par or Parallel()
     pipe.to(par.device)
     choose_attention(pipe, config.precision, par.device)
-    denoiser = par.wrap(Denoiser(pipe, config.snr_gamma))
     named = _trainable(pipe, config)
-    params = list(named.values())
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    ema = EMA(named, config.ema_decay)
-    scaler = precision.grad_scaler(config.precision, par.device)
-    start, window, logged = 0, [], []  # window: the last 50 losses; logged: (step, metrics)
-    if checkpoint_dir:
-        start, window, logged = resume(checkpoint_dir, config, named, ema, optimizer)
-    if log_step is not None and par.is_main:
-        for step, metrics in logged:  # a resumed run's curves start where the first run's did
-            log_step(step, metrics)
-    captions, epoch, tick = None, -1, time.perf_counter()
+    step_loss = _step_loss(pipe, images, captions_for_epoch, config, par, pixels)
+    pipe.unet.train()
+    pipe.text_encoder.train(config.train_text_encoder)
+    every = config.checkpoint_every
+    result = fit(named, step_loss, config, seed=config.seed, compute=config.precision, par=par,
+                 ema_decay=config.ema_decay, log_step=log_step, log_every=config.log_every,
+                 checkpoints=Checkpoints(checkpoint_dir, every) if checkpoint_dir else None,
+                 desc="train_generator")  # fmt: skip
+    pipe.to("cpu")
+    choose_attention(pipe, "fp32", "cpu")  # the pipeline leaves as it came: fused kernels
+    pipe.unet.eval()
+    pipe.text_encoder.eval()
+    trained = (config.steps - result.resumed_from) * config.batch_size
+    return {
+        "steps": config.steps,
+        "resumed_from": result.resumed_from,
+        "loss": result.metrics.get("loss"),
+        "images_per_s": trained / max(result.seconds, 1e-9),
+    }
+
+
+def _step_loss(pipe, images, captions_for_epoch, config, par, pixels):
+    """The loss of step s on this process's slice of its batch: the batch from an epoch's
+    seeded permutation, then (from the step's generator) which captions are dropped, the
+    noise and the timesteps, drawn for the whole batch so every process draws alike."""
+    denoiser = par.wrap(Denoiser(pipe, config.snr_gamma))
     weights = None
     if config.edge_weight:
         if pixels is None:
             raise ValueError("edge_weight needs the uint8 pixels of the training images")
         weights = edge_loss_weights(pixels, config.edge_weight, pipe.unet.config.sample_size)
-    bar = tqdm(total=config.steps * config.batch_size, initial=start * config.batch_size,
-               desc="train_generator", unit="img", unit_scale=True, mininterval=2,
-               disable=not par.is_main)  # fmt: skip
-    pipe.unet.train()
-    pipe.text_encoder.train(config.train_text_encoder)
-    for step in range(start, config.steps):
-        if epoch_of(config, len(images), step) != epoch:
-            epoch = epoch_of(config, len(images), step)
-            captions = captions_for_epoch(epoch)
-        idx = _batch(config, len(images), step)
-        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    epoch: dict[int, list[str]] = {}  # the current epoch's captions, drawn once
+
+    def step_loss(step: int, gen: torch.Generator) -> torch.Tensor:
+        e = epoch_of(config, len(images), step)
+        if e not in epoch:
+            epoch.clear()
+            epoch[e] = captions_for_epoch(e)
+        idx = epoch_batch(len(images), config.batch_size, step, config.seed)
         dropped = torch.rand(len(idx), generator=gen) < config.cond_dropout
-        texts = ["" if d else captions[i] for i, d in zip(idx, dropped.tolist(), strict=True)]
-        for group in optimizer.param_groups:
-            group["lr"] = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
+        texts = ["" if d else epoch[e][i] for i, d in zip(idx, dropped.tolist(), strict=True)]
         mine = par.share(range(len(idx)))  # this process's rows of the step's batch
-        x0 = to_model_space(pipe, images[[idx[i] for i in mine]].to(par.device))
+        rows = [idx[i] for i in mine]
+        x0 = to_model_space(pipe, images[rows].to(par.device))
         noise, t = draw_noise(pipe, torch.Size([len(idx), *x0.shape[1:]]), gen)
         noise, t = noise[mine].to(par.device), t[mine].to(par.device)
-        with precision.autocast(config.precision, par.device):
-            rows = [idx[i] for i in mine]
-            w = None if weights is None else weights[rows].to(par.device)
-            loss = denoiser(x0, t, noise, [texts[i] for i in mine], w)
-        precision.backward_step(loss, optimizer, params, config.grad_clip, scaler)
-        ema.update(named, step)
-        window = [*window[-49:], par.mean(loss.item())]
-        bar.update(len(idx))
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            logged.append((done, {"loss": sum(window) / len(window)}))
-            if log_step is not None and par.is_main:
-                log_step(*logged[-1])
-        if checkpoint_dir and config.checkpoint_every and done % config.checkpoint_every == 0:
-            if par.is_main:
-                history = {"window": window, "logged": logged}
-                save_checkpoint(checkpoint_dir, config, done, named, ema, optimizer, history)
-            par.wait()
-    bar.close()
-    seconds = time.perf_counter() - tick
-    ema.copy_to(named)
-    pipe.to("cpu")
-    choose_attention(pipe, "fp32", "cpu")  # the pipeline leaves as it came: fused kernels
-    pipe.unet.eval()
-    pipe.text_encoder.eval()
-    return {
-        "steps": config.steps,
-        "resumed_from": start,
-        "loss": sum(window) / len(window) if window else None,
-        "images_per_s": (config.steps - start) * config.batch_size / max(seconds, 1e-9),
-    }
+        w = None if weights is None else weights[rows].to(par.device)
+        return denoiser(x0, t, noise, [texts[i] for i in mine], w)
+
+    return step_loss
