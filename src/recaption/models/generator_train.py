@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from recaption.models.autoencoder import edge_weights
 from recaption.models.generator import GeneratorPipeline, choose_attention
 from recaption.models.schedule import OptimConfig
-from recaption.models.training import Checkpoints, epoch_batch, fit
+from recaption.models.training import Checkpoints, epoch_batch, epoch_of, fit
 from recaption.parallel import Parallel
 
 
@@ -145,10 +145,6 @@ def denoising_loss(
     return Denoiser(pipe)(x0, t, noise, captions)
 
 
-def epoch_of(config: GeneratorTrainConfig, n: int, step: int) -> int:
-    return step // max(1, n // config.batch_size)
-
-
 def train_generator(
     pipe: GeneratorPipeline,
     images: torch.Tensor,
@@ -212,7 +208,7 @@ def _step_loss(pipe, images, captions_for_epoch, config, par, pixels):
     epoch: dict[int, list[str]] = {}  # the current epoch's captions, drawn once
 
     def step_loss(step: int, gen: torch.Generator) -> torch.Tensor:
-        e = epoch_of(config, len(images), step)
+        e = epoch_of(len(images), config.batch_size, step)
         if e not in epoch:
             epoch.clear()
             epoch[e] = captions_for_epoch(e)

@@ -75,12 +75,21 @@ def step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """How many batches of `batch_size` (at most n) one epoch over n rows takes."""
+    return max(1, n // min(batch_size, n))
+
+
+def epoch_of(n: int, batch_size: int, step: int) -> int:
+    """The epoch step `step` falls in (what a per-epoch caption draw is keyed by)."""
+    return step // steps_per_epoch(n, batch_size)
+
+
 def epoch_batch(n: int, batch_size: int, step: int, seed: int) -> list[int]:
     """The indices of step `step`'s batch: slices of a permutation of range(n) seeded by
     (seed, epoch), so any step's batch is known without drawing the ones before."""
     size = min(batch_size, n)
-    per_epoch = max(1, n // size)
-    epoch, index = divmod(step, per_epoch)
+    epoch, index = divmod(step, steps_per_epoch(n, batch_size))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
     return order[index * size : (index + 1) * size].tolist()
 
