@@ -8,7 +8,7 @@ probes on the held-out split, with and without the grid, and the training time.
 Run from a checkout whose data/ holds the default run's dataset, splits and
 annotations (`dvc repro annotate`).
 
-    .venv/bin/python benchmarks/clip_tower.py configs/clip/tiny-rn-32.json [--steps 1200]
+    .venv/bin/python benchmarks/clip_tower.py configs/clip/tiny-rn-32.json [--caption-loss 1]
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recaption import datasets, embed, paths, precision, sampling
+from recaption import datasets, paths, precision, sampling
 from recaption.metrics import probe
 from recaption.models import clip as clip_lib
 from recaption.models.clip_train import ClipTrainConfig, train_clip
 from recaption.params import load_params
-from recaption.stages.clip_pretrain import corpus_pairs, heldout_set, training_pairs
+from recaption.stages.clip_pretrain import caption_loss, corpus_pairs, heldout_set, training_pairs
 from recaption.synthetic import world_config
 from recaption.world.negatives import swap_word
 
@@ -48,7 +48,7 @@ def probe_rows(params, size: int) -> tuple[list[str], list[str], dict[str, bytes
 @torch.inference_mode()
 def features(clip, pngs: list[bytes], grid: int) -> np.ndarray:
     images = datasets.images_tensor(pngs, clip.image_size)
-    out = [embed.encode(clip, clip.normalise(images[i : i + 512]), grid)
+    out = [clip_lib.features(clip, clip.normalise(images[i : i + 512]), grid)
            for i in range(0, len(images), 512)]  # fmt: skip
     return torch.cat(out).numpy()
 
@@ -74,16 +74,23 @@ def main() -> None:
         "short and descriptive caption (a pretraining corpus)",
     )
     ap.add_argument("--corpus-seed", type=int, default=424242)
+    ap.add_argument(
+        "--caption-loss",
+        type=float,
+        default=0.0,
+        help="weight of a captioning loss beside the contrastive one (CoCa / CapPa): a "
+        "decoder writes each image's longest caption from its embedding and grid cells",
+    )
+    ap.add_argument(
+        "--caption-lm",
+        help="the captioning loss's decoder, a GPT-2 JSON (default: clip.train.caption_decoder)",
+    )
     ap.add_argument("--out", help="append the result row (JSON) to this file")
     args = ap.parse_args()
     params = load_params(paths.PARAMS)
-    train_cfg = params.clip.train.model_dump(
-        exclude={"captions", "annotated_repeat", "corpus", "corpus_seed", "hard_negatives"}
-    )
-    for name in ("steps", "batch_size", "lr"):
-        if getattr(args, name) is not None:
-            train_cfg[name] = getattr(args, name)
-    compute, _ = precision.settle(args.precision or train_cfg["precision"], torch.device("cpu"),
+    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr") if getattr(args, k)}
+    train_cfg = params.clip.train.model_copy(update=overrides)
+    compute, _ = precision.settle(args.precision or train_cfg.precision, torch.device("cpu"),
                                   "precision")  # fmt: skip
     grid = params.embed.grid if args.grid is None else args.grid
     clip = clip_lib.create(args.model, None, seed=params.seed)
@@ -94,11 +101,22 @@ def main() -> None:
         extra = corpus_pairs(world_config(params), args.corpus, args.corpus_seed, clip.image_size)
         images = torch.cat([images, extra[0]])
         captions = [*captions, *extra[1]]
-    config = ClipTrainConfig(seed=params.seed, **{**train_cfg, "precision": compute})
+    config = ClipTrainConfig.of(train_cfg, seed=params.seed, precision=compute)
     start = time.perf_counter()
     negative = swap_word if args.hard_negatives else None
+    if args.caption_loss:
+        train = params.clip.train.model_copy(
+            update={
+                "caption_loss": args.caption_loss,
+                "caption_decoder": args.caption_lm or params.clip.train.caption_decoder,
+            }
+        )
+        clip_params = params.clip.model_copy(update={"train": train})
+        embed_params = params.embed.model_copy(update={"grid": grid})
+        params = params.model_copy(update={"clip": clip_params, "embed": embed_params})
+    captioning = caption_loss(params, clip, captions)
     metrics = train_clip(clip, images, captions, config, heldout_set(clip.image_size),
-                         negative=negative)  # fmt: skip
+                         negative=negative, captioning=captioning)  # fmt: skip
     train_s = time.perf_counter() - start
     train, test, pngs_by_key, labels = probe_rows(params, params.embed.probe_train_size)
     start = time.perf_counter()
@@ -115,6 +133,8 @@ def main() -> None:
         "precision": compute,
         "hard_negatives": args.hard_negatives,
         "corpus": args.corpus,
+        "caption_loss": args.caption_loss,
+        "caption_lm": Path(params.clip.train.caption_decoder).stem if args.caption_loss else None,
         "cpu": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "train_s": round(train_s, 1),

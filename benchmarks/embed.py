@@ -40,10 +40,10 @@ def bare_forward(clip, repo: Path, n: int, batch: int, device: str, grid: int) -
     dev = torch.device(device)
     model_dtype = torch.half if dev.type == "cuda" else torch.float32
     with torch.inference_mode():
-        embed.encode(clip, x[:batch].to(dev, model_dtype), grid)  # warm-up
+        clip_lib.features(clip, x[:batch].to(dev, model_dtype), grid)  # warm-up
         start = time.perf_counter()
         for i in range(0, len(x), batch):
-            embed.encode(clip, x[i : i + batch].to(dev, model_dtype), grid)
+            clip_lib.features(clip, x[i : i + batch].to(dev, model_dtype), grid)
         if dev.type == "cuda":
             torch.cuda.synchronize()
     return len(x) / (time.perf_counter() - start)

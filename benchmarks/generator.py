@@ -47,9 +47,8 @@ def main() -> None:
     tok = train_tokenizer(captions, gp.vocab_size, wrap=True)
     images = torch.randint(0, 256, (args.images, 3, args.size, args.size), dtype=torch.uint8)
     compute, _ = precision.settle(gp.precision, "cpu", "generator.precision")
-    fields = gp.model_dump(exclude={"model", "vocab_size", "seed"})
-    fields.update(steps=args.steps, checkpoint_every=0, warmup_steps=5, precision=compute)
-    config = GeneratorTrainConfig(seed=0, **fields)
+    config = GeneratorTrainConfig.of(gp, seed=0, steps=args.steps, checkpoint_every=0,
+                                     warmup_steps=5, precision=compute)  # fmt: skip
 
     pipe = gen_lib.create_builtin(ROOT / gp.model, tok, args.size, 0)
     loop = train_generator(pipe, images, lambda epoch: captions, config)["images_per_s"]

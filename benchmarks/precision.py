@@ -64,8 +64,7 @@ def clip_run(params: Params, data) -> Callable[[int, str], None]:
 
     def run(steps: int, compute: str) -> None:
         clip = clip_lib.create(str(ROOT / params.clip.model), None, seed=0)
-        fields = tp.model_dump(exclude={"captions", "annotated_repeat"})
-        config = ClipTrainConfig(seed=0, **{**fields, "steps": steps, "precision": compute})
+        config = ClipTrainConfig.of(tp, seed=0, steps=steps, precision=compute)
         train_clip(clip, images, [[d, a] for d, a in zip(descriptive, alt, strict=True)], config)
 
     return run
@@ -83,9 +82,8 @@ def captioner_run(params: Params, data, stage: str) -> Callable[[int, str], None
     def run(steps: int, compute: str) -> None:
         model = captioner_lib.create(str(ROOT / cp.lm), texts, cp.vocab_size, dims,
                                      cp.prefix_length, cp.mapper_hidden, 0)  # fmt: skip
-        fields = sp.model_dump(exclude={"enabled", "steps", "epochs"})
-        config = CaptionTrainConfig(**{**fields, "steps": steps, "precision": compute,
-                                       "eval_every": 10**6, "seed": 0})  # fmt: skip
+        config = CaptionTrainConfig.of(sp, steps=steps, precision=compute, eval_every=10**6,
+                                       seed=0)  # fmt: skip
         val = (features[:8], texts[:8])
         train_captioner(model, (features, texts), val, config)
 
@@ -99,9 +97,8 @@ def generator_run(params: Params, data) -> Callable[[int, str], None]:
 
     def run(steps: int, compute: str) -> None:
         pipe = gen_lib.create_builtin(ROOT / gp.model, tok, params.data.image_size, 0)
-        fields = gp.model_dump(exclude={"model", "vocab_size", "seed"})
-        config = GeneratorTrainConfig(seed=0, **{**fields, "steps": steps, "precision": compute,
-                                                 "checkpoint_every": 0})  # fmt: skip
+        config = GeneratorTrainConfig.of(gp, seed=0, steps=steps, precision=compute,
+                                         checkpoint_every=0)  # fmt: skip
         train_generator(pipe, images, lambda epoch: descriptive, config)
 
     return run
@@ -115,9 +112,8 @@ def upsampler_run(params: Params, data) -> Callable[[int, str], None]:
     def run(steps: int, compute: str) -> None:
         model = up_lib.create(str(ROOT / us.lm), alt + descriptive, us.vocab_size, 0,
                               us.max_source_tokens)  # fmt: skip
-        fields = up_lib.UpsampleTrainConfig.__dataclass_fields__.keys() - {"seed"}
-        values = {**us.model_dump(include=fields), "steps": steps, "precision": compute}
-        up_lib.train(model, pairs, up_lib.UpsampleTrainConfig(seed=0, **values))
+        config = up_lib.UpsampleTrainConfig.of(us, seed=0, steps=steps, precision=compute)
+        up_lib.train(model, pairs, config)
 
     return run
 

@@ -21,13 +21,23 @@ def module_file(name: str, src: Path) -> Path | None:
 
 
 def imports(tree: ast.AST, module: str, is_package: bool = False) -> Iterator[tuple[int, str]]:
-    """(line, module name) of every import in `tree`, anywhere in it (functions too).
+    """(line, module name) of every import in `tree`, anywhere in it (functions too), but
+    under `if TYPE_CHECKING:`, which never runs.
 
     `from a import b` yields both `a` and `a.b`: b may be a submodule; a caller keeps
     only the names that resolve to a file. Relative imports are made absolute
     against `module` (itself, when `is_package`: the tree is its __init__.py).
     """
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and _is_type_checking(node.test)
+        for stmt in node.body
+        for inner in ast.walk(stmt)
+    }
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield node.lineno, alias.name
@@ -41,6 +51,12 @@ def imports(tree: ast.AST, module: str, is_package: bool = False) -> Iterator[tu
             for alias in node.names:
                 if alias.name != "*":
                     yield node.lineno, f"{base}.{alias.name}"
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    """`TYPE_CHECKING` or `typing.TYPE_CHECKING`."""
+    name = test.attr if isinstance(test, ast.Attribute) else getattr(test, "id", None)
+    return name == "TYPE_CHECKING"
 
 
 def imported_names(tree: ast.AST, module: str, is_package: bool = False) -> set[str]:

@@ -18,8 +18,9 @@ from safetensors.torch import save_file
 
 from recaption import embed, paths
 from recaption.datasets import load_rows
+from recaption.models import captioner
 from recaption.models import clip as clip_lib
-from recaption.models.clip_train import ClipTrainConfig, train_clip
+from recaption.models.clip_train import CaptionLoss, ClipTrainConfig, train_clip
 from recaption.models.training import Checkpoints
 from recaption.params import load_params
 from recaption.stages import annotate, clip_pretrain, embed_probe, ingest, prompts, sample
@@ -73,16 +74,84 @@ def test_training_lowers_the_contrastive_loss(arch):
     assert contrastive_loss(clip, images, texts) < 0.7 * before  # from ln(32) = 3.47 at chance
 
 
+DECODER = {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 96}
+
+
+def caption_loss_of(clip, captions, folder: Path, seed=0) -> CaptionLoss:
+    """A fresh decoder over the tiny CLIP's pooled vector and 2x2 cells."""
+    texts = sorted({t for c in captions for t in c})
+    spec = folder / "decoder.json"
+    spec.write_text(json.dumps(DECODER))
+    decoder = captioner.create(str(spec), texts, 300, clip_lib.feature_layout(clip, 2), 2, 64, seed)
+    return CaptionLoss(decoder, 1.0, grid=2)
+
+
+def written_loss(clip, captioning: CaptionLoss, images, texts) -> float:
+    """The decoder's loss at writing each image's caption from the image's features."""
+    d = captioning.decoder.eval()
+    with torch.no_grad():
+        feats = clip_lib.features(clip, clip.normalise(images), captioning.grid)
+        ids, mask = d.pad(d.tokenize(texts, 32))
+        return d.loss(feats, ids, mask).item()
+
+
+def test_the_captioning_loss_trains_the_decoder_and_the_tower_under_it(arch):
+    images, _ = clip_data()
+    # Captions that only the pixels tell apart: the decoder must read them off the tower.
+    captions = [["bright" if i % 2 else "dark"] for i in range(32)]
+    images[::2] //= 4
+    clip = clip_lib.create(str(arch), None, seed=0)
+    captioning = caption_loss_of(clip, captions, arch.parent)
+    texts = [c[0] for c in captions]
+    before = written_loss(clip, captioning, images, texts)
+    train_clip(clip, images, captions, clip_config(steps=60, lr=4e-3), captioning=captioning)
+    after = written_loss(clip, captioning, images, texts)
+    swapped = [{"bright": "dark", "dark": "bright"}[t] for t in texts]
+    assert after < 0.5 * before
+    assert after < written_loss(clip, captioning, images, swapped) - 0.5  # it reads the image
+    # Against contrastive training alone from the same start, unclipped (a clip by the
+    # global norm would couple them anyway): the caption's gradient reaches the tower.
+    unclipped = clip_config(grad_clip=1e9)
+    ours = clip_lib.create(str(arch), None, seed=0)
+    train_clip(
+        ours, images, captions, unclipped, captioning=caption_loss_of(ours, captions, arch.parent)
+    )
+    alone = clip_lib.create(str(arch), None, seed=0)
+    train_clip(alone, images, captions, unclipped)
+    theirs = alone.model.visual.state_dict()
+    assert any(not torch.allclose(v, theirs[k]) for k, v in ours.model.visual.state_dict().items())
+
+
+def test_features_are_the_pooled_embedding_then_normalised_cells(arch):
+    clip = clip_lib.create(str(arch), None, seed=0)
+    pooled_dim, cells, cell_dim = clip_lib.feature_layout(clip, 2)
+    x = clip.normalise(clip_data()[0][:3])
+    feats = clip_lib.features(clip, x, 2)
+    assert (pooled_dim, cells) == (32, 4) and feats.shape == (3, 32 + 4 * cell_dim)
+    with torch.no_grad():
+        pooled = torch.nn.functional.normalize(clip.model.encode_image(x), dim=-1)
+    assert torch.allclose(feats[:, :32], pooled, atol=1e-5)
+    norms = feats[:, 32:].reshape(3, 4, cell_dim).norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4)
+
+
 class Crash(Exception):
     pass
 
 
-def test_a_killed_clip_training_resumes_to_the_same_weights_and_metrics(arch, tmp_path):
+@pytest.mark.parametrize("captioned", [False, True])
+def test_a_killed_clip_training_resumes_to_the_same_weights_and_metrics(arch, tmp_path, captioned):
     images, captions = clip_data()
     held = (images[:8], [c[0] for c in captions[:8]])
     config = clip_config(steps=9, batch_size=8, eval_every=3)
     clean = clip_lib.create(str(arch), None, seed=0)
-    clean_metrics = train_clip(clean, images, captions, config, held, negative=swap_word)
+
+    def captioning(seed=0):
+        return caption_loss_of(clean, captions, tmp_path, seed=seed) if captioned else None
+
+    clean_cap = captioning()
+    clean_metrics = train_clip(clean, images, captions, config, held, negative=swap_word,
+                               captioning=clean_cap)  # fmt: skip
 
     def crash_at_6(step, metrics):
         if step >= 6:
@@ -91,14 +160,20 @@ def test_a_killed_clip_training_resumes_to_the_same_weights_and_metrics(arch, tm
     folder = Checkpoints(tmp_path / "ck", every=4)
     with pytest.raises(Crash):
         train_clip(clip_lib.create(str(arch), None, seed=0), images, captions, config, held,
-                   crash_at_6, negative=swap_word, checkpoints=folder)  # fmt: skip
+                   crash_at_6, negative=swap_word, checkpoints=folder,
+                   captioning=captioning())  # fmt: skip
     resumed = clip_lib.create(str(arch), None, seed=1)  # the checkpoint's weights replace these
+    resumed_cap = captioning(seed=1)
     metrics = train_clip(resumed, images, captions, config, held, negative=swap_word,
-                         checkpoints=folder)  # fmt: skip
+                         checkpoints=folder, captioning=resumed_cap)  # fmt: skip
     for (name, a), b in zip(
         clean.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), name
+    if captioned:  # the decoder resumes too: its weights are the loop's like the tower's
+        theirs = resumed_cap.decoder.state_dict()
+        for name, a in clean_cap.decoder.state_dict().items():
+            assert torch.equal(a, theirs[name]), name
     assert metrics == clean_metrics
 
 
@@ -403,6 +478,30 @@ def test_clip_pretrain_trains_on_the_corpus_with_hard_negatives(project, arch, m
     keys, _, _ = clip_pretrain.training_pairs(load_params())
     assert seen["n"] == len(keys) + 12 and len(seen["captions"][-1]) == 3
     assert seen["negative"] is not None
+
+
+def test_clip_pretrain_adds_a_captioning_loss_over_the_cached_features(project, arch, monkeypatch):
+    prepare(project)
+    decoder = project.root / "decoder.json"
+    decoder.write_text(json.dumps(DECODER))
+    train = {**TRAIN, "caption_loss": 0.5, "caption_decoder": str(decoder)}
+    project.write_params(clip={"model": str(arch), "train": train}, embed={"grid": 2})
+    seen = {}
+
+    def spy(clip, images, captions, config, *args, captioning=None, **kwargs):
+        seen.update(captioning=captioning, layout=clip_lib.feature_layout(clip, 2))
+        return {}
+
+    monkeypatch.setattr(clip_pretrain, "train_clip", spy)
+    clip_pretrain.main()
+    captioning = seen["captioning"]
+    assert (captioning.weight, captioning.grid) == (0.5, 2)
+    mapper = captioning.decoder.mapper.config
+    assert (mapper.pooled_dim, mapper.grid_cells, mapper.cell_dim) == seen["layout"]
+    assert captioning.decoder.lm.config.n_embd == DECODER["n_embd"]
+    project.write_params(clip={"model": str(arch), "train": {**train, "caption_loss": 0.0}})
+    clip_pretrain.main()
+    assert seen["captioning"] is None
 
 
 def test_real_data_trains_without_the_world_corpus(project):

@@ -145,3 +145,16 @@ def test_closure_follows_every_kind_of_import(tmp_path):
 
     expected = set(files) - {"pkg/unused.py"}
     assert {p.relative_to(tmp_path).as_posix() for p in found} == expected
+
+
+def test_imports_under_type_checking_are_not_run():
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\n"
+        "import recaption.a\n"
+        "if TYPE_CHECKING:\n"
+        "    from recaption import b\n"
+        "else:\n"
+        "    import recaption.c\n"
+    )
+    names = imported_names(tree, "recaption.m")
+    assert {"recaption.a", "recaption.c"} <= names and not {"recaption", "recaption.b"} & names

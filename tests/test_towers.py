@@ -7,7 +7,6 @@ import open_clip
 import pytest
 import torch
 
-from recaption import embed
 from recaption.models import clip as clip_lib
 from recaption.models.clip_train import hard_negative_loss
 from recaption.models.towers import ConvTower
@@ -41,7 +40,7 @@ def test_a_clip_with_the_conv_tower_loads_through_open_clip_local_dir(tmp_path):
     with torch.inference_mode():
         assert torch.equal(clip.model.encode_image(x), model.encode_image(x))
         # The grid comes from the last 4x4 map (16 px halved twice), not a pooled vector.
-        assert embed.encode(clip, x, 3).shape == (3, 32 + 9 * 128)
+        assert clip_lib.features(clip, x, 3).shape == (3, 32 + 9 * 128)
 
 
 def test_the_conv_tower_has_no_pretrained_weights():

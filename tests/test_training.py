@@ -139,3 +139,21 @@ def test_a_killed_run_that_keeps_its_best_resumes_to_the_same_weights(tmp_path):
     for net in (resumed, again):
         for (name, a), b in zip(clean.state_dict().items(), net.state_dict().values(), strict=True):
             assert torch.equal(a, b), name
+
+
+def test_a_config_takes_its_fields_from_a_params_section_and_the_rest_from_values():
+    from recaption.models.captioner_train import CaptionTrainConfig
+    from recaption.models.generator_train import GeneratorTrainConfig
+    from recaption.params import Params
+
+    section = Params().generator  # holds model, vocab_size, device: not the loop's
+    config = GeneratorTrainConfig.of(section, seed=7, precision="fp32", steps=3)
+    assert (config.seed, config.precision, config.steps) == (7, "fp32", 3)
+    assert (config.lr, config.ema_decay, config.edge_weight) == (
+        section.lr,
+        section.ema_decay,
+        section.edge_weight,
+    )
+    stage = Params().captioner.stage1  # holds no seed: it must be given
+    with pytest.raises(TypeError, match="seed"):
+        CaptionTrainConfig.of(stage, precision="fp32")

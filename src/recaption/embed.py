@@ -147,24 +147,6 @@ def _batched(batch):
     return batch if isinstance(batch, torch.Tensor) else torch.stack(batch)
 
 
-def encode(clip: Clip, batch: torch.Tensor, grid: int) -> torch.Tensor:
-    """(B, D [+ G*G*C]) float32: the pooled embedding, then the grid cells, each L2-normalised.
-
-    The grid comes from the deepest intermediate feature map that still has at
-    least G x G positions (a ViT's patch tokens, a ResNet's stage output).
-    """
-    if grid == 0:
-        return F.normalize(clip.model.encode_image(batch).float(), dim=-1)  # (B, D)
-    out = clip.model.visual.forward_intermediates(batch)
-    pooled = F.normalize(out["image_features"].float(), dim=-1)  # (B, D)
-    maps = [m for m in out["image_intermediates"] if min(m.shape[-2:]) >= grid]
-    if not maps:
-        raise ValueError(f"no feature map of this CLIP has {grid}x{grid} positions")
-    cells = F.adaptive_avg_pool2d(maps[-1].float(), grid).flatten(2)  # (B, C, G*G)
-    cells = F.normalize(cells, dim=1).transpose(1, 2).flatten(1)  # (B, G*G*C)
-    return torch.cat([pooled, cells], dim=1)
-
-
 def _to_device(clip: Clip, device: torch.device) -> None:
     """On CUDA the image tower runs in half precision, channels-last."""
     if device.type == "cuda":
@@ -176,7 +158,7 @@ def _forward(clip: Clip, batch: torch.Tensor, device: torch.device, grid: int) -
     x = clip.normalise(batch.to(device, non_blocking=True))
     if device.type == "cuda":
         x = x.half().contiguous(memory_format=torch.channels_last)
-    return encode(clip, x, grid).cpu()
+    return clip_lib.features(clip, x, grid).cpu()
 
 
 @torch.inference_mode()

@@ -179,6 +179,12 @@ class ClipTrainParams(ContrastiveParams):
     corpus_seed: int = 2000003
     hard_negatives: bool = False  # NegCLIP: each caption also meets a copy with one
     # shape or colour word swapped (recaption.world.negatives)
+    # A captioning loss beside the contrastive one (CoCa, CapPa): a small decoder writes
+    # each image's longest caption from its embedding and embed.grid cells, so the tower
+    # must keep what captions name. Its weight (0: contrastive only) and the decoder (a
+    # GPT-2 config JSON, trained with the CLIP and then dropped).
+    caption_loss: float = Field(0.0, ge=0)
+    caption_decoder: str = "configs/clip/caption-decoder.json"
 
 
 class ClipParams(Section):

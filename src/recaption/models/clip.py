@@ -14,6 +14,7 @@ from typing import Any
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from recaption import io
@@ -133,3 +134,33 @@ def fingerprint(folder: str | Path) -> str:
     return io.sha256_bytes(
         (io.sha256_file(folder / WEIGHTS_NAME) + io.sha256_file(folder / CONFIG_NAME)).encode()
     )
+
+
+def features(clip: Clip, batch: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, D [+ G*G*C]) float32: the pooled embedding, then the grid cells, each L2-normalised.
+
+    `batch` is normalised pixels (`Clip.normalise`). The grid comes from the deepest
+    intermediate feature map that still has at least G x G positions (a ViT's patch
+    tokens, a ResNet's stage output), average-pooled to G x G; 0 gives the pooled
+    embedding alone. Differentiable: training reads the same features the cache holds.
+    """
+    if grid == 0:
+        return F.normalize(clip.model.encode_image(batch).float(), dim=-1)  # (B, D)
+    out = clip.model.visual.forward_intermediates(batch)
+    pooled = F.normalize(out["image_features"].float(), dim=-1)  # (B, D)
+    maps = [m for m in out["image_intermediates"] if min(m.shape[-2:]) >= grid]
+    if not maps:
+        raise ClipError(f"no feature map of this CLIP has {grid}x{grid} positions")
+    cells = F.adaptive_avg_pool2d(maps[-1].float(), grid).flatten(2)  # (B, C, G*G)
+    cells = F.normalize(cells, dim=1).transpose(1, 2).flatten(1)  # (B, G*G*C)
+    return torch.cat([pooled, cells], dim=1)
+
+
+def feature_layout(clip: Clip, grid: int) -> tuple[int, int, int]:
+    """(pooled_dim, grid_cells, cell_dim) of `features(clip, ., grid)`."""
+    size = clip.image_size
+    with torch.no_grad():
+        probe = features(clip, torch.zeros(1, 3, size, size), grid)
+    dim = clip.model_cfg["embed_dim"]
+    cells = grid * grid
+    return dim, cells, (probe.shape[1] - dim) // cells if cells else 0

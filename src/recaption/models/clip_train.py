@@ -11,16 +11,21 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from open_clip import ClipLoss
 
 from recaption import precision
+from recaption.models import clip as clip_lib
 from recaption.models.clip import Clip
 from recaption.models.schedule import OptimConfig
 from recaption.models.training import Checkpoints, Evaluation, LogStep, epoch_batch, fit
 from recaption.parallel import Parallel
+
+if TYPE_CHECKING:  # the captioning loss's decoder; stages without one never import it
+    from recaption.models.captioner import Captioner
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,24 @@ class ClipTrainConfig(OptimConfig):
     eval_every: int
     seed: int
     precision: str  # resolved: fp32 | bf16 | fp16 (recaption.precision)
+
+
+@dataclass
+class CaptionLoss:
+    """A captioning objective beside the contrastive one, as CoCa and CapPa train.
+
+    `decoder` writes each image's longest caption from the image's features, as the
+    cached embedding will hold them (pooled vector and `grid` x `grid` cells,
+    `clip_lib.features`), and its next-token loss, times `weight`, joins the contrastive
+    loss. A contrastive batch is told apart by colour, background and place, so the
+    contrastive loss alone never asks the tower for an object's shape; a caption
+    that must be written word by word does. The decoder is thrown away after training.
+    """
+
+    decoder: Captioner
+    weight: float
+    grid: int
+    max_tokens: int = 64
 
 
 @torch.inference_mode()
@@ -81,6 +104,7 @@ def train_clip(
     desc: str = "clip",
     negative: Callable[[str, random.Random], str | None] | None = None,
     checkpoints: Checkpoints | None = None,
+    captioning: CaptionLoss | None = None,
 ) -> dict:
     """Train `clip` in place.
 
@@ -97,19 +121,26 @@ def train_clip(
             batch's negatives then join its captions on the image side of the loss
             (see `hard_negative_loss`). One process only.
         checkpoints: where a killed run resumes from (see recaption.models.training).
+        captioning: a captioning loss beside the contrastive one (see `CaptionLoss`);
+            one process only.
     Returns:
         The last logged metrics.
     """
     par = par or Parallel()
-    if negative is not None and par.world > 1:
-        raise ValueError("hard negatives are implemented for one process only")
+    if (negative is not None or captioning is not None) and par.world > 1:
+        raise ValueError("hard negatives and captioning are implemented for one process only")
     model = clip.model.to(par.device)
+    named = dict(model.named_parameters())
+    if captioning is not None:
+        decoder = captioning.decoder.to(par.device)
+        named |= {f"decoder.{k}": v for k, v in decoder.named_parameters()}
+        longest = [max(texts, key=len) for texts in captions]
     forward = par.wrap(model)
     loss_fn = ClipLoss()
     if par.world > 1:
         loss_fn = ClipLoss(gather_with_grad=True, rank=par.rank, world_size=par.world)
 
-    def step_loss(step: int, gen: torch.Generator) -> torch.Tensor:
+    def step_loss(step: int, gen: torch.Generator) -> torch.Tensor | dict:
         idx = epoch_batch(len(images), config.batch_size, step, config.seed)
         texts = _step_texts(captions, idx, gen)
         model.train()  # an evaluation leaves it in eval mode
@@ -118,18 +149,35 @@ def train_clip(
         mine_texts = [texts[i] for i in mine]
         rng = random.Random(gen.initial_seed())
         negs = [n for t in mine_texts if negative and (n := negative(t, rng))]
-        img, txt, scale = forward(pixels, clip.tokenizer(mine_texts + negs).to(par.device))
+        tokens = clip.tokenizer(mine_texts + negs).to(par.device)
+        if captioning is None:
+            img, txt, scale = forward(pixels, tokens)
+        else:
+            decoder.train()
+            feats = clip_lib.features(clip, pixels, captioning.grid)  # (B, D + G*G*C)
+            img = feats[:, : clip.model_cfg["embed_dim"]]
+            txt = model.encode_text(tokens, normalize=True)
+            scale = model.logit_scale.exp()
         with precision.autocast("fp32", par.device):  # the loss itself outside autocast
             if negative is None:
-                return loss_fn(img.float(), txt.float(), scale.float())
-            return hard_negative_loss(img.float(), txt.float(), scale.float())
+                loss = loss_fn(img.float(), txt.float(), scale.float())
+            else:
+                loss = hard_negative_loss(img.float(), txt.float(), scale.float())
+        if captioning is None:
+            return loss
+        d = captioning.decoder
+        ids, mask = d.pad(d.tokenize([longest[idx[i]] for i in mine], captioning.max_tokens))
+        written = d.loss(feats, ids.to(par.device), mask.to(par.device))
+        return {"loss": loss + captioning.weight * written, "contrastive": loss, "caption": written}
 
     evaluation = None
     if heldout is not None:
         held = [t.to(par.device) if torch.is_tensor(t) else t for t in heldout]
         evaluation = Evaluation(lambda step: retrieval_recall(clip, *held), config.eval_every)
-    result = fit(dict(model.named_parameters()), step_loss, config, seed=config.seed,
+    result = fit(named, step_loss, config, seed=config.seed,
                  compute=config.precision, par=par, checkpoints=checkpoints,
                  evaluation=evaluation, log_step=log, desc=desc)  # fmt: skip
     model.eval().to("cpu")
+    if captioning is not None:
+        captioning.decoder.eval().to("cpu")
     return result.metrics

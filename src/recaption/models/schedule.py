@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, Self
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,16 @@ class OptimConfig:
     warmup_steps: int
     weight_decay: float
     grad_clip: float
+
+    @classmethod
+    def of(cls, section: Any, **values: Any) -> Self:
+        """This config from a params section (anything with `model_dump`): the section's
+        fields that the config has, then `values` (what the section does not hold, or
+        holds in another form: the seed, the resolved precision). A section may hold more
+        (its device, its stage's own keys); they stay out."""
+        names = {f.name for f in fields(cls)}
+        taken = {k: v for k, v in section.model_dump().items() if k in names}
+        return cls(**{**taken, **values})
 
 
 def warmup_cosine(step: int, lr: float, warmup_steps: int, steps: int) -> float:

@@ -82,9 +82,7 @@ def train_config(
     sp: CaptionerStageParams, examples: int, seed: int, compute: str
 ) -> CaptionTrainConfig:
     """The stage's loop settings; `compute` is its resolved precision."""
-    fields = sp.model_dump(exclude={"enabled", "steps", "epochs", "device"})
-    fields["precision"] = compute
-    return CaptionTrainConfig(steps=sp.total_steps(examples), seed=seed, **fields)
+    return CaptionTrainConfig.of(sp, steps=sp.total_steps(examples), seed=seed, precision=compute)
 
 
 def main(stage: str, params_path: Path = paths.PARAMS) -> dict:

@@ -20,8 +20,9 @@ from tqdm import tqdm
 
 from recaption import datasets, devices, images, io, lineage, paths, precision, resume
 from recaption.live import main_live
+from recaption.models import captioner
 from recaption.models import clip as clip_lib
-from recaption.models.clip_train import ClipTrainConfig, retrieval_recall, train_clip
+from recaption.models.clip_train import CaptionLoss, ClipTrainConfig, retrieval_recall, train_clip
 from recaption.parallel import Parallel
 from recaption.params import Params, load_params
 from recaption.synthetic import world_config
@@ -30,6 +31,10 @@ from recaption.world.negatives import swap_word
 
 log = logging.getLogger(__name__)
 STAGE = "clip_pretrain"
+# The captioning loss's decoder, beside its GPT-2 JSON: tokenizer vocabulary, prefix
+# vectors from the pooled embedding, and the prefix MLP's width. Its own, not the
+# captioner's: it is dropped after training, and the captioner's settings rerun nothing here.
+DECODER_VOCAB, DECODER_PREFIX, DECODER_HIDDEN = 1024, 4, 512
 
 
 def training_pairs(params: Params) -> tuple[list[str], list[bytes], list[list[str]]]:
@@ -72,6 +77,19 @@ def corpus_pairs(
     return out, captions
 
 
+def caption_loss(params: Params, clip: clip_lib.Clip, captions: list[list[str]]):
+    """The captioning loss `clip.train.caption_loss` asks for (None at weight 0): a fresh
+    decoder reading the features the embed stage will cache (pooled + `embed.grid`)."""
+    train = params.clip.train
+    if train.caption_loss == 0:
+        return None
+    texts = sorted({t for options in captions for t in options})
+    layout = clip_lib.feature_layout(clip, params.embed.grid)
+    decoder = captioner.create(train.caption_decoder, texts, DECODER_VOCAB, layout,
+                               DECODER_PREFIX, DECODER_HIDDEN, params.seed)  # fmt: skip
+    return CaptionLoss(decoder, train.caption_loss, params.embed.grid)
+
+
 def heldout_set(size: int):
     """Held-out images and one caption each: the reference descriptive caption where the
     source has one (it names what the image shows), else the ground truth."""
@@ -99,24 +117,25 @@ def main(params_path: Path = paths.PARAMS) -> dict:
                     world, n, cp.train.corpus_seed, clip.image_size
                 )
                 pixels, captions = torch.cat([pixels, extra]), [*captions, *extra_captions]
-            train = cp.train.model_dump(exclude={
-                "captions", "annotated_repeat", "corpus", "corpus_seed", "hard_negatives", "device"
-            })  # fmt: skip
-            config = ClipTrainConfig(seed=params.seed, **{**train, "precision": compute})
+            config = ClipTrainConfig.of(cp.train, seed=params.seed, precision=compute)
 
             def log_step(step: int, metrics: dict) -> None:
                 live.step = step
                 for name, value in metrics.items():
-                    live.log_metric(("train/" if name == "loss" else "heldout/") + name, value)
+                    live.log_metric(("heldout/" if "recall" in name else "train/") + name, value)
                 live.next_step()
 
             negative = swap_word if cp.train.hard_negatives else None
+            captioning = caption_loss(params, clip, captions)
             identity = [clip.model, pixels, captions, *heldout, config, negative is not None]
+            if captioning is not None:
+                identity += [captioning.decoder, captioning.weight, captioning.grid]
             checkpoints = resume.checkpoints(STAGE, identity, record, config.steps,
                                              clean=par.is_main)  # fmt: skip
             metrics = train_clip(clip, pixels, captions, config, heldout,
                                  log_step if live else None, par, desc=STAGE,
-                                 negative=negative, checkpoints=checkpoints)  # fmt: skip
+                                 negative=negative, checkpoints=checkpoints,
+                                 captioning=captioning)  # fmt: skip
         else:
             metrics = retrieval_recall(clip, *heldout)
             for name, value in metrics.items() if live else ():

@@ -29,7 +29,7 @@ from recaption.models import clip as clip_lib
 from recaption.models import oracle as oracle_lib
 from recaption.models.clip_train import ClipTrainConfig, retrieval_recall, train_clip
 from recaption.parallel import Parallel
-from recaption.params import ContrastiveParams, Params, load_params
+from recaption.params import Params, load_params
 from recaption.synthetic import world_config
 
 log = logging.getLogger(__name__)
@@ -129,9 +129,8 @@ def eval_clip_main(params_path: Path = paths.PARAMS) -> dict:
     if pretrained is None:
         compute, record = precision.settle(cp.precision, par.device, "evaluate.clip.precision")
         captions = [[e.descriptive, e.short] for e in examples[: cp.train_size]]
-        train = cp.model_dump(include=set(ContrastiveParams.model_fields) - {"device"})
-        config = ClipTrainConfig(seed=params.evaluate.seed, eval_every=cp.steps,
-                                 **{**train, "precision": compute})  # fmt: skip
+        config = ClipTrainConfig.of(cp, seed=params.evaluate.seed, eval_every=cp.steps,
+                                    precision=compute)  # fmt: skip
         data = (images[: cp.train_size], captions)
         checkpoints = resume.checkpoints("eval_clip", [clip.model, *data, *held, config], record,
                                          cp.steps, clean=par.is_main)  # fmt: skip

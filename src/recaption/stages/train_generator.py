@@ -117,8 +117,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     pixels = edge_pixels(params, pipe, images, pngs)
     compute, record = precision.settle(params.generator.precision, par.device,
                                        "generator.precision")  # fmt: skip
-    fields = params.generator.model_dump(exclude={"model", "vocab_size", "seed", "device"})
-    config = GeneratorTrainConfig(seed=seed_of(params), **{**fields, "precision": compute})
+    config = GeneratorTrainConfig.of(params.generator, seed=seed_of(params), precision=compute)
     caption_version = lineage.tree_hash(paths.RELABELED)
     checkpoints = checkpoint_dir(params, caption_version, record, clean=par.is_main)
     with main_live("train_generator", par.is_main) as live:

@@ -87,10 +87,7 @@ def build(params: Params, par: Parallel) -> tuple[up_lib.Upsampler, dict, dict |
         log.info("upsample: %s is used as it is, through its instruction", us.lm)
         return model, {}, None
     compute, record = precision.settle(us.precision, par.device, "upsample.precision")
-    fields = up_lib.UpsampleTrainConfig.__dataclass_fields__.keys() - {"seed"}
-    config = up_lib.UpsampleTrainConfig(
-        seed=params.seed, **{**us.model_dump(include=fields), "precision": compute}
-    )
+    config = up_lib.UpsampleTrainConfig.of(us, seed=params.seed, precision=compute)
     identity = [model.lm, pairs, model.max_source_tokens, config]
     checkpoints = resume.checkpoints(STAGE, identity, record, config.steps, clean=par.is_main)
     with main_live(STAGE, par.is_main) as live:
