@@ -219,11 +219,11 @@ def test_same_precision_gives_the_same_bytes_another_gives_other_bytes():
 
 
 def test_min_snr_weights_damp_only_the_low_noise_steps():
-    from recaption.models.generator_train import min_snr_weights
+    from recaption.models.generator_train import min_snr_weights, noise_schedule
 
     pipe = tiny_pipeline()
     t = torch.arange(pipe.scheduler.config.num_train_timesteps)
-    weights = min_snr_weights(pipe, t, gamma=5.0)
+    weights = min_snr_weights(noise_schedule(pipe), t, gamma=5.0)
     alphas = pipe.scheduler.alphas_cumprod[t]
     snr = alphas / (1 - alphas)
     assert torch.all(weights[snr <= 5] == 1.0)  # noisy steps keep their weight
@@ -283,6 +283,29 @@ def test_the_loss_targets_what_the_scheduler_says_the_unet_predicts(kind):
     assert torch.allclose(loss, torch.nn.functional.mse_loss(pred, target), rtol=1e-5)
     others = [v for k, v in {"epsilon": noise, "sample": x0}.items() if k != kind]
     assert all(not torch.allclose(loss, torch.nn.functional.mse_loss(pred, o)) for o in others)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpm"])
+def test_the_training_loss_does_not_depend_on_the_sampler(sampler):
+    """Training noises as the folder's forward process says (DDPM's, which DDIM shares): an
+    Euler scheduler's own add_noise leaves the sample unscaled, for its sampler to scale."""
+    from diffusers import DDIMScheduler
+
+    from recaption.models.generator_train import Denoiser
+
+    images, captions = dataset()
+    pipe = tiny_pipeline()
+    pipe.scheduler = DDIMScheduler.from_config(
+        pipe.scheduler.config, prediction_type="v_prediction"
+    )
+    x0 = to_model_space(pipe, images)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 14, 28, 42, 56, 70, 84, 99])
+    with torch.no_grad():
+        ddim = Denoiser(pipe)(x0, t, noise, captions)
+        pipe.set_scheduler(sampler)
+        assert type(pipe.scheduler) is gen_lib.SCHEDULERS[sampler]
+        assert torch.equal(Denoiser(pipe)(x0, t, noise, captions), ddim)
 
 
 def test_an_euler_scheduler_draws_what_ddim_draws():

@@ -1,10 +1,12 @@
 """The text-to-image generator: a diffusers pipeline the recaptioned dataset trains.
 
-`GeneratorPipeline` packages a `UNet2DConditionModel`, a DDIM scheduler, a text
-encoder and its tokenizer (and optionally a VAE, for latent space) as a
-`DiffusionPipeline`, so `save_pretrained` / `from_pretrained` work as for any
-diffusers pipeline. Sampling uses classifier-free guidance: the empty caption is
-the unconditional input, which caption dropout in training teaches.
+`GeneratorPipeline` packages a `UNet2DConditionModel`, a scheduler (DDIM built in;
+Euler or DPM-Solver can take its place, see `SCHEDULERS`), a text encoder and its
+tokenizer (and optionally a VAE, for latent space) as a `DiffusionPipeline`, so
+`save_pretrained` / `from_pretrained` work as for any diffusers pipeline. Sampling
+uses classifier-free guidance: the empty caption is the unconditional input, which
+caption dropout in training teaches. A Stable Diffusion folder loads and samples as
+diffusers' `StableDiffusionPipeline` samples it.
 
 Built in, the UNet works in pixel space at the dataset's image size and the text
 encoder is a small transformers `CLIPTextModel` over a tokenizer trained on the
@@ -20,7 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UNet2DConditionModel,
+)
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
@@ -30,6 +39,15 @@ from recaption.errors import UserError
 
 class GeneratorError(UserError):
     """A generator folder or config that cannot be used; the message says why."""
+
+
+# The samplers `generator.scheduler` names. Each is built from the pipeline's own scheduler
+# config, so the noise schedule and the prediction type the UNet was trained on carry over.
+SCHEDULERS = {
+    "ddim": DDIMScheduler,
+    "euler": EulerDiscreteScheduler,
+    "dpm": DPMSolverMultistepScheduler,
+}
 
 
 class GeneratorPipeline(DiffusionPipeline):
@@ -86,16 +104,38 @@ class GeneratorPipeline(DiffusionPipeline):
     def max_tokens(self) -> int:
         return self.text_encoder.config.max_position_embeddings
 
+    @property
+    def fixed_length(self) -> int | None:
+        """The length every prompt is padded to, or None: padded to the batch's longest.
+
+        A pretrained tokenizer states its length (CLIP's 77, its text encoder's
+        positions), and Stable Diffusion's UNet was trained on states padded to it, pad
+        positions included. The built-in tokenizer states none (transformers' huge
+        default), and the built-in generator trains on prompts padded to the longest.
+        """
+        length = self.tokenizer.model_max_length
+        return length if length <= self.max_tokens else None
+
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """(B, T, d) text-encoder states of the prompts, padded to the longest."""
+        """(B, T, d) text-encoder states of the prompts: T is `fixed_length` (with no
+        attention mask unless the encoder asks for one, as Stable Diffusion encodes), or
+        the longest prompt's (masked)."""
+        length = self.fixed_length
         tokens = self.tokenizer(
-            list(prompts), padding=True, truncation=True, max_length=self.max_tokens,
-            return_tensors="pt",
+            list(prompts), padding="max_length" if length else True, truncation=True,
+            max_length=length or self.max_tokens, return_tensors="pt",
         )  # fmt: skip
         device = self.text_encoder.device
-        return self.text_encoder(
-            tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device)
-        ).last_hidden_state
+        masked = not length or getattr(self.text_encoder.config, "use_attention_mask", False)
+        mask = tokens.attention_mask.to(device) if masked else None
+        return self.text_encoder(tokens.input_ids.to(device), attention_mask=mask).last_hidden_state
+
+    def set_scheduler(self, name: str) -> None:
+        """Sample with `name` (a key of `SCHEDULERS`), or, for "auto", with the scheduler
+        the pipeline came with. Training does not depend on it (see
+        `generator_train.noise_schedule`); the saved folder keeps it."""
+        if name != "auto":
+            self.scheduler = SCHEDULERS[name].from_config(self.scheduler.config)
 
     def to_model_space(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels in [-1, 1] -> what the UNet denoises: VAE latents (scaled), patches, or
@@ -133,10 +173,11 @@ class GeneratorPipeline(DiffusionPipeline):
         states = torch.cat([_pad_to(uncond, width), _pad_to(cond, width)])  # (2B, T, d)
         size = self.unet.config.sample_size
         shape = (len(prompts), self.unet.config.out_channels, size, size)
-        # Schedulers of the Euler / DPM kind start from wider noise and scale the UNet's
-        # input; for DDIM both are the identity.
+        # Schedulers of the Euler kind start from wider noise and scale the UNet's input;
+        # for DDIM both are the identity. Their starting sigma is the first of the steps
+        # drawn, so the steps are set first (as StableDiffusionPipeline does).
+        self.scheduler.set_timesteps(num_inference_steps, device=self.unet.device)
         latents = _initial_noise(shape, seed).to(self.unet.device) * self.scheduler.init_noise_sigma
-        self.scheduler.set_timesteps(num_inference_steps)
         for t in self.progress_bar(self.scheduler.timesteps):
             doubled = self.scheduler.scale_model_input(torch.cat([latents, latents]), t)
             out = self.unet(self.unet_input(doubled), t, encoder_hidden_states=states).sample

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 
 from recaption.models.autoencoder import edge_weights
 from recaption.models.generator import GeneratorPipeline, choose_attention
@@ -55,6 +56,17 @@ def to_model_space(pipe: GeneratorPipeline, images: torch.Tensor) -> torch.Tenso
         return pipe.to_model_space(images.float() / 127.5 - 1)
 
 
+def noise_schedule(pipe: GeneratorPipeline) -> DDPMScheduler:
+    """The forward process the UNet is trained on, read from the pipeline's scheduler config
+    (betas, timesteps, prediction type), as diffusers' training scripts read it.
+
+    The sampler itself cannot serve: an Euler scheduler noises as x0 + sigma * noise, the
+    unscaled input its `scale_model_input` undoes at sampling time, and only at the
+    timesteps of its last `set_timesteps`. DDIM's noising is DDPM's, line for line.
+    """
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
 class Denoiser(torch.nn.Module):
     """A pipeline's trainable parts behind one forward, the denoising loss (what DDP wraps)."""
 
@@ -62,6 +74,7 @@ class Denoiser(torch.nn.Module):
         super().__init__()
         self.unet, self.text_encoder = pipe.unet, pipe.text_encoder
         self.snr_gamma = snr_gamma
+        self.schedule = noise_schedule(pipe)
         self._pipe = [pipe]  # in a list: not registered twice as a submodule
 
     def forward(
@@ -74,10 +87,10 @@ class Denoiser(torch.nn.Module):
     ) -> torch.Tensor:
         """The denoising loss; `weights` (B, 1, h, w) weigh its positions (mean 1 kept)."""
         pipe = self._pipe[0]
-        noisy = pipe.scheduler.add_noise(x0, noise, t)
+        noisy = self.schedule.add_noise(x0, noise, t)
         states = pipe.encode_prompts(captions)
         pred = self.unet(pipe.unet_input(noisy), t, encoder_hidden_states=states).sample
-        target = training_target(pipe, x0, noise, t)
+        target = training_target(self.schedule, x0, noise, t)
         if weights is None and not self.snr_gamma:
             return F.mse_loss(pred.float(), target)
         error = (pred.float() - target).pow(2)
@@ -86,7 +99,7 @@ class Denoiser(torch.nn.Module):
         if not self.snr_gamma:
             return error.mean()
         per_sample = error.flatten(1).mean(1)
-        return (per_sample * min_snr_weights(pipe, t, self.snr_gamma)).mean()
+        return (per_sample * min_snr_weights(self.schedule, t, self.snr_gamma)).mean()
 
 
 def edge_loss_weights(images: torch.Tensor, edge_weight: float, size: int) -> torch.Tensor:
@@ -102,29 +115,29 @@ def edge_loss_weights(images: torch.Tensor, edge_weight: float, size: int) -> to
 
 
 def training_target(
-    pipe: GeneratorPipeline, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    schedule: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
 ) -> torch.Tensor:
-    """What the UNet learns to predict, as its scheduler's `prediction_type` says: the
+    """What the UNet learns to predict, as the scheduler's `prediction_type` says: the
     noise ("epsilon"), the velocity sqrt(a) * noise - sqrt(1 - a) * x0 ("v_prediction",
     Stable Diffusion 2.x) or the clean sample ("sample")."""
-    kind = pipe.scheduler.config.prediction_type
+    kind = schedule.config.prediction_type
     if kind == "epsilon":
         return noise
     if kind == "v_prediction":
-        return pipe.scheduler.get_velocity(x0, noise, t).float()
+        return schedule.get_velocity(x0, noise, t).float()
     if kind == "sample":
         return x0.float()
     raise ValueError(f"unknown prediction_type {kind!r}")
 
 
-def min_snr_weights(pipe: GeneratorPipeline, t: torch.Tensor, gamma: float) -> torch.Tensor:
+def min_snr_weights(schedule: DDPMScheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma loss weights of timesteps `t` (Hang et al. 2023): min(SNR, gamma)
     over SNR for a noise target, over SNR + 1 for a velocity and 1 (clamped) for the clean
     sample, so the low-noise steps, which are easy, do not dominate."""
-    alphas = pipe.scheduler.alphas_cumprod.to(t.device)[t].float()
+    alphas = schedule.alphas_cumprod.to(t.device)[t].float()
     snr = alphas / (1 - alphas)
     clamped = torch.clamp(snr, max=gamma)
-    kind = pipe.scheduler.config.prediction_type
+    kind = schedule.config.prediction_type
     return clamped / {"epsilon": snr, "v_prediction": snr + 1, "sample": 1}[kind]
 
 
