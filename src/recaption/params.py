@@ -371,6 +371,9 @@ class GeneratorParams(Section):
     """train_generator: the text-to-image model trained on the blend."""
 
     model: ModelRef = "configs/generator/tiny-unet-32.json"  # architecture JSON, or saved pipeline
+    # The sampler saved with the model (evaluate and `recap generate` draw with it): auto
+    # keeps the JSON's DDIM or the folder's own; training does not depend on it.
+    scheduler: Literal["auto", "ddim", "euler", "dpm"] = "auto"
     vocab_size: int = Field(1024, ge=64)  # built-in text encoder's tokenizer
     # Added to the global seed for this model's own draws (initial weights, batches, noise,
     # caption dropout); the caption version does not change. Comparisons vary it.
@@ -442,7 +445,7 @@ class EvaluateParams(Section):
     seed: int = Field(1_000_003, ge=0)  # fresh renders for the oracle and evaluation CLIP
     images_per_prompt: int = Field(2, ge=1)  # suite prompts; image i is drawn with seed i
     heldout_prompts: int = Field(100, ge=0)  # held-out images whose captions are drawn once
-    steps: int = Field(20, ge=1)  # DDIM steps
+    steps: int = Field(20, ge=1)  # sampling steps, with the generator's own scheduler
     guidance: float = Field(3.0, ge=0)
     batch_size: int = Field(128, ge=1)
     chunk_size: int = Field(256, ge=1)  # images per resumable unit

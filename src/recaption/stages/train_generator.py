@@ -38,15 +38,19 @@ CHECKPOINTS = paths.WORK / "train_generator"
 
 def start_pipeline(params: Params, texts: list[str]) -> gen_lib.GeneratorPipeline:
     """Built in: a fresh pipeline, in the trained autoencoder's latent space if there is
-    one; otherwise the saved pipeline `generator.model`."""
+    one; otherwise the saved pipeline `generator.model`. Either samples with
+    `generator.scheduler`."""
     gp = params.generator
     if Path(gp.model).suffix == ".json":
         tokenizer = train_tokenizer(texts, gp.vocab_size, wrap=True)
         vae = ae_lib.load(paths.AUTOENCODER) if ae_lib.is_trained(paths.AUTOENCODER) else None
-        return gen_lib.create_builtin(
+        pipe = gen_lib.create_builtin(
             gp.model, tokenizer, params.data.image_size, seed_of(params), vae
         )
-    return gen_lib.load(gp.model)
+    else:
+        pipe = gen_lib.load(gp.model)
+    pipe.set_scheduler(gp.scheduler)
+    return pipe
 
 
 def training_data(pipe: gen_lib.GeneratorPipeline, keys: list[str], pngs) -> torch.Tensor:
