@@ -20,9 +20,11 @@ def module_file(name: str, src: Path) -> Path | None:
     return None
 
 
-def imports(tree: ast.AST, module: str, is_package: bool = False) -> Iterator[tuple[int, str]]:
-    """(line, module name) of every import in `tree`, anywhere in it (functions too), but
-    under `if TYPE_CHECKING:`, which never runs.
+def imports(
+    tree: ast.AST, module: str, is_package: bool = False, runtime_only: bool = False
+) -> Iterator[tuple[int, str]]:
+    """(line, module name) of every import in `tree`, anywhere in it (functions too, and
+    under `if TYPE_CHECKING:` unless `runtime_only`: those never run).
 
     `from a import b` yields both `a` and `a.b`: b may be a submodule; a caller keeps
     only the names that resolve to a file. Relative imports are made absolute
@@ -31,7 +33,7 @@ def imports(tree: ast.AST, module: str, is_package: bool = False) -> Iterator[tu
     typing_only = {
         id(inner)
         for node in ast.walk(tree)
-        if isinstance(node, ast.If) and _is_type_checking(node.test)
+        if runtime_only and isinstance(node, ast.If) and _is_type_checking(node.test)
         for stmt in node.body
         for inner in ast.walk(stmt)
     }
@@ -59,6 +61,8 @@ def _is_type_checking(test: ast.expr) -> bool:
     return name == "TYPE_CHECKING"
 
 
-def imported_names(tree: ast.AST, module: str, is_package: bool = False) -> set[str]:
+def imported_names(
+    tree: ast.AST, module: str, is_package: bool = False, runtime_only: bool = False
+) -> set[str]:
     """Every module name `tree` may import (see `imports`)."""
-    return {name for _, name in imports(tree, module, is_package)}
+    return {name for _, name in imports(tree, module, is_package, runtime_only)}
