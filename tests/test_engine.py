@@ -68,7 +68,8 @@ def ray_cluster():
 
 def stage_outputs() -> dict[str, bytes]:
     files = [*io.shard_paths(paths.IMAGE_EMBEDDINGS), paths.PROMPT_EMBEDDINGS,
-             paths.SYNTHETIC_CAPTIONS, paths.UPSAMPLED_CAPTIONS, paths.EVAL_SAMPLES]  # fmt: skip
+             paths.SYNTHETIC_CAPTIONS, paths.CAPTION_TAGS, paths.UPSAMPLED_CAPTIONS,
+             paths.EVAL_SAMPLES]  # fmt: skip
     return {str(f): f.read_bytes() for f in files}
 
 

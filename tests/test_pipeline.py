@@ -32,6 +32,7 @@ def test_repro_runs_every_stage_and_leaves_nothing_stale(repo):
         "reports/ingest.json",
         "models/captioner/stage2/model.safetensors",
         "data/captions/synthetic.parquet",
+        "data/captions/tags.parquet",
         "reports/captions.json",
         "reports/captions.html",
         "data/relabeled/captions.parquet",

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recaption import embed, io, paths, runner
+from recaption.metrics import tags
 from recaption.models import captioner as cap
 from recaption.models.captioner import Captioner
 from recaption.params import Params
@@ -124,3 +125,31 @@ def test_recaption_resumes_a_killed_run_and_writes_what_a_clean_run_writes(
     assert set(table.column("short_captioner").to_pylist()) == {
         cap.fingerprint(paths.CAPTIONER / "stage1")
     }
+
+
+def test_recaption_writes_the_tags_its_descriptive_captions_state(
+    recaption_inputs, project, monkeypatch
+):
+    caption = 'A large red circle in the center. The letter "K" is on a gray background.'
+
+    def fixed(self, features, *args, **kwargs):  # every image gets the same known caption
+        return [caption] * len(features)
+
+    monkeypatch.setattr(Captioner, "generate", fixed)
+    stage.main()
+    table = pq.read_table(paths.CAPTION_TAGS)
+    assert table.schema.equals(tags.TAG_SCHEMA)
+    assert table.column("key").to_pylist() == recaption_inputs  # every image, sorted by key
+    assert table.slice(0, 1).drop(["key"]).to_pylist() == [
+        {
+            "main_shape": "circle",
+            "main_colour": "red",
+            "background": "gray",
+            "colours": ["red"],
+            "has_text": True,
+            "text": "K",
+        }
+    ]
+    written = paths.CAPTION_TAGS.read_bytes()
+    stage.main()
+    assert paths.CAPTION_TAGS.read_bytes() == written

@@ -36,6 +36,7 @@ UPSAMPLER = MODELS / "upsampler"
 
 CAPTIONS = DATA / "captions"
 SYNTHETIC_CAPTIONS = CAPTIONS / "synthetic.parquet"
+CAPTION_TAGS = CAPTIONS / "tags.parquet"  # classification tags read from the descriptive captions
 UPSAMPLED_CAPTIONS = CAPTIONS / "upsampled.parquet"  # the ground truth, upsampled
 EVALUATION = DATA / "evaluation"  # generated samples with their scores
 EVAL_SAMPLES = EVALUATION / "samples.parquet"

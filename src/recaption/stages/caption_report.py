@@ -4,10 +4,12 @@ For each caption kind (the dataset's ground truth, and the synthetic short and
 descriptive captions) the report gives the mean length and BLEU-4 / CIDEr-D
 against reference captions; in the synthetic world also the attribute
 precision and recall against the scene, CHAIR hallucination rates, and how
-often the main subject is named. reports/captions.html shows held-out images
-with their three captions side by side, as in the study's caption figure; in the
-synthetic world each caption's false phrases are struck through and its missed
-facts listed.
+often the main subject is named. The classification tags
+(data/captions/tags.parquet) get their accuracy against the scene, tag by tag;
+real data has no reference to check them against, so only their coverage.
+reports/captions.html shows held-out images with their three captions side by
+side, as in the study's caption figure; in the synthetic world each caption's
+false phrases are struck through and its missed facts listed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pyarrow.parquet as pq
 from recaption import datasets, io, paths, sampling
 from recaption.errors import UserError
 from recaption.metrics import captions as cm
+from recaption.metrics import tags as tag_metrics
 from recaption.metrics.caption_table import caption_marks, render_caption_table
 from recaption.params import load_params
 from recaption.world import Scene, descriptive_caption, short_caption
@@ -66,6 +69,26 @@ def score_kind(texts: list[str], refs: list[list[str]] | None, scenes: list[Scen
     return scores
 
 
+def read_tags(keys: list[str]) -> list[dict]:
+    """The tag rows of `keys`, in that order, from data/captions/tags.parquet."""
+    by_key = {row["key"]: row for row in pq.read_table(paths.CAPTION_TAGS).to_pylist()}
+    return [by_key[key] for key in keys]
+
+
+def tag_scores(tags: list[dict], scenes: list[Scene] | None) -> dict:
+    """Per-tag accuracy against `scenes` (parallel to `tags`) and coverage; with no
+    scenes (real data), coverage only."""
+    coverage = {tag: round(v, 4) for tag, v in tag_metrics.tag_coverage(tags).items()}
+    if scenes is None:
+        return {"reference": "none (real data): coverage only", "coverage": coverage}
+    accuracy = tag_metrics.tag_accuracy(tags, scenes)
+    return {
+        "reference": "the scenes",
+        "accuracy": {tag: round(v, 4) for tag, v in accuracy.items()},
+        "coverage": coverage,
+    }
+
+
 def main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     heldout = datasets.read_splits(paths.SPLITS)["heldout"]
@@ -97,6 +120,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             for kind in ("short", "descriptive")
         }
     report: dict = {"images": len(rows), "source": params.data.source, "kinds": {}}
+    report["tags"] = tag_scores(read_tags([r["key"] for r in rows]), scenes)
     for kind in KINDS:
         report["kinds"][kind] = score_kind(texts[kind], references[REFERENCE_OF[kind]], scenes)
     k = report["kinds"]

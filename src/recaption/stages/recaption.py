@@ -3,7 +3,9 @@
 Both tuned captioners decode from the cached embeddings (no pixels needed), in
 batches with the LM's KV cache. Work is done in resumable chunks, so a killed
 run restarts where it stopped. Output: data/captions/synthetic.parquet with
-key, short, descriptive and the content hash of each captioner.
+key, short, descriptive and the content hash of each captioner, and
+data/captions/tags.parquet, the classification tags each descriptive caption
+states (main subject, background, colours, text; `recaption.metrics.tags`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pyarrow as pa
 import torch
 
 from recaption import devices, embed, io, paths, precision, runner
+from recaption.metrics import tags
 from recaption.models import captioner as captioner_lib
 from recaption.models.captioner import Captioner, Decoding
 from recaption.params import Params, load_params
@@ -108,6 +111,8 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         keys, rp.chunk_size, WORK_DIR, fingerprint, Worker, {"params": params}, params, "recaption"
     )
     summary = {**runner.finish(run, paths.SYNTHETIC_CAPTIONS, WORK_DIR), "captioners": hashes}
+    captions = run.table.select(["key", "descriptive"]).to_pydict()
+    io.write_table(paths.CAPTION_TAGS, tags.tags_table(captions["key"], captions["descriptive"]))
     # What the captions' bytes depend on besides the inputs; no run history (chunks
     # reused), so the report is the same for the same captions.
     io.write_json(paths.RECAPTION_REPORT, {"images": summary["images"], "captioners": hashes,
