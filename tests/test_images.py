@@ -100,3 +100,44 @@ def test_pixel_hash_ignores_encoding_but_sees_pixels():
 def test_png_encoding_is_deterministic():
     img = Image.effect_noise((16, 16), 30).convert("RGB")
     assert images.encode_png(img) == images.encode_png(img.copy())
+
+
+def rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotate 180 degrees on display: same size, other pixels
+    return encode(Image.linear_gradient("L").convert("RGB"), "JPEG", exif=exif.tobytes())
+
+
+def animated_webp() -> bytes:
+    frames = [solid((10, 20, 30)), solid((200, 20, 30))]
+    return encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+
+
+@pytest.mark.parametrize(
+    ("data", "kept"),
+    [
+        (encode(Image.linear_gradient("L").convert("RGB"), "JPEG"), True),
+        (encode(Image.linear_gradient("L"), "JPEG"), True),  # greyscale: a plain conversion
+        (encode(solid((10, 20, 30)), "WEBP"), True),
+        (encode(solid((10, 20, 30)), "PNG"), True),
+        (rotated_jpeg(), False),  # EXIF orientation applied at decode
+        (encode(solid((0, 255, 0, 0), mode="RGBA"), "PNG"), False),  # composited on white
+        (encode(solid((10, 20, 30)), "GIF"), False),  # not a kept format
+        (animated_webp(), False),  # the bytes would carry every frame
+    ],
+)
+def test_bytes_are_kept_only_when_they_read_back_as_the_decoded_pixels(data, kept):
+    img = images.decode(data, MAX)
+    assert images.reads_back_as(data, img) is kept
+
+
+def test_resized_bytes_do_not_read_back():
+    data = encode(solid((10, 20, 30), size=(24, 20)), "JPEG")
+    assert not images.reads_back_as(data, images.fit(images.decode(data, MAX), 16))
+
+
+def test_mime_type_from_signature():
+    img = solid()
+    assert images.mime_type(encode(img, "JPEG")) == "image/jpeg"
+    assert images.mime_type(encode(img, "WEBP")) == "image/webp"
+    assert images.mime_type(images.encode_png(img)) == "image/png"

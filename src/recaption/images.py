@@ -92,6 +92,37 @@ def fitted_array(data: bytes, size: int) -> np.ndarray:
         return np.array(fit(img, size))  # a writable copy, ready for torch.from_numpy
 
 
+# Formats whose bytes may enter the dataset as they came (`data.store: original`): every
+# reader of the dataset decodes them with Pillow.
+KEPT_FORMATS = ("JPEG", "PNG", "WEBP")
+
+
+def reads_back_as(data: bytes, img: Image.Image) -> bool:
+    """Whether `data`, opened and converted to RGB as the stages read the dataset, gives
+    exactly `img`'s pixels: then the bytes can be stored as they came instead of a PNG.
+
+    False for other formats, for animations (the bytes would carry every frame), and
+    whenever `decode` changed more than a plain RGB conversion does (a resize, EXIF
+    orientation, transparency composited on white, 16-bit scaled). Call it only on
+    bytes `decode` accepted: the size guard is not repeated.
+    """
+    with Image.open(io.BytesIO(data)) as raw:
+        if raw.format not in KEPT_FORMATS or getattr(raw, "n_frames", 1) != 1:
+            return False
+        if raw.size != img.size:
+            return False
+        return raw.convert("RGB").tobytes() == img.tobytes()
+
+
+def mime_type(data: bytes) -> str:
+    """The MIME type of dataset image bytes (PNG, JPEG or WebP), from their signature."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "image/png"
+
+
 def encode_png(img: Image.Image) -> bytes:
     """Lossless, deterministic PNG bytes (no metadata chunks)."""
     buf = io.BytesIO()
