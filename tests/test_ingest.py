@@ -3,12 +3,14 @@
 import json
 from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
-from recaption import io, paths
+from recaption import datasets, io, paths
 from recaption.ingest import REJECT_REASONS
 from recaption.stages import ingest as stage
 from recaption.stages.ingest import IngestError
@@ -235,3 +237,67 @@ def test_webdataset_ingest_rejects_unsafe_members_and_bad_captions(project):
     assert reasons == {"00030": "caption_not_utf8", "../escape.jpg": "unsafe_member"}
     assert result.accepted == 30
     assert not (project.root.parent / "escape.jpg").exists()
+
+
+def photo(i: int, size: int = 64) -> Image.Image:
+    """A smooth, photo-like RGB image (gradients and mild noise), different for every i."""
+    noise = np.random.default_rng(i).normal(128, 12, (256, 256)).clip(0, 255).astype(np.uint8)
+    layers = [
+        Image.linear_gradient("L").rotate(37 * i),
+        Image.radial_gradient("L"),
+        Image.fromarray(noise, "L"),
+    ]
+    return Image.merge("RGB", layers).resize((size, size), Image.Resampling.BICUBIC)
+
+
+def ingest_store(project, store: str) -> dict[str, dict]:
+    """Ingest shard.tar with `data.store` = store; rows by key."""
+    project.write_params(
+        data={
+            "source": "webdataset",
+            "path": "shard.tar",
+            "image_size": 64,
+            "store": store,
+            "max_reject_fraction": 0.2,
+        }
+    )
+    stage.main()
+    return {r["key"]: r for r in datasets.load_rows(paths.DATASET, ["image", "sha256", "width"])}
+
+
+def test_original_store_keeps_jpeg_and_webp_bytes_and_png_reencodes(project):
+    from test_sources import write_tar
+
+    # An img2dataset-like shard: JPEGs (quality 95, as img2dataset writes) and a WebP at
+    # the target size, a JPEG that needs a resize, and a JPEG cut in half.
+    members = {f"{i:05d}.jpg": encode(photo(i), "JPEG", quality=95) for i in range(6)}
+    members["00006.webp"] = encode(photo(6), "WEBP", quality=90)
+    members["00007.jpg"] = encode(photo(7, 96), "JPEG", quality=95)
+    cut = encode(photo(8), "JPEG", quality=95)
+    members["00008.jpg"] = cut[: len(cut) // 2]
+    for name in list(members):
+        members[name.rsplit(".", 1)[0] + ".txt"] = f"a photo {name}".encode()
+    write_tar(project.root / "shard.tar", dict(sorted(members.items())))
+
+    original = ingest_store(project, "original")
+    rejects = pq.read_table(paths.REJECTS).to_pylist()
+    assert [(r["key"], r["reason"]) for r in rejects] == [("00008", "truncated")]
+    kept = [f"{i:05d}" for i in range(6)]
+    for key in kept:
+        assert original[key]["image"] == members[f"{key}.jpg"]  # the very bytes
+    assert original["00006"]["image"] == members["00006.webp"]
+    resized = original["00007"]
+    assert resized["image"].startswith(b"\x89PNG") and resized["width"] == 64
+    tensor_original = datasets.images_tensor([r["image"] for r in original.values()], 64)
+
+    png = ingest_store(project, "png")
+    assert png.keys() == original.keys()
+    assert all(r["image"].startswith(b"\x89PNG") for r in png.values())
+    # The pixel hash is of decoded pixels: the same either way, and the readers agree.
+    assert {k: r["sha256"] for k, r in png.items()} == {k: r["sha256"] for k, r in original.items()}
+    assert png["00007"]["image"] == resized["image"]
+    tensor_png = datasets.images_tensor([r["image"] for r in png.values()], 64)
+    assert torch.equal(tensor_png, tensor_original)
+    size_original = sum(len(r["image"]) for k, r in original.items() if k != "00007")
+    size_png = sum(len(r["image"]) for k, r in png.items() if k != "00007")
+    assert size_png > 2.5 * size_original  # 3.4 times here (a WebP among the JPEGs)

@@ -98,13 +98,19 @@ class IngestResult:
 
 
 def normalise(
-    record: RawRecord, image_size: int | None, max_pixels: int, max_caption_chars: int
+    record: RawRecord,
+    image_size: int | None,
+    max_pixels: int,
+    max_caption_chars: int,
+    keep_original: bool = False,
 ) -> dict:
     """Turn a raw record into a dataset row, or a reject row with its reason.
 
     Args:
         image_size: centre-crop and resize to this square size; None keeps the size.
         max_caption_chars: longer captions are rejected (an optional caption is dropped).
+        keep_original: store the JPEG/PNG/WebP bytes as they came when they read back as
+            the normalised pixels (no resize, orientation or mode change); else a PNG.
     Returns:
         {"row": {...}} or {"reject": {...}}.
     """
@@ -137,6 +143,7 @@ def normalise(
         return reject(exc.reason, exc.detail)
     if image_size:
         img = images.fit(img, image_size)
+    kept = keep_original and images.reads_back_as(record.data, img)
     return {
         "row": make_row(
             record.key,
@@ -146,6 +153,7 @@ def normalise(
             record.meta,
             short=_optional_text(record.short, max_caption_chars),
             descriptive=_optional_text(record.descriptive, max_caption_chars),
+            encoded=record.data if kept else None,
         )
     }
 
@@ -158,11 +166,17 @@ def make_row(
     meta: dict,
     short: str | None = None,
     descriptive: str | None = None,
+    encoded: bytes | None = None,
 ) -> dict:
-    """A dataset row from a normalised RGB image."""
+    """A dataset row from a normalised RGB image.
+
+    Args:
+        encoded: bytes that decode to exactly `img` (see `images.reads_back_as`), stored
+            as they are; None stores a PNG. The pixel hash is the same either way.
+    """
     return {
         "key": key,
-        "image": images.encode_png(img),
+        "image": encoded if encoded is not None else images.encode_png(img),
         "sha256": images.pixel_sha256(img),
         "width": img.width,
         "height": img.height,
@@ -347,10 +361,14 @@ def reject_table(rejects: list[dict]) -> pa.Table:
 
 
 def worker_for_records(
-    image_size: int | None, max_pixels: int, max_caption_chars: int
+    image_size: int | None, max_pixels: int, max_caption_chars: int, keep_original: bool = False
 ) -> Callable[[RawRecord], dict]:
     return partial(
-        normalise, image_size=image_size, max_pixels=max_pixels, max_caption_chars=max_caption_chars
+        normalise,
+        image_size=image_size,
+        max_pixels=max_pixels,
+        max_caption_chars=max_caption_chars,
+        keep_original=keep_original,
     )
 
 

@@ -112,6 +112,9 @@ class DataParams(Section):
     columns: Columns = Columns()
     image_size: int = Field(32, ge=8, le=4096)
     resize: Literal["center_crop", "none"] = "center_crop"
+    # original: a real source's JPEG/PNG/WebP bytes kept when they already decode to the
+    # normalised pixels; png: always re-encoded. The built-in world always stores PNG.
+    store: Literal["original", "png"] = "original"
     shard_size: int = Field(2000, ge=1, le=1_000_000)
     max_reject_fraction: float = Field(0.05, ge=0, le=1)
     max_image_pixels: int = Field(40_000_000, ge=1)

@@ -29,7 +29,9 @@ def main(params_path: Path = paths.PARAMS) -> ingest.IngestResult:
     else:
         items = read_source(data.source, data.path, data.columns, data.captions_file)
         size = data.image_size if data.resize == "center_crop" else None
-        worker = ingest.worker_for_records(size, data.max_image_pixels, data.max_caption_chars)
+        worker = ingest.worker_for_records(
+            size, data.max_image_pixels, data.max_caption_chars, data.store == "original"
+        )
         total = None
     with io.atomic_path(paths.DATASET) as tmp:
         result = ingest.run(items, worker, tmp, data.shard_size, data.num_workers, total)
