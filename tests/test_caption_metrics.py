@@ -313,3 +313,11 @@ def test_marked_cell_escapes_the_caption_not_the_marks(examples):
     ) in page
     assert "letter &quot;A&quot;</span>" in page  # missed phrases escaped too
     assert page.index('class="legend"') < page.index('class="captions"')
+
+
+def test_caption_table_names_a_stored_jpeg_as_jpeg(examples):
+    # data.store: original keeps a real source's JPEG bytes in the dataset.
+    buf = io.BytesIO()
+    examples[0].image.save(buf, format="JPEG")
+    page = render_caption_table([{"image": buf.getvalue(), "captions": {"a": "b"}}], title="t")
+    assert "data:image/jpeg;base64," in page and "data:image/png" not in page

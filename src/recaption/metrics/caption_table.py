@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from recaption import images as imaging
 from recaption.world import Fact, Scene, fact_phrase, parse_spans, scene_facts
 
 THUMBNAIL_PX = 128
@@ -114,9 +115,10 @@ def summary_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
 
 def _image_cell(row: Mapping[str, Any]) -> str:
     data = base64.b64encode(row["image"]).decode("ascii")
+    mime = imaging.mime_type(row["image"])
     label = row.get("label")
     caption = f'<span class="label">{escape(str(label))}</span>' if label is not None else ""
-    return f'<td><img src="data:image/png;base64,{data}" alt="">{caption}</td>'
+    return f'<td><img src="data:{mime};base64,{data}" alt="">{caption}</td>'
 
 
 def _caption_cell(kind: str, text: str, marks: CaptionMarks | None) -> str:
@@ -142,8 +144,9 @@ def render_caption_table(
     """A standalone HTML page with one row per image, as in a paper's caption figure.
 
     Args:
-        rows: each {"image": PNG bytes, "captions": {kind: text, ...}, "label": optional
-            text shown under the thumbnail, "marks": optional {kind: CaptionMarks}};
+        rows: each {"image": PNG, JPEG or WebP bytes, "captions": {kind: text, ...},
+            "label": optional text shown under the thumbnail, "marks": optional
+            {kind: CaptionMarks}};
             caption columns follow the dict's order. A legend is shown if any row
             has marks.
         title: page heading.
