@@ -286,6 +286,8 @@ def test_original_store_keeps_jpeg_and_webp_bytes_and_png_reencodes(project):
     for key in kept:
         assert original[key]["image"] == members[f"{key}.jpg"]  # the very bytes
     assert original["00006"]["image"] == members["00006.webp"]
+    report = json.loads(paths.INGEST_REPORT.read_text())
+    assert report["images_stored_original"] == 7 and report["images_accepted"] == 8
     resized = original["00007"]
     assert resized["image"].startswith(b"\x89PNG") and resized["width"] == 64
     tensor_original = datasets.images_tensor([r["image"] for r in original.values()], 64)
@@ -293,6 +295,7 @@ def test_original_store_keeps_jpeg_and_webp_bytes_and_png_reencodes(project):
     png = ingest_store(project, "png")
     assert png.keys() == original.keys()
     assert all(r["image"].startswith(b"\x89PNG") for r in png.values())
+    assert json.loads(paths.INGEST_REPORT.read_text())["images_stored_original"] == 0
     # The pixel hash is of decoded pixels: the same either way, and the readers agree.
     assert {k: r["sha256"] for k, r in png.items()} == {k: r["sha256"] for k, r in original.items()}
     assert png["00007"]["image"] == resized["image"]

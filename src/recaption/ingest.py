@@ -76,6 +76,7 @@ class IngestResult:
     accepted: int = 0
     rejects: list[dict] = field(default_factory=list)
     shards: int = 0
+    stored_original: int = 0  # accepted images whose source bytes were kept (data.store)
 
     @property
     def seen(self) -> int:
@@ -91,6 +92,7 @@ class IngestResult:
             "images_seen": self.seen,
             "images_accepted": self.accepted,
             "images_rejected": len(self.rejects),
+            "images_stored_original": self.stored_original,
             "reject_fraction": round(self.reject_fraction, 6),
             "rejects_by_reason": {reason: by_reason.get(reason, 0) for reason in REJECT_REASONS},
             "shards": self.shards,
@@ -112,7 +114,7 @@ def normalise(
         keep_original: store the JPEG/PNG/WebP bytes as they came when they read back as
             the normalised pixels (no resize, orientation or mode change); else a PNG.
     Returns:
-        {"row": {...}} or {"reject": {...}}.
+        {"row": {...}, "kept": whether the bytes were kept} or {"reject": {...}}.
     """
 
     def reject(reason: str, detail: str) -> dict:
@@ -154,7 +156,8 @@ def normalise(
             short=_optional_text(record.short, max_caption_chars),
             descriptive=_optional_text(record.descriptive, max_caption_chars),
             encoded=record.data if kept else None,
-        )
+        ),
+        "kept": kept,
     }
 
 
@@ -264,6 +267,7 @@ def run(
             seen_pixels[row["sha256"]] = row["key"]
             writer.add(row)
             result.accepted += 1
+            result.stored_original += bool(out.get("kept"))
     result.shards = writer.close()
     return result
 
