@@ -248,6 +248,8 @@ def test_a_captions_row_does_not_depend_on_its_batch():
     model = cap.create(TINY_LM, ["a red circle", "two blue squares"], 300, (8, 4, 3), 2, 16, 0)
     features = torch.from_numpy(np.random.default_rng(0).standard_normal((40, 20))).float()
     for decoding in (Decoding(max_new_tokens=8), Decoding("beam", 8, num_beams=2)):
-        whole = model.generate(features, decoding)
-        pieces = [c for s in range(0, 40, 7) for c in model.generate(features[s : s + 7], decoding)]
-        assert pieces == whole
+        for compute in ("fp32", "bf16"):
+            whole = stage.caption_batches(model, features, decoding, 40, 0, compute)
+            pieces = stage.caption_batches(model, features, decoding, 7, 0, compute)
+            alone = stage.caption_batches(model, features[5:6], decoding, 1, 0, compute)
+            assert pieces == whole and alone == whole[5:6]
