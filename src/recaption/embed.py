@@ -241,15 +241,17 @@ def read_dir(folder: str | Path) -> Embeddings:
     )
 
 
-def read_keys(folder: str | Path) -> tuple[list[str], str]:
-    """(every key, in order; the CLIP fingerprint) of an embeddings folder, without the
-    vectors."""
-    tables = [pq.read_table(p, columns=["key", "clip"]) for p in io.shard_paths(folder)]
+def read_keys(folder: str | Path) -> tuple[list[str], list[str], str]:
+    """(every key, in order; each key's pixel hash; the cache fingerprint) of an
+    embeddings folder, without the vectors."""
+    columns = ["key", "sha256", "clip"]
+    tables = [pq.read_table(p, columns=columns) for p in io.shard_paths(folder)]
     keys = [k for t in tables for k in t.column("key").to_pylist()]
+    shas = [s for t in tables for s in t.column("sha256").to_pylist()]
     clips = {c for t in tables for c in t.column("clip").unique().to_pylist()}
     if len(clips) > 1:
         raise ValueError(f"{folder}: shards made by {len(clips)} different CLIPs")
-    return keys, clips.pop() if clips else ""
+    return keys, shas, clips.pop() if clips else ""
 
 
 class _OldVectors:
