@@ -94,7 +94,7 @@ def test_generator_trains_in_two_cpu_processes(tiny_repro, tmp_path, monkeypatch
     assert metrics["loss"] == pytest.approx(alone["loss"], rel=0.02)
     renames = [name for _, name in read_failpoints(trace) if name.startswith("before-rename:")]
     assert renames.count(f"before-rename:{paths.GENERATOR.as_posix()}") == 1
-    checkpoints = [n for n in renames if n.startswith(f"before-rename:{stage.CHECKPOINTS}")]
+    checkpoints = [n for n in renames if n.startswith(f"before-rename:{paths.WORK / stage.STAGE}")]
     assert len(checkpoints) == 4  # steps 10, 20, 30, 40, by the main process alone
     # The loss falls: the trained model denoises a fixed batch better than its start.
     monkeypatch.chdir(repo)

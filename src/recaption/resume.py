@@ -15,6 +15,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,22 +29,30 @@ PER_RUN = 10  # checkpoints a run writes: a kill loses at most a tenth of it
 def checkpoints(
     stage: str, identity: Sequence[Any], compute: dict | None, steps: int, clean: bool = True
 ) -> Checkpoints:
-    """This run's checkpoint folder and interval; with `clean`, other runs' leftovers
-    under the stage's folder are removed (what they hold can never be resumed).
+    """This run's checkpoint folder (see `folder`) and interval: `PER_RUN` per run.
+
+    Args:
+        steps: the run's optimizer steps.
+    """
+    return Checkpoints(folder(stage, identity, compute, clean), max(1, steps // PER_RUN))
+
+
+def folder(stage: str, identity: Sequence[Any], compute: dict | None, clean: bool = True) -> Path:
+    """This run's checkpoint folder; with `clean`, other runs' leftovers under the stage's
+    folder are removed (what they hold can never be resumed).
 
     Args:
         identity: what the run is a function of: modules (their starting weights),
             tensors, and anything JSON writes (captions, a config dataclass).
         compute: the resolved precision and hardware (`precision.settle`'s record).
-        steps: the run's optimizer steps.
     """
     root = paths.WORK / stage
-    folder = root / digest([*identity, compute])[:16]
+    mine = root / digest([*identity, compute])[:16]
     if clean and root.is_dir():
         for other in root.iterdir():
-            if other != folder:
+            if other != mine:
                 shutil.rmtree(other, ignore_errors=True)
-    return Checkpoints(folder, max(1, steps // PER_RUN))
+    return mine
 
 
 def finish(stage: str) -> None:

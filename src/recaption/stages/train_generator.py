@@ -13,15 +13,13 @@ lineage.json naming the caption version it was trained on.
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
 
-from recaption import datasets, devices, io, latents, lineage, paths, precision
+from recaption import datasets, devices, io, latents, lineage, paths, precision, resume
 from recaption.blend import SOURCES
 from recaption.blend_params import blend_of
 from recaption.live import main_live, step_logger
@@ -33,7 +31,7 @@ from recaption.parallel import Parallel
 from recaption.params import Params, load_params
 
 log = logging.getLogger(__name__)
-CHECKPOINTS = paths.WORK / "train_generator"
+STAGE = "train_generator"
 
 
 def start_pipeline(params: Params, texts: list[str]) -> gen_lib.GeneratorPipeline:
@@ -81,11 +79,11 @@ def seed_of(params: Params) -> int:
 def checkpoint_dir(params: Params, caption_version: str, compute: dict, clean: bool = True) -> Path:
     """Where this run's checkpoints live: named by everything training depends on, the
     resolved precision and hardware included, so a run never resumes another's (and,
-    with `clean`, other runs' leftovers are removed)."""
+    with `clean`, other runs' leftovers are removed). Its own interval
+    (`generator.checkpoint_every`), so only the folder is `resume`'s."""
     latent = ae_lib.is_trained(paths.AUTOENCODER)
     model = Path(params.generator.model)  # a JSON or a saved pipeline folder
     key = {
-        "compute": compute,
         "captions": caption_version,
         "dataset": lineage.tree_hash(paths.DATASET),
         "splits": lineage.tree_hash(paths.SPLITS),
@@ -97,12 +95,7 @@ def checkpoint_dir(params: Params, caption_version: str, compute: dict, clean: b
         "blend": params.blend.model_dump(),
         "seed": params.seed,
     }
-    folder = CHECKPOINTS / io.sha256_bytes(json.dumps(key, sort_keys=True).encode())[:16]
-    if clean and CHECKPOINTS.is_dir():
-        for other in CHECKPOINTS.iterdir():
-            if other != folder:
-                shutil.rmtree(other, ignore_errors=True)
-    return folder
+    return resume.folder(STAGE, [key], compute, clean)
 
 
 def main(params_path: Path = paths.PARAMS) -> dict:
@@ -159,6 +152,6 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             metrics={"loss": metrics["loss"], "steps": metrics["steps"], **extra},
             compute=record,
         )
-    shutil.rmtree(CHECKPOINTS, ignore_errors=True)
+    resume.finish(STAGE)
     log.info("train_generator: %s", metrics)
     return metrics
