@@ -196,3 +196,16 @@ def test_a_patch_pipeline_denoises_patches_and_saves_its_patch_size(tmp_path):
              for p in (pipe, loaded)]  # fmt: skip
     assert drawn[0].shape == (1, 16, 16, 3)
     assert np.array_equal(*drawn)
+
+
+def test_two_accumulated_micro_batches_train_what_the_whole_batch_does():
+    images, _ = dataset()
+    whole, halves = (ae_lib.create_builtin(TINY_KL, 16, seed=0) for _ in range(2))
+    ae_lib.train_autoencoder(whole, images, ae_config(steps=4))
+    ae_lib.train_autoencoder(halves, images, ae_config(steps=4, grad_accumulation=2))
+    b = halves.state_dict()
+    # The same rows and noise, the float sums in another order. Adam turns the float noise
+    # of a gradient that is zero in exact arithmetic (an attention key's bias) into steps
+    # of up to lr: hence the absolute tolerance, far below the weights' scale.
+    for name, a in whole.state_dict().items():
+        torch.testing.assert_close(a, b[name], rtol=1e-4, atol=1e-4, msg=name)

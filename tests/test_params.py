@@ -67,6 +67,10 @@ def test_cross_field_rules():
         parse_params({"data": {"synthetic": {"min_objects": 3, "max_objects": 2}}})
     with pytest.raises(ParamsError, match="short_file and descriptive_file"):
         parse_params({"annotate": {"source": "file"}})
+    with pytest.raises(ParamsError, match=r"generator.*batch_size \(64\) must be a multiple of "
+                       r"grad_accumulation \(5\)"):  # fmt: skip
+        parse_params({"generator": {"grad_accumulation": 5}})
+    assert parse_params({"generator": {"grad_accumulation": 4}}).generator.grad_accumulation == 4
 
 
 def test_not_a_mapping(tmp_path):

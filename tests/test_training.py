@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recaption.models.schedule import OptimConfig
-from recaption.models.training import Checkpoints, Evaluation, epoch_batch, fit
+from recaption.models.training import Checkpoints, Evaluation, Micro, epoch_batch, fit
 
 X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
 Y = X @ torch.tensor([1.0, -2.0, 0.5, 3.0])
@@ -22,18 +22,21 @@ def config(**overrides) -> OptimConfig:
     return OptimConfig(**{**fields, **overrides})
 
 
-def model(seed: int = 0) -> torch.nn.Module:
+def model(seed: int = 0, dropout: float = 0.2) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.2), torch.nn.Linear(8, 1))
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.Dropout(dropout), torch.nn.Linear(8, 1)
+    )
 
 
 def train(net, cfg=None, log=None, checkpoints=None, ema_decay=0.9, **kwargs):
     cfg = cfg or config()
 
-    def step_loss(step, gen):
+    def step_loss(step, gen, micro):
         idx = epoch_batch(len(X), cfg.batch_size, step, seed=0)
-        noise = 0.01 * torch.randn(len(idx), generator=gen)
-        error = net(X[idx]).squeeze(1) - Y[idx] - noise
+        noise = 0.01 * torch.randn(len(idx), generator=gen)  # drawn for the whole batch
+        mine = micro.take(range(len(idx)))
+        error = net(X[idx][mine]).squeeze(1) - Y[idx][mine] - noise[mine]
         return {"loss": error.pow(2).mean(), "abs": error.abs().mean()}
 
     return fit(dict(net.named_parameters()), step_loss, cfg, seed=0, ema_decay=ema_decay,
@@ -157,3 +160,20 @@ def test_a_config_takes_its_fields_from_a_params_section_and_the_rest_from_value
     stage = Params().captioner.stage1  # holds no seed: it must be given
     with pytest.raises(TypeError, match="seed"):
         CaptionTrainConfig.of(stage, precision="fp32")
+
+
+def test_accumulated_micro_batches_train_the_weights_the_whole_batch_does():
+    whole, micro, logs = model(dropout=0.0), model(dropout=0.0), ([], [])
+    train(whole, log=lambda s, m: logs[0].append(m["loss"]))
+    train(micro, cfg=config(grad_accumulation=4), log=lambda s, m: logs[1].append(m["loss"]))
+    for (name, a), b in zip(whole.state_dict().items(), micro.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)  # sums reordered
+    assert logs[1] == pytest.approx(logs[0], rel=1e-5)  # the step's loss, logged per step
+
+
+def test_a_micro_batch_count_that_does_not_divide_the_batch_is_refused():
+    with pytest.raises(ValueError, match="batch_size 8 does not split into grad_accumulation 3"):
+        train(model(), cfg=config(grad_accumulation=3))
+    assert Micro(1, 2).take([10, 11, 12, 13]) == [12, 13]
+    with pytest.raises(ValueError, match="multiple of grad_accumulation"):
+        Micro(0, 2).take([1, 2, 3])

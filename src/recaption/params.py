@@ -58,6 +58,23 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TrainingSection(Section):
+    """A section whose stage trains through `training.fit`, which may split each step's
+    batch into `grad_accumulation` micro-batches (less activation memory, the same
+    gradient up to float rounding; see recaption.models.training)."""
+
+    grad_accumulation: int = Field(1, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _micro_batches_divide_the_batch(self) -> TrainingSection:
+        if self.batch_size % self.grad_accumulation:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of grad_accumulation "
+                f"({self.grad_accumulation}): the micro-batches are equal"
+            )
+        return self
+
+
 class AltTextMix(Section):
     """Proportions of the kinds of web alt-text the synthetic ground truth imitates."""
 
@@ -210,7 +227,7 @@ class EmbedParams(Section):
     probe_train_size: int = Field(4000, ge=10)
 
 
-class CaptionerStageParams(Section):
+class CaptionerStageParams(TrainingSection):
     """One captioner training stage (pretrain, stage1 or stage2): same loop, own knobs.
 
     The knobs whose default differs between stages have none here: each stage's comes
@@ -321,7 +338,7 @@ class RecaptionParams(Section):
 _UPSAMPLE_DEFAULTS = {"decoding": {"max_new_tokens": 80}}
 
 
-class UpsampleParams(Section):
+class UpsampleParams(TrainingSection):
     """upsample: a language model that rewrites short text as descriptive captions."""
 
     # A GPT-2 config JSON (built-in: trained here on the subset's pairs), or an
@@ -370,7 +387,7 @@ class BlendParams(Section):
     use_upsampled: bool = False
 
 
-class GeneratorParams(Section):
+class GeneratorParams(TrainingSection):
     """train_generator: the text-to-image model trained on the blend."""
 
     model: ModelRef = "configs/generator/tiny-unet-32.json"  # architecture JSON, or saved pipeline
@@ -397,7 +414,7 @@ class GeneratorParams(Section):
     device: Device = "auto"
 
 
-class AutoencoderParams(Section):
+class AutoencoderParams(TrainingSection):
     """train_autoencoder: the latent space the built-in generator denoises in."""
 
     model: str = "none"  # an AutoencoderKL architecture JSON (trained here), or none (pixels)
@@ -419,7 +436,7 @@ class AutoencoderParams(Section):
         return self.model != "none"
 
 
-class OracleParams(Section):
+class OracleParams(TrainingSection):
     """oracle: the detector that reads generated built-in-world images back into scenes."""
 
     train_size: int = Field(20000, ge=100)  # fresh renders it trains on

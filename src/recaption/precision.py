@@ -125,6 +125,17 @@ def backward_step(
     zero_grad / backward / clip / step, to the bit."""
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    clipped_step(optimizer, params, grad_clip, scaler)
+
+
+def clipped_step(
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    grad_clip: float,
+    scaler: torch.amp.GradScaler,
+) -> None:
+    """The step after the backward passes (one, or one per accumulated micro-batch, each
+    through `scaler.scale`): unscale, clip the gradient norm to `grad_clip`, step."""
     scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
     scaler.step(optimizer)

@@ -27,7 +27,7 @@ from diffusers import AutoencoderKL
 from recaption import io
 from recaption.errors import UserError
 from recaption.models.schedule import OptimConfig
-from recaption.models.training import Checkpoints, LogStep, fit
+from recaption.models.training import Checkpoints, LogStep, Micro, fit
 from recaption.parallel import Parallel
 
 
@@ -171,10 +171,10 @@ def train_autoencoder(
     side = images.shape[-1] // factor(vae)
     latent = (vae.config.latent_channels, side, side)
 
-    def step_loss(step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    def step_loss(step: int, gen: torch.Generator, micro: Micro) -> dict[str, torch.Tensor]:
         idx = torch.randint(0, len(images), (config.batch_size,), generator=gen)
         noise = torch.randn((config.batch_size, *latent), generator=gen)  # drawn on the CPU
-        mine = par.share(range(config.batch_size), "autoencoder.batch_size")
+        mine = micro.take(par.share(range(config.batch_size), "autoencoder.batch_size"))
         x = to_unit(images[idx[mine]].to(par.device))
         return loss(x, noise[mine].to(par.device))
 

@@ -17,7 +17,7 @@ import torch
 from recaption import precision
 from recaption.models.captioner import Captioner
 from recaption.models.schedule import OptimConfig
-from recaption.models.training import Checkpoints, Evaluation, LogStep, epoch_batch, fit
+from recaption.models.training import Checkpoints, Evaluation, LogStep, Micro, epoch_batch, fit
 from recaption.parallel import Parallel
 
 
@@ -102,10 +102,10 @@ def train_captioner(
     named = _trainable(model, config.train_lm)
     step_loss = par.wrap(_CaptionLoss(model))
 
-    def loss_at(step: int, gen: torch.Generator) -> torch.Tensor:
+    def loss_at(step: int, gen: torch.Generator, micro: Micro) -> torch.Tensor:
         model.train()  # the validation leaves it in eval mode
         idx = epoch_batch(len(train_ids), config.batch_size, step, config.seed)
-        mine = [idx[i] for i in par.share(range(len(idx)), "captioner batch_size")]
+        mine = [idx[i] for i in micro.take(par.share(range(len(idx)), "captioner batch_size"))]
         tokens, mask = (t.to(par.device) for t in model.pad([train_ids[i] for i in mine]))
         return step_loss(train[0][mine].to(par.device), tokens, mask)
 

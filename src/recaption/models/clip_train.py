@@ -21,7 +21,7 @@ from recaption import precision
 from recaption.models import clip as clip_lib
 from recaption.models.clip import Clip
 from recaption.models.schedule import OptimConfig
-from recaption.models.training import Checkpoints, Evaluation, LogStep, epoch_batch, fit
+from recaption.models.training import Checkpoints, Evaluation, LogStep, Micro, epoch_batch, fit
 from recaption.parallel import Parallel
 
 if TYPE_CHECKING:  # the captioning loss's decoder; stages without one never import it
@@ -127,6 +127,11 @@ def train_clip(
         The last logged metrics.
     """
     par = par or Parallel()
+    if config.grad_accumulation != 1:
+        # Each image is contrasted with the whole batch: micro-batches would shrink that to
+        # their own rows, another loss. (open_clip's accum_freq recomputes each micro-batch
+        # against the others' cached features; not built here.)
+        raise ValueError("contrastive training takes no grad_accumulation: its loss does not split")
     if (negative is not None or captioning is not None) and par.world > 1:
         raise ValueError("hard negatives and captioning are implemented for one process only")
     model = clip.model.to(par.device)
@@ -140,7 +145,7 @@ def train_clip(
     if par.world > 1:
         loss_fn = ClipLoss(gather_with_grad=True, rank=par.rank, world_size=par.world)
 
-    def step_loss(step: int, gen: torch.Generator) -> torch.Tensor | dict:
+    def step_loss(step: int, gen: torch.Generator, micro: Micro) -> torch.Tensor | dict:
         idx = epoch_batch(len(images), config.batch_size, step, config.seed)
         texts = _step_texts(captions, idx, gen)
         model.train()  # an evaluation leaves it in eval mode

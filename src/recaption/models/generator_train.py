@@ -20,7 +20,7 @@ from diffusers import DDPMScheduler
 from recaption.models.autoencoder import edge_weights
 from recaption.models.generator import GeneratorPipeline, choose_attention
 from recaption.models.schedule import OptimConfig
-from recaption.models.training import Checkpoints, epoch_batch, epoch_of, fit
+from recaption.models.training import Checkpoints, Micro, epoch_batch, epoch_of, fit
 from recaption.parallel import Parallel
 
 
@@ -220,7 +220,7 @@ def _step_loss(pipe, images, captions_for_epoch, config, par, pixels):
         weights = edge_loss_weights(pixels, config.edge_weight, pipe.unet.config.sample_size)
     epoch: dict[int, list[str]] = {}  # the current epoch's captions, drawn once
 
-    def step_loss(step: int, gen: torch.Generator) -> torch.Tensor:
+    def step_loss(step: int, gen: torch.Generator, micro: Micro) -> torch.Tensor:
         e = epoch_of(len(images), config.batch_size, step)
         if e not in epoch:
             epoch.clear()
@@ -228,7 +228,7 @@ def _step_loss(pipe, images, captions_for_epoch, config, par, pixels):
         idx = epoch_batch(len(images), config.batch_size, step, config.seed)
         dropped = torch.rand(len(idx), generator=gen) < config.cond_dropout
         texts = ["" if d else epoch[e][i] for i, d in zip(idx, dropped.tolist(), strict=True)]
-        mine = par.share(range(len(idx)))  # this process's rows of the step's batch
+        mine = micro.take(par.share(range(len(idx))))  # this process's rows of the batch
         rows = [idx[i] for i in mine]
         x0 = to_model_space(pipe, images[rows].to(par.device))
         noise, t = draw_noise(pipe, torch.Size([len(idx), *x0.shape[1:]]), gen)

@@ -28,7 +28,7 @@ from torch import nn
 
 from recaption.errors import UserError
 from recaption.models.schedule import OptimConfig
-from recaption.models.training import Checkpoints, LogStep, epoch_batch, fit
+from recaption.models.training import Checkpoints, LogStep, Micro, epoch_batch, fit
 from recaption.parallel import Parallel
 from recaption.world import BACKGROUNDS, COLOUR_NAMES, SHAPES, Scene
 
@@ -242,9 +242,9 @@ def train_oracle(
     oracle.to(par.device).train()
     forward = par.wrap(oracle)
 
-    def step_loss(step: int, gen: torch.Generator) -> torch.Tensor:
+    def step_loss(step: int, gen: torch.Generator, micro: Micro) -> torch.Tensor:
         idx = epoch_batch(len(images), config.batch_size, step, config.seed)
-        mine = par.share(range(len(idx)), "evaluate.oracle.batch_size")
+        mine = micro.take(par.share(range(len(idx)), "evaluate.oracle.batch_size"))
         batch = _noisy(images[idx], config.noise, gen)[mine].to(par.device)
         rows = [idx[i] for i in mine]
         return _loss(forward(batch), {k: v[rows].to(par.device) for k, v in targets.items()})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Self
 
 
@@ -18,6 +18,10 @@ class OptimConfig:
     warmup_steps: int
     weight_decay: float
     grad_clip: float
+    # Micro-batches per optimizer step (`training.fit`): the batch is computed in this many
+    # slices whose gradients add up, to fit a batch in less memory. The one default here:
+    # the contrastive configs have no such key (their loss does not split, see clip_train).
+    grad_accumulation: int = field(default=1, kw_only=True)
 
     @classmethod
     def of(cls, section: Any, **values: Any) -> Self:

@@ -1,29 +1,35 @@
 """One training loop for every model: AdamW, warm-up then cosine, autocast, clipping, EMA,
 a windowed loss, checkpoints that resume after a kill, data-parallel.
 
-A model brings its trainable parameters and a `step_loss(step, gen)`: the loss of step
-`step` on this process's slice of the step's batch, every random choice drawn from `gen`
-(seeded by (seed, step)) or from the global RNG (dropout), which the loop reseeds each
-step. Step s is then a function of the weights and s alone, so a run resumed from a
+A model brings its trainable parameters and a `step_loss(step, gen, micro)`: the loss of
+step `step` on this process's slice of the step's batch (`micro.take` of it: the whole
+slice, or one of `grad_accumulation` micro-batches), every random choice drawn from `gen`
+(seeded by (seed, step), afresh for each micro-batch, so each draws what the whole batch
+would and keeps its rows' share) or from the global RNG (dropout), which the loop reseeds
+each step. Step s is then a function of the weights and s alone, so a run resumed from a
 checkpoint at step s continues exactly as the uninterrupted run would, with no RNG state
 to save.
+
+With micro-batches the step's gradient is the mean of theirs: the whole batch's, up to
+float rounding, for a loss that is a mean over rows; for a mean over tokens it weighs each
+micro-batch alike, as data-parallel processes already are; BatchNorm sees micro-batch
+statistics. The schedule, clipping, EMA, logging and checkpoints stay per optimizer step.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from recaption import io, precision
+from recaption import precision
+from recaption.models.run_checkpoint import read_state, resume, save_checkpoint
 from recaption.models.schedule import OptimConfig, warmup_cosine
 from recaption.parallel import Parallel
 
@@ -31,8 +37,29 @@ log = logging.getLogger(__name__)
 
 WINDOW = 50  # steps the logged losses average over
 _DROPOUT = 1 << 40  # the global RNG's seed offset from the step generator's
-StepLoss = Callable[[int, torch.Generator], torch.Tensor | dict[str, torch.Tensor]]
 LogStep = Callable[[int, dict], None]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Micro:
+    """Which of a step's `count` micro-batches a `step_loss` call computes."""
+
+    index: int = 0
+    count: int = 1
+
+    def take(self, rows: Sequence[T]) -> list[T]:
+        """This micro-batch's equal, contiguous share of `rows` (a process's slice)."""
+        if len(rows) % self.count:
+            raise ValueError(
+                f"{len(rows)} rows do not split into {self.count} equal micro-batches: make "
+                "the batch size a multiple of grad_accumulation (times the processes)"
+            )
+        size = len(rows) // self.count
+        return list(rows[self.index * size : (self.index + 1) * size])
+
+
+StepLoss = Callable[[int, torch.Generator, Micro], torch.Tensor | dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -114,11 +141,14 @@ def fit(
     EMA's, with `ema_decay`).
 
     Args:
-        step_loss: (step, generator) -> the loss, or a dict of scalars whose "loss" is
-            trained on; every entry is averaged over the last WINDOW steps and logged
-            every `log_every` steps and at the last.
+        step_loss: (step, generator, micro) -> the loss of `micro.take` of the step's
+            rows, or a dict of scalars whose "loss" is trained on; called
+            `config.grad_accumulation` times a step; every entry is averaged over the
+            micro-batches and the last WINDOW steps, and logged every `log_every` steps
+            and at the last.
         config: the optimiser's settings; all of it (its subclass's model fields too)
             fingerprints a checkpoint, so one written with other settings is ignored.
+            `config.batch_size` must be a multiple of `config.grad_accumulation`.
         compute: the resolved precision (see recaption.precision) the loss runs in.
         par: data-parallel training: `step_loss` computes its process's slice (through a
             module `par.wrap` wrapped); the main process alone logs and checkpoints.
@@ -128,6 +158,12 @@ def fit(
             first replays what the interrupted one logged.
     """
     par = par or Parallel()
+    k = config.grad_accumulation
+    if k < 1 or config.batch_size % (k * par.world):
+        raise ValueError(
+            f"{desc}: batch_size {config.batch_size} does not split into grad_accumulation "
+            f"{k} equal micro-batches on each of {par.world} process(es)"
+        )
     run = _Run(named, config, seed, compute, par, ema_decay, evaluation)
     saved = {**named, **(buffers or {})}  # what a checkpoint holds besides the optimizer's
     if checkpoints:
@@ -188,7 +224,7 @@ class _Run:
         )
         self.window = window or {}
         if self.start:
-            meta = _state(folder, self.config)
+            meta = read_state(folder, self.config)
             self.best = meta.get("best")
             if meta.get("scaler"):  # fp16's loss scale
                 self.scaler.load_state_dict(meta["scaler"])
@@ -245,19 +281,26 @@ class _Run:
         config = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
-        gen = torch.Generator().manual_seed(step_seed(self.seed, step))
+        k = config.grad_accumulation
+        self.optimizer.zero_grad(set_to_none=True)
         torch.manual_seed(step_seed(self.seed, step) + _DROPOUT)
-        with precision.autocast(self.compute, self.par.device):
-            losses = step_loss(step, gen)
-        losses = losses if isinstance(losses, dict) else {"loss": losses}
-        precision.backward_step(
-            losses["loss"], self.optimizer, self.params, config.grad_clip, self.scaler
-        )
+        values: dict[str, float] = {}
+        for index in range(k):
+            gen = torch.Generator().manual_seed(step_seed(self.seed, step))
+            with precision.autocast(self.compute, self.par.device):
+                losses = step_loss(step, gen, Micro(index, k))
+            losses = losses if isinstance(losses, dict) else {"loss": losses}
+            # The backward frees this micro-batch's activations before the next one's.
+            loss = losses["loss"] if k == 1 else losses["loss"] / k
+            self.scaler.scale(loss).backward()
+            for name, value in losses.items():
+                values[name] = values.get(name, 0.0) + value.item()
+        precision.clipped_step(self.optimizer, self.params, config.grad_clip, self.scaler)
         if self.ema is not None:
             self.ema.update(self.named, step)
-        for name, value in losses.items():
+        for name, value in values.items():
             recent = self.window.get(name, [])[-(WINDOW - 1) :]
-            self.window[name] = [*recent, self.par.mean(value.item())]
+            self.window[name] = [*recent, self.par.mean(value if k == 1 else value / k)]
 
     def metrics_at(self, done: int, log_every: int) -> dict:
         """What step `done` logs: the windows' means, and the evaluation when it is due."""
@@ -299,82 +342,3 @@ class EMA:
     def copy_to(self, named: dict[str, torch.nn.Parameter]) -> None:
         for n, p in named.items():
             p.copy_(self.shadow[n])
-
-
-# --- checkpoints: safetensors for tensors, JSON for the rest -----------------------------
-
-
-def _fingerprint(config: Any) -> str:
-    fields = {k: v for k, v in asdict(config).items() if k not in ("checkpoint_every", "log_every")}
-    return io.sha256_bytes(json.dumps(fields, sort_keys=True).encode())
-
-
-def save_checkpoint(folder, config, step, named, ema, optimizer, history=None, best=None) -> None:
-    """Weights, EMA (if any), the best weights (if kept), optimizer moments, the step and
-    the loss `history` (the running window and what was logged, so a resumed run reports
-    what an uninterrupted one would), written atomically."""
-    state = optimizer.state_dict()
-    moments = {
-        f"{i}.{k}": v.contiguous()
-        for i, s in state["state"].items()
-        for k, v in s.items()
-        if torch.is_tensor(v)
-    }
-    with io.atomic_path(folder) as tmp:
-        tmp.mkdir()
-        save_file(
-            {n: p.detach().contiguous() for n, p in named.items()}, tmp / "weights.safetensors"
-        )
-        if ema is not None:
-            save_file({n: t.contiguous() for n, t in ema.shadow.items()}, tmp / "ema.safetensors")
-        if best:
-            save_file({n: t.contiguous() for n, t in best.items()}, tmp / "best.safetensors")
-        save_file(moments, tmp / "optimizer.safetensors")
-        io.write_json(tmp / "state.json", {"step": step, "fingerprint": _fingerprint(config),
-                                           "param_groups": state["param_groups"],
-                                           **(history or {})})  # fmt: skip
-
-
-def _state(folder: Path, config: Any) -> dict:
-    """The state.json of a checkpoint written for `config`; {} if there is none."""
-    if not (folder / "state.json").is_file():
-        return {}
-    meta = json.loads((folder / "state.json").read_text())
-    if meta["fingerprint"] != _fingerprint(config):
-        log.info("checkpoint in %s is from other params; starting afresh", folder)
-        return {}
-    return meta
-
-
-def resume(folder, config, named, ema, optimizer, best=None) -> tuple[int, Any, list]:
-    """Load a checkpoint written for this config into `named`, `ema`, `optimizer` and the
-    `best` weights kept.
-
-    Returns:
-        (step to continue from, loss window, logged (step, metrics)); (0, [], []) if none.
-    """
-    folder = Path(folder)
-    meta = _state(folder, config)
-    if not meta:
-        return 0, [], []
-    _copy_into(named, folder / "weights.safetensors")
-    if ema is not None:
-        _copy_into(ema.shadow, folder / "ema.safetensors")
-    if best:
-        _copy_into(best, folder / "best.safetensors")
-    moments = load_file(folder / "optimizer.safetensors")
-    state: dict = {}
-    for key, tensor in moments.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = tensor
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    log.info("resuming training in %s at step %d", folder, meta["step"])
-    logged = [(step, metrics) for step, metrics in meta.get("logged", [])]
-    return meta["step"], meta.get("window", []), logged
-
-
-@torch.no_grad()
-def _copy_into(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Copy a safetensors file's tensors into `tensors` (which stay on their device)."""
-    for name, value in load_file(path).items():
-        tensors[name].copy_(value)

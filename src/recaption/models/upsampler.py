@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from recaption.models.captioner import CaptionerError, Decoding, create_lm
 from recaption.models.schedule import OptimConfig
-from recaption.models.training import Checkpoints, LogStep, epoch_batch, fit
+from recaption.models.training import Checkpoints, LogStep, Micro, epoch_batch, fit
 from recaption.parallel import Parallel
 
 log = logging.getLogger(__name__)
@@ -238,9 +238,9 @@ def train(
     data = training_ids(up, pairs, config.max_tokens)
     lm = par.wrap(up.lm.to(par.device))
 
-    def step_loss(step: int, gen: torch.Generator) -> torch.Tensor:
+    def step_loss(step: int, gen: torch.Generator, micro: Micro) -> torch.Tensor:
         picked = epoch_batch(len(data), config.batch_size, step, config.seed)
-        mine = [picked[i] for i in par.share(range(len(picked)), "upsample.batch_size")]
+        mine = [picked[i] for i in micro.take(par.share(range(len(picked)), "upsample.batch_size"))]
         ids, mask = pad([data[i][0] for i in mine], up.tokenizer.pad_token_id, left=False)
         labels, _ = pad([data[i][1] for i in mine], -100, left=False)
         ids, mask, labels = ids.to(par.device), mask.to(par.device), labels.to(par.device)

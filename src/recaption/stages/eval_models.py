@@ -85,7 +85,7 @@ def oracle_main(params_path: Path = paths.PARAMS) -> dict:
     oracle = oracle_lib.Oracle()
     config = oracle_lib.OracleTrainConfig(
         steps=op.steps, batch_size=op.batch_size, lr=op.lr, noise=op.noise,
-        seed=params.evaluate.seed, **ORACLE_OPTIM,
+        seed=params.evaluate.seed, grad_accumulation=op.grad_accumulation, **ORACLE_OPTIM,
     )  # fmt: skip
     compute = precision.hardware(par.device).record()
     data = (images[train], {k: v[train] for k, v in targets.items()})

@@ -87,7 +87,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     config = ae_lib.AutoencoderTrainConfig(  # no weight decay: a reconstruction needs none
         steps=ap.steps, batch_size=ap.batch_size, lr=ap.lr, warmup_steps=ap.warmup_steps,
         weight_decay=0.0, kl_weight=ap.kl_weight, grad_clip=ap.grad_clip, precision=compute,
-        seed=params.seed, edge_weight=ap.edge_weight,
+        seed=params.seed, edge_weight=ap.edge_weight, grad_accumulation=ap.grad_accumulation,
     )  # fmt: skip
     checkpoints = resume.checkpoints(STAGE, [vae, images, config], record, ap.steps,
                                      clean=par.is_main)  # fmt: skip
