@@ -25,13 +25,15 @@ class OptimConfig:
 
     @classmethod
     def of(cls, section: Any, **values: Any) -> Self:
-        """This config from a params section (anything with `model_dump`): the section's
+        """This config from a params section (a pydantic model): the section's
         fields that the config has, then `values` (what the section does not hold, or
         holds in another form: the seed, the resolved precision). A section may hold more
         (its device, its stage's own keys); they stay out."""
-        names = {f.name for f in fields(cls)}
-        taken = {k: v for k, v in section.model_dump().items() if k in names}
-        return cls(**{**taken, **values})
+        # Only these keys are read: what a stage reads of its params is what dvc.yaml
+        # must declare (a test records the reads).
+        held = type(section).model_fields.keys() - values.keys()
+        taken = {f.name: getattr(section, f.name) for f in fields(cls) if f.name in held}
+        return cls(**taken, **values)
 
 
 def warmup_cosine(step: int, lr: float, warmup_steps: int, steps: int) -> float:
