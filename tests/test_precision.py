@@ -85,7 +85,7 @@ def test_autocast_computes_in_the_resolved_precision():
         precision.autocast("auto", "cpu")
 
 
-def test_backward_step_without_scaling_is_the_plain_step_to_the_bit():
+def test_a_clipped_step_without_scaling_is_the_plain_step_to_the_bit():
     def run(step) -> torch.Tensor:
         torch.manual_seed(0)
         layer = torch.nn.Linear(8, 3)
@@ -104,6 +104,8 @@ def test_backward_step_without_scaling_is_the_plain_step_to_the_bit():
     def shared(layer, opt, loss):
         scaler = precision.grad_scaler("bf16", "cpu")
         assert not scaler.is_enabled()
-        precision.backward_step(loss, opt, list(layer.parameters()), 0.5, scaler)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        precision.clipped_step(opt, list(layer.parameters()), 0.5, scaler)
 
     assert torch.equal(run(plain), run(shared))

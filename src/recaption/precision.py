@@ -113,21 +113,6 @@ def grad_scaler(precision: str, device: str | torch.device = "cpu") -> torch.amp
     return torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")
 
 
-def backward_step(
-    loss: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    params: list[torch.nn.Parameter],
-    grad_clip: float,
-    scaler: torch.amp.GradScaler,
-) -> None:
-    """One optimizer step: zero the grads, backward (scaled under fp16), unscale, clip
-    the gradient norm to `grad_clip`, step. With a disabled scaler it is the plain
-    zero_grad / backward / clip / step, to the bit."""
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    clipped_step(optimizer, params, grad_clip, scaler)
-
-
 def clipped_step(
     optimizer: torch.optim.Optimizer,
     params: list[torch.nn.Parameter],
@@ -135,7 +120,8 @@ def clipped_step(
     scaler: torch.amp.GradScaler,
 ) -> None:
     """The step after the backward passes (one, or one per accumulated micro-batch, each
-    through `scaler.scale`): unscale, clip the gradient norm to `grad_clip`, step."""
+    through `scaler.scale`): unscale, clip the gradient norm to `grad_clip`, step. With
+    a disabled scaler it is the plain backward / clip / step, to the bit."""
     scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
     scaler.step(optimizer)
