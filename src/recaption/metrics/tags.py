@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from recaption.world import COLOUR_NAMES, SHAPES, Scene, parse_spans
+from recaption.world.vocab import alternation
 
 TAG_SCHEMA = pa.schema(
     [
@@ -33,8 +34,8 @@ TAG_SCHEMA = pa.schema(
 )
 TAGS: tuple[str, ...] = tuple(TAG_SCHEMA.names[1:])
 
-_SHAPE = re.compile(rf"\b({'|'.join(SHAPES)})(?:es|s)?\b")
-_COLOUR = re.compile(rf"\b({'|'.join(COLOUR_NAMES)})\b")
+_SHAPE = re.compile(rf"\b({alternation(SHAPES)})(?:es|s)?\b")
+_COLOUR = re.compile(rf"\b({alternation(COLOUR_NAMES)})\b")
 # Words that say text is there even when no glyph could be read after them.
 _TEXT_WORD = re.compile(r"\b(?:text|letters?|digits?|written|writing|words?)\b")
 
