@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from recaption import precision
 from recaption.models import captioner as cap
 from recaption.models.captioner_train import CaptionTrainConfig, train_captioner
 from recaption.models.tokenizer import train_tokenizer
@@ -144,6 +145,10 @@ def test_save_and_load_give_the_same_captions_from_safetensors_only(tmp_path):
     feats = features(3)
     greedy = cap.Decoding(max_new_tokens=10)
     assert loaded.generate(feats, greedy) == model.generate(feats, greedy)
+    half = cap.load(tmp_path / "c", torch.bfloat16)  # decoding only: half the memory
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    with precision.autocast("bf16"):
+        assert len(half.generate(feats, greedy)) == 3
 
 
 def test_lengths_past_the_lms_context_are_refused_with_the_key_named():

@@ -158,3 +158,40 @@ def test_recap_generate_draws_on_the_device_it_is_given(monkeypatch, tmp_path):
     assert "--device is 'cuda' but no CUDA device is available" in result.output
     result = runner.invoke(app, ["generate", "x", "--out", out, "--device", "gpu"])
     assert result.exit_code == 2 and "use one of auto, cpu, cuda" in result.output
+
+
+def test_recap_generate_upsamples_on_the_device_it_draws_on(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from recaption import generate
+    from recaption.cli import app
+
+    used: list[tuple[str, str]] = []
+
+    def upsample_prompt(upsampler, prompt, device="cpu"):
+        used.append(("upsample", device))
+        return prompt + ", in detail"
+
+    def write_images(model, prompt, n, seed, steps, guidance, out, scale, device="cpu"):
+        used.append(("draw", device))
+        return [out]
+
+    monkeypatch.setattr(generate, "upsample_prompt", upsample_prompt)
+    monkeypatch.setattr(generate, "write_images", write_images)
+    runner, out = CliRunner(), str(tmp_path / "a.png")
+    with_cuda(monkeypatch, True)
+    result = runner.invoke(app, ["generate", "a red circle", "--upsample", "--out", out])
+    assert result.exit_code == 0 and "upsampled: a red circle, in detail" in result.output
+    assert used == [("upsample", "cuda"), ("draw", "cuda")]
+    used.clear()
+    with_cuda(monkeypatch, False)
+    assert runner.invoke(app, ["generate", "x", "--upsample", "--out", out]).exit_code == 0
+    assert used == [("upsample", "cpu"), ("draw", "cpu")]
+
+
+def test_models_that_only_infer_load_in_the_resolved_precision():
+    assert precision.weights_dtype("fp32") == torch.float32
+    assert precision.weights_dtype("bf16") == torch.bfloat16
+    assert precision.weights_dtype("fp16") == torch.float16
+    with pytest.raises(ValueError, match="resolve 'auto' first"):
+        precision.weights_dtype("auto")

@@ -113,6 +113,18 @@ def test_a_saved_pipeline_loads_samples_the_same_and_fine_tunes(tmp_path):
     assert fixed_loss(loaded, images, captions) < before
 
 
+def test_a_pipeline_loaded_in_bf16_holds_bf16_weights_and_draws_under_autocast(tmp_path):
+    from recaption import precision
+
+    tiny_pipeline().save_pretrained(tmp_path / "gen")
+    loaded = gen_lib.load(tmp_path / "gen", precision.weights_dtype("bf16"))
+    assert {p.dtype for p in loaded.unet.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in loaded.text_encoder.parameters()} == {torch.bfloat16}
+    with precision.autocast("bf16"):
+        (image,) = loaded(["red on the left"], num_inference_steps=2, seed=3)
+    assert image.size == (16, 16)
+
+
 class Crash(Exception):
     pass
 

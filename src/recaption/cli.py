@@ -249,7 +249,7 @@ def generate(
         where = devices.resolve(device, "--device")
         text = prompt
         if upsample:
-            text = upsample_prompt(upsampler, prompt)
+            text = upsample_prompt(upsampler, prompt, where)
             typer.echo(f"upsampled: {text}")
         for path in write_images(model, text, n, seed, steps, guidance, out, scale, where):
             typer.echo(str(path))

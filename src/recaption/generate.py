@@ -43,12 +43,15 @@ def write_images(
     return [*written, grid]
 
 
-def upsample_prompt(upsampler: Path, prompt: str) -> str:
-    """`prompt` rewritten by a saved upsampler, decoded as the upsample stage decodes
-    (seeded: the same prompt gives the same text); the prompt itself if it writes nothing."""
+def upsample_prompt(upsampler: Path, prompt: str, device: str = "cpu") -> str:
+    """`prompt` rewritten by a saved upsampler on `device`, decoded as the upsample stage
+    decodes (seeded: the same prompt gives the same text); the prompt itself if it writes
+    nothing."""
     from recaption.models import upsampler as up_lib
 
-    (rewritten,) = up_lib.load(upsampler).rewrite([prompt])
+    model = up_lib.load(upsampler)
+    model.lm.to(device)
+    (rewritten,) = model.rewrite([prompt])
     return rewritten or prompt
 
 

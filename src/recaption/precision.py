@@ -108,6 +108,23 @@ def autocast(
                           enabled=precision in _DTYPES)  # fmt: skip
 
 
+def weights_dtype(precision: str) -> torch.dtype:
+    """The dtype a model that only infers (never trains) loads its weights in, for a
+    resolved precision: bf16 and fp16 halve a big pretrained model's memory, and autocast
+    computes in that dtype anyway; fp32 loads them as they are. A model that trains keeps
+    fp32 weights (autocast casts per op), as mixed precision needs."""
+    if precision == "auto":
+        raise ValueError("resolve 'auto' first (recaption.precision.resolve)")
+    return _DTYPES.get(precision, torch.float32)
+
+
+def load_kwargs(dtype: torch.dtype) -> dict:
+    """What a transformers or diffusers `from_pretrained` takes to load in `dtype`: nothing
+    for fp32 (the call as it always was), else `torch_dtype`, which every supported version
+    of both reads (the newest also read `dtype` and warn that `torch_dtype` is deprecated)."""
+    return {} if dtype == torch.float32 else {"torch_dtype": dtype}
+
+
 def grad_scaler(precision: str, device: str | torch.device = "cpu") -> torch.amp.GradScaler:
     """A loss scaler for fp16 training; for fp32 and bf16 a pass-through (disabled)."""
     return torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")

@@ -34,7 +34,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from recaption import io
+from recaption import io, precision
 from recaption.errors import UserError
 from recaption.models.tokenizer import train_tokenizer
 
@@ -201,17 +201,20 @@ class Captioner(nn.Module):
         io.write_json(folder / MAPPER_CONFIG, asdict(self.mapper.config))
 
 
-def load(folder: str | Path) -> Captioner:
-    """A captioner saved by `Captioner.save`; weights are read from safetensors only."""
+def load(folder: str | Path, dtype: torch.dtype = torch.float32) -> Captioner:
+    """A captioner saved by `Captioner.save`, its weights in `dtype` (for decoding only:
+    `precision.weights_dtype`); weights are read from safetensors only."""
     folder = Path(folder)
     for name in (MAPPER_CONFIG, MAPPER_WEIGHTS):
         if not (folder / name).is_file():
             raise CaptionerError(f"{folder} is not a captioner folder: {name} is missing")
-    lm = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
+    lm = AutoModelForCausalLM.from_pretrained(
+        folder, use_safetensors=True, **precision.load_kwargs(dtype)
+    )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     mapper = PrefixMapper(MapperConfig(**json.loads((folder / MAPPER_CONFIG).read_text())))
     mapper.load_state_dict(load_file(folder / MAPPER_WEIGHTS))
-    return Captioner(lm, tokenizer, mapper)
+    return Captioner(lm, tokenizer, mapper.to(dtype))
 
 
 def create_lm(

@@ -34,6 +34,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
 
+from recaption import precision
 from recaption.errors import UserError
 
 
@@ -184,7 +185,7 @@ class GeneratorPipeline(DiffusionPipeline):
             out_uncond, out_cond = out.chunk(2)  # noise, velocity or sample, as trained
             guided = out_uncond + guidance_scale * (out_cond - out_uncond)
             latents = self.scheduler.step(guided, t, latents).prev_sample
-        pixels = self.to_images(latents).clamp(-1, 1)
+        pixels = self.to_images(latents).float().clamp(-1, 1)  # bf16 weights: round in fp32
         array = ((pixels + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(a) for a in array]
 
@@ -268,12 +269,15 @@ def create_builtin(
     return GeneratorPipeline(unet, scheduler, text_encoder, tokenizer, vae, patch, coords)
 
 
-def load(folder: str | Path) -> GeneratorPipeline:
-    """A pipeline saved by `save_pretrained`; weights are read from safetensors only."""
+def load(folder: str | Path, dtype: torch.dtype = torch.float32) -> GeneratorPipeline:
+    """A pipeline saved by `save_pretrained`, its weights in `dtype` (for sampling only:
+    `precision.weights_dtype`); weights are read from safetensors only."""
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
         raise GeneratorError(f"{folder} is not a generator folder: model_index.json is missing")
-    return GeneratorPipeline.from_pretrained(folder, use_safetensors=True)
+    return GeneratorPipeline.from_pretrained(
+        folder, use_safetensors=True, **precision.load_kwargs(dtype)
+    )
 
 
 def image_grid(images: Sequence[Image.Image], columns: int | None = None) -> Image.Image:

@@ -263,7 +263,8 @@ class Worker:
         self.ep = params.evaluate
         self.device = torch.device(devices.resolve(self.ep.device, "evaluate.device"))
         self.compute, _ = compute_of(params)
-        self.pipe = gen_lib.load(paths.GENERATOR).to(self.device)
+        dtype = precision.weights_dtype(self.compute)  # a big pretrained pipeline: half the memory
+        self.pipe = gen_lib.load(paths.GENERATOR, dtype).to(self.device)
         gen_lib.choose_attention(self.pipe, self.compute, self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.clip = clip_lib.load(paths.EVAL_CLIP, self.device)

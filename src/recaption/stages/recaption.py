@@ -65,8 +65,9 @@ class Worker:
         self.device = torch.device(devices.resolve(self.rp.device, "recaption.device"))
         self.compute, _ = compute_of(params)
         self.emb = embed.read_dir(paths.IMAGE_EMBEDDINGS)
+        dtype = precision.weights_dtype(self.compute)  # a big LM: half the memory in bf16
         self.models = {
-            kind: captioner_lib.load(paths.CAPTIONER / stage).to(self.device).eval()
+            kind: captioner_lib.load(paths.CAPTIONER / stage, dtype).to(self.device).eval()
             for kind, stage in KINDS.items()
         }
         self.hashes = captioner_hashes()
