@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 WORK_DIR = paths.WORK / "recaption"
 KINDS = {"short": "stage1", "descriptive": "stage2"}  # caption kind -> captioner stage
 # Part of every caption's recipe: bump it whenever decoding changes, so captions made
-# the old way are never reused as if they were current.
-RECIPE_VERSION = 1
+# the old way are never reused as if they were current. 2: bf16/fp16 decoding loads
+# the captioners' weights in that dtype (precision.weights_dtype), not fp32 under autocast.
+RECIPE_VERSION = 2
 
 
 def caption_batches(
