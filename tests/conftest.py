@@ -7,9 +7,13 @@ import io
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
+import torch
 import yaml
 from PIL import Image
+
+from recaption import io as recaption_io
 
 TINY = {
     "seed": 7,
@@ -72,6 +76,18 @@ def distinct_png(i: int, size: int = 20) -> bytes:
     img.putpixel((0, 0), (i // 256 % 256, 1, 2))
     return encode(img)
 
+
+def write_dataset(folder: Path, images: torch.Tensor, shard_size: int = 3) -> list[str]:
+    """A dataset folder of PNG shards (key, sha256, image), as ingest writes them."""
+    pngs = [encode(Image.fromarray(i.permute(1, 2, 0).numpy())) for i in images]
+    keys = [f"{i:04d}" for i in range(len(pngs))]
+    folder.mkdir(exist_ok=True)
+    for index, start in enumerate(range(0, len(pngs), shard_size)):
+        part = slice(start, start + shard_size)
+        hashes = [recaption_io.sha256_bytes(p) for p in pngs[part]]
+        table = pa.table({"key": keys[part], "sha256": hashes, "image": pngs[part]})
+        recaption_io.write_shard(folder, index, table)
+    return keys
 
 @pytest.fixture(scope="session")
 def tiny_repro(tmp_path_factory):

@@ -13,6 +13,8 @@ from recaption.models.generator_train import train_generator
 from recaption.models.training import Checkpoints
 from test_generator import config, dataset, pixels
 
+from conftest import write_dataset
+
 TINY_KL = Path(__file__).parent / "data" / "tiny-kl-16.json"
 TINY_UNET = Path(__file__).parent / "data" / "tiny-unet-16.json"
 
@@ -104,24 +106,6 @@ def test_edge_weighting_keeps_a_small_object_the_plain_l1_blurs():
         mask = ae_lib.edge_weights(ae_lib.to_unit(images), 1.0) > 1.05  # near outlines
         errors[edge] = ((recon - images.float()).abs().mean(1, keepdim=True)[mask]).mean()
     assert errors[20.0] < errors[0.0]
-
-
-def write_dataset(folder: Path, images: torch.Tensor, shard_size: int = 3) -> list[str]:
-    """A dataset folder of PNG shards (key, sha256, image), as ingest writes them."""
-    import pyarrow as pa
-    from PIL import Image
-
-    from conftest import encode
-
-    pngs = [encode(Image.fromarray(i.permute(1, 2, 0).numpy())) for i in images]
-    keys = [f"{i:04d}" for i in range(len(pngs))]
-    folder.mkdir(exist_ok=True)
-    for index, start in enumerate(range(0, len(pngs), shard_size)):
-        part = slice(start, start + shard_size)
-        table = pa.table({"key": keys[part], "sha256": [io.sha256_bytes(p) for p in pngs[part]],
-                          "image": pngs[part]})  # fmt: skip
-        io.write_shard(folder, index, table)
-    return keys
 
 
 def test_latents_are_cached_and_a_rerun_encodes_only_new_pixels(trained, tmp_path):

@@ -17,8 +17,9 @@ from recaption.models import generator as gen_lib
 from recaption.models.generator_train import to_model_space
 from recaption.params import load_params
 from recaption.stages import train_generator as stage
-from test_autoencoder import write_dataset
 from test_generator import dataset, fixed_loss, pixels
+
+from conftest import write_dataset
 
 WORDS = ["red", "blue", "green", "black", "on", "the", "left", "right"]
 

@@ -120,6 +120,17 @@ class Columns(Section):
     descriptive: str = "descriptive"
 
 
+class StreamParams(Section):
+    """How a training stage reads images too many to hold (see recaption.streaming)."""
+
+    # auto: stream when the training images would take more than `memory_gb` as uint8
+    # pixels, else hold them (the order a run trains in depends on which).
+    mode: Literal["auto", "always", "never"] = "auto"
+    memory_gb: float = Field(4.0, gt=0)
+    buffer: int = Field(4096, ge=1)  # shuffle-buffer rows per loader worker
+    workers: int = Field(2, ge=0, le=256)  # loader processes (0: in-process); part of the order
+
+
 class DataParams(Section):
     """ingest: where the dataset comes from and how images are normalised."""
 
@@ -137,6 +148,7 @@ class DataParams(Section):
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_caption_chars: int = Field(4000, ge=1)
     num_workers: int = Field(2, ge=0, le=256)
+    stream: StreamParams = StreamParams()
     synthetic: SyntheticParams = SyntheticParams()
 
 

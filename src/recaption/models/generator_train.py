@@ -22,6 +22,7 @@ from recaption.models.generator import GeneratorPipeline, choose_attention
 from recaption.models.schedule import OptimConfig
 from recaption.models.training import Checkpoints, Micro, epoch_batch, epoch_of, fit
 from recaption.parallel import Parallel
+from recaption.streaming import ImageStream
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ def denoising_loss(
 
 def train_generator(
     pipe: GeneratorPipeline,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageStream,
     captions_for_epoch: Callable[[int], list[str]],
     config: GeneratorTrainConfig,
     checkpoint_dir: Path | None = None,
@@ -173,7 +174,8 @@ def train_generator(
 
     Args:
         images: uint8 (N, 3, H, W), the training images, or float (N, C, h, w) model-space
-            tensors (scaled VAE latents, cached by the caller).
+            tensors (scaled VAE latents, cached by the caller), or a stream of the uint8
+            images read from the dataset's shards (a batch's order is then the stream's).
         captions_for_epoch: the N captions of an epoch (a per-epoch blend redraws them).
         checkpoint_dir: where a checkpoint is kept every `checkpoint_every` steps; a
             run finding one there resumes from it (the main process writes it).
@@ -209,12 +211,14 @@ def train_generator(
 
 
 def _step_loss(pipe, images, captions_for_epoch, config, par, pixels):
-    """The loss of step s on this process's slice of its batch: the batch from an epoch's
-    seeded permutation, then (from the step's generator) which captions are dropped, the
-    noise and the timesteps, drawn for the whole batch so every process draws alike."""
+    """The loss of step s on this process's slice of its batch: the batch (from an
+    epoch's seeded permutation, or the stream's), then (from the step's generator) which
+    captions are dropped, the noise and the timesteps, drawn for the whole batch so every
+    process draws alike."""
     denoiser = par.wrap(Denoiser(pipe, config.snr_gamma))
     weights = None
-    if config.edge_weight:
+    streamed = isinstance(images, ImageStream)
+    if config.edge_weight and not streamed:
         if pixels is None:
             raise ValueError("edge_weight needs the uint8 pixels of the training images")
         weights = edge_loss_weights(pixels, config.edge_weight, pipe.unet.config.sample_size)
@@ -225,15 +229,31 @@ def _step_loss(pipe, images, captions_for_epoch, config, par, pixels):
         if e not in epoch:
             epoch.clear()
             epoch[e] = captions_for_epoch(e)
-        idx = epoch_batch(len(images), config.batch_size, step, config.seed)
+        idx, rows_of = _batch(images, step, config)
         dropped = torch.rand(len(idx), generator=gen) < config.cond_dropout
         texts = ["" if d else epoch[e][i] for i, d in zip(idx, dropped.tolist(), strict=True)]
         mine = micro.take(par.share(range(len(idx))))  # this process's rows of the batch
-        rows = [idx[i] for i in mine]
-        x0 = to_model_space(pipe, images[rows].to(par.device))
+        batch = rows_of(mine)
+        x0 = to_model_space(pipe, batch.to(par.device))
         noise, t = draw_noise(pipe, torch.Size([len(idx), *x0.shape[1:]]), gen)
         noise, t = noise[mine].to(par.device), t[mine].to(par.device)
-        w = None if weights is None else weights[rows].to(par.device)
+        if streamed and config.edge_weight:
+            w = edge_loss_weights(batch, config.edge_weight, pipe.unet.config.sample_size)
+        else:
+            w = None if weights is None else weights[[idx[i] for i in mine]]
+        w = None if w is None else w.to(par.device)
         return denoiser(x0, t, noise, [texts[i] for i in mine], w)
 
     return step_loss
+
+
+def _batch(
+    images: torch.Tensor | ImageStream, step: int, config: GeneratorTrainConfig
+) -> tuple[list[int], Callable[[list[int]], torch.Tensor]]:
+    """Step `step`'s training indices, and a function giving the images at some of its
+    positions: rows of the held tensor, or of the batch the stream read."""
+    if isinstance(images, ImageStream):
+        idx, batch = images.batch(step)
+        return idx, lambda positions: batch[positions]
+    idx = epoch_batch(len(images), config.batch_size, step, config.seed)
+    return idx, lambda positions: images[[idx[p] for p in positions]]

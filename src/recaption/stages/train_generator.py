@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from recaption import datasets, devices, io, latents, lineage, paths, precision, resume
+from recaption import datasets, devices, io, latents, lineage, paths, precision, resume, streaming
 from recaption.blend import SOURCES
 from recaption.blend_params import blend_of
 from recaption.live import main_live, step_logger
@@ -51,20 +51,38 @@ def start_pipeline(params: Params, texts: list[str]) -> gen_lib.GeneratorPipelin
     return pipe
 
 
-def training_data(pipe: gen_lib.GeneratorPipeline, keys: list[str], pngs) -> torch.Tensor:
-    """What the UNet trains on: the cached latents (scaled) of a built-in latent pipeline,
-    else the images (a saved pipeline's VAE encodes each batch)."""
+def training_data(
+    params: Params, pipe: gen_lib.GeneratorPipeline, keys: list[str], pngs
+) -> torch.Tensor | streaming.ImageStream:
+    """What the UNet trains on: the cached latents (scaled) of a built-in latent pipeline;
+    else the images, held in memory or, when `data.stream` says so, streamed from the
+    dataset's shards (a saved pipeline's VAE encodes each batch)."""
     if pipe.vae is not None and ae_lib.is_trained(paths.AUTOENCODER):
         return latents.read(paths.LATENTS, keys) * pipe.vae.config.scaling_factor
+    if streams(params, len(keys), pipe.image_size):
+        sp = params.data.stream
+        log.info("train_generator: streaming %d images from %s", len(keys), paths.DATASET)
+        index = streaming.shard_index(paths.DATASET, keys)
+        return streaming.ImageStream(index, pipe.image_size, params.generator.batch_size,
+                                     seed_of(params), sp.buffer, sp.workers)  # fmt: skip
     return datasets.images_tensor(pngs(), pipe.image_size)
 
 
+def streams(params: Params, n: int, size: int) -> bool:
+    """Whether n training images at `size` px are streamed (`data.stream.mode`)."""
+    sp = params.data.stream
+    if sp.mode != "auto":
+        return sp.mode == "always"
+    return not streaming.fits_in_memory(n, size, int(sp.memory_gb * (1 << 30)))
+
+
 def edge_pixels(
-    params: Params, pipe: gen_lib.GeneratorPipeline, images: torch.Tensor, pngs
+    params: Params, pipe: gen_lib.GeneratorPipeline, images, pngs
 ) -> torch.Tensor | None:
     """The uint8 pixels the edge-weighted loss reads (`generator.edge_weight`): the
-    training images themselves, or, under cached latents, the images they encode."""
-    if not params.generator.edge_weight:
+    training images themselves, or, under cached latents, the images they encode. None
+    when streaming: each batch's weights come from its own pixels."""
+    if not params.generator.edge_weight or isinstance(images, streaming.ImageStream):
         return None
     if not images.is_floating_point():
         return images
@@ -76,7 +94,9 @@ def seed_of(params: Params) -> int:
     return params.seed + params.generator.seed
 
 
-def checkpoint_dir(params: Params, caption_version: str, compute: dict, clean: bool = True) -> Path:
+def checkpoint_dir(
+    params: Params, caption_version: str, compute: dict, clean: bool = True, streamed: bool = False
+) -> Path:
     """Where this run's checkpoints live: named by everything training depends on, the
     resolved precision and hardware included, so a run never resumes another's (and,
     with `clean`, other runs' leftovers are removed). Its own interval
@@ -94,6 +114,8 @@ def checkpoint_dir(params: Params, caption_version: str, compute: dict, clean: b
         "architecture": lineage.tree_hash(model) if model.exists() else None,
         "blend": params.blend.model_dump(),
         "seed": params.seed,
+        # A streamed run's batches follow the stream's order, which its settings set.
+        **({"stream": params.data.stream.model_dump()} if streamed else {}),
     }
     return resume.folder(STAGE, [key], compute, clean)
 
@@ -110,13 +132,14 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     pipe = start_pipeline(params, [r["caption"] for r in table])
     rows = lambda: datasets.load_rows(paths.DATASET, ["image"], set(keys))  # noqa: E731
     pngs = lambda: [r["image"] for r in rows()]  # noqa: E731
-    images = training_data(pipe, keys, pngs)
+    images = training_data(params, pipe, keys, pngs)
     pixels = edge_pixels(params, pipe, images, pngs)
     compute, record = precision.settle(params.generator.precision, par.device,
                                        "generator.precision")  # fmt: skip
     config = GeneratorTrainConfig.of(params.generator, seed=seed_of(params), precision=compute)
     caption_version = lineage.tree_hash(paths.RELABELED)
-    checkpoints = checkpoint_dir(params, caption_version, record, clean=par.is_main)
+    streamed = isinstance(images, streaming.ImageStream)
+    checkpoints = checkpoint_dir(params, caption_version, record, par.is_main, streamed)
     with main_live("train_generator", par.is_main) as live:
         metrics = train_generator(
             pipe,

@@ -1,0 +1,236 @@
+"""Training images streamed from the dataset's shards, never all held in memory.
+
+In memory, a training step's batch is a slice of a seeded permutation of every image
+(`training.epoch_batch`). A dataset too large for that is read as webdataset-style
+loaders read tar shards: each epoch deals the shards, in a seeded order, to the
+loader's worker processes; a worker reads its shards one after another through a
+shuffle buffer of `buffer` rows and decodes a row only when it leaves the buffer; the
+loader takes the workers' rows in turn. At most about `buffer` encoded rows per
+worker are held, whatever the dataset's size.
+
+The order is a pure function of (seed, epoch, shard sizes, buffer, workers): a
+worker's sequence is drawn on row numbers before any image is read, so the main
+process knows every epoch's order in advance, and a resumed run skips to any step
+without decoding the rows before it. A different `workers` gives another order.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from recaption import images as imaging
+from recaption import io
+from recaption.models.training import epoch_of, steps_per_epoch
+
+READ_ROWS = 64  # rows a worker reads from a shard at a time
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """Where each training image lives: `rows[s]` holds (row in shard s, training index)
+    for the rows of shard `paths[s]` that are training images."""
+
+    paths: tuple[Path, ...]
+    rows: tuple[tuple[tuple[int, int], ...], ...]
+
+    @property
+    def size(self) -> int:
+        return sum(len(r) for r in self.rows)
+
+
+def shard_index(dataset_dir: str | Path, keys: Sequence[str]) -> ShardIndex:
+    """The shards holding `keys` (training index i is keys[i]), read from their key
+    columns only. An error names the first key no shard holds."""
+    position = {k: i for i, k in enumerate(keys)}
+    paths, rows, held = [], [], set()
+    for path in io.shard_paths(dataset_dir):
+        shard_keys = pq.read_table(path, columns=["key"]).column("key").to_pylist()
+        mine = tuple((r, position[k]) for r, k in enumerate(shard_keys) if k in position)
+        if mine:
+            paths.append(path)
+            rows.append(mine)
+            held.update(shard_keys)
+    missing = next((k for k in keys if k not in held), None)
+    if missing is not None:
+        raise KeyError(f"{dataset_dir}: no shard holds training image {missing!r}")
+    return ShardIndex(tuple(paths), tuple(rows))
+
+
+def worker_sequences(
+    index: ShardIndex, seed: int, epoch: int, buffer: int, workers: int
+) -> list[list[tuple[int, int, int]]]:
+    """Each worker's (shard, row, training index) sequence for an epoch: the shards in a
+    permutation seeded by (seed, epoch), dealt round-robin; each worker's rows through a
+    shuffle buffer of `buffer` drawn from its own seeded generator."""
+    order = random.Random(seed * 7919 + epoch).sample(range(len(index.paths)), len(index.paths))
+    sequences = []
+    for w in range(max(workers, 1)):
+        rng = random.Random((seed * 7919 + epoch) * 1009 + w)
+        pending: list[tuple[int, int, int]] = []
+        out: list[tuple[int, int, int]] = []
+        for s in order[w :: max(workers, 1)]:
+            for row, i in index.rows[s]:
+                pending.append((s, row, i))
+                if len(pending) >= buffer:
+                    out.append(_pop_random(pending, rng))
+        while pending:
+            out.append(_pop_random(pending, rng))
+        sequences.append(out)
+    return sequences
+
+
+def _pop_random(pending: list, rng: random.Random):
+    """Remove and return a random element in O(1) (swap with the last)."""
+    j = rng.randrange(len(pending))
+    pending[j], pending[-1] = pending[-1], pending[j]
+    return pending.pop()
+
+
+def round_robin(lengths: Sequence[int]) -> list[tuple[int, int]]:
+    """(worker, its item number) in the order a DataLoader yields its workers' items:
+    one from each in turn, skipping a worker once it is exhausted."""
+    out, taken = [], [0] * len(lengths)
+    while len(out) < sum(lengths):
+        for w, n in enumerate(lengths):
+            if taken[w] < n:
+                out.append((w, taken[w]))
+                taken[w] += 1
+    return out
+
+
+class _EpochRows(IterableDataset):
+    """One epoch's (worker, item number, training index, uint8 (3, size, size) image)
+    from each worker's sequence, from item `skip[w]` on; rows are read as the sequence
+    needs them and decoded as they leave."""
+
+    def __init__(self, index: ShardIndex, sequences: list, skip: list[int], size: int) -> None:
+        self.index, self.sequences, self.skip, self.size = index, sequences, skip, size
+
+    def __iter__(self) -> Iterator[tuple[int, int, int, torch.Tensor]]:
+        info = get_worker_info()
+        w = info.id if info is not None else 0
+        wanted = self.sequences[w][self.skip[w] :]
+        needed = {(s, row) for s, row, _ in wanted}
+        read = _ShardReader(self.index, [s for s, _, _ in self.sequences[w]], needed)
+        for k, (s, row, i) in enumerate(wanted, start=self.skip[w]):
+            image = imaging.fitted_array(read.take(s, row), self.size)  # (size, size, 3)
+            yield w, k, i, torch.from_numpy(image).permute(2, 0, 1)
+
+
+class _ShardReader:
+    """Reads one worker's shards in order, `READ_ROWS` rows at a time, keeping the
+    encoded bytes of the rows still needed until they are taken."""
+
+    def __init__(self, index: ShardIndex, shard_order: list[int], needed: set) -> None:
+        self.index, self.needed = index, needed
+        self.shards = iter(dict.fromkeys(shard_order))  # the worker's shards, in its order
+        self.batches: Iterator | None = None
+        self.current = -1
+        self.row = 0
+        self.held: dict[tuple[int, int], bytes] = {}
+
+    def take(self, shard: int, row: int) -> bytes:
+        while (shard, row) not in self.held:
+            self._read_more()
+        return self.held.pop((shard, row))
+
+    def _read_more(self) -> None:
+        batch = next(self.batches, None) if self.batches is not None else None
+        if batch is None:
+            self.current = next(self.shards)
+            self.row = 0
+            file = pq.ParquetFile(self.index.paths[self.current])
+            self.batches = file.iter_batches(batch_size=READ_ROWS, columns=["image"])
+            return
+        for data in batch.column(0).to_pylist():
+            if (self.current, self.row) in self.needed:
+                self.held[(self.current, self.row)] = data
+            self.row += 1
+
+
+class ImageStream:
+    """The training images of a sharded dataset, batch by batch, for any step.
+
+    `batch(step)` gives (training indices, uint8 (B, 3, size, size)) of a step; steps
+    are taken in order after the first, so a run reads each epoch once (resuming at a
+    step skips ahead without decoding). An epoch is `steps_per_epoch` whole batches; the
+    remainder of its rows is not used, as in memory.
+    """
+
+    def __init__(
+        self,
+        index: ShardIndex,
+        size: int,
+        batch_size: int,
+        seed: int,
+        buffer: int,
+        workers: int,
+    ) -> None:
+        if buffer < 1:
+            raise ValueError(f"shuffle buffer must be at least 1 row, not {buffer}")
+        self.index, self.size, self.batch_size = index, size, batch_size
+        self.seed, self.buffer, self.workers = seed, buffer, workers
+        self.rows: Iterator[tuple[int, torch.Tensor]] = iter(())
+        self.next_step = -1
+        self.last: tuple[int, tuple[list[int], torch.Tensor]] | None = None
+
+    def __len__(self) -> int:
+        return self.index.size
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """The training indices of an epoch, in the order the stream yields them."""
+        sequences = worker_sequences(self.index, self.seed, epoch, self.buffer, self.workers)
+        lengths = [len(s) for s in sequences]
+        return [sequences[w][k][2] for w, k in round_robin(lengths)]
+
+    def batch(self, step: int) -> tuple[list[int], torch.Tensor]:
+        """(training indices, uint8 (B, 3, size, size)) of step `step`; asked again for
+        the same step (each micro-batch of gradient accumulation), the same batch."""
+        if self.last is not None and self.last[0] == step:
+            return self.last[1]
+        if step != self.next_step or step % steps_per_epoch(len(self), self.batch_size) == 0:
+            self._open(step)
+        items = [next(self.rows) for _ in range(min(self.batch_size, len(self)))]
+        self.next_step = step + 1
+        self.last = (step, ([i for i, _ in items], torch.stack([x for _, x in items])))
+        return self.last[1]
+
+    def _open(self, step: int) -> None:
+        """Start reading the epoch of `step` at its batch."""
+        n = len(self)
+        epoch = epoch_of(n, self.batch_size, step)
+        first = (step % steps_per_epoch(n, self.batch_size)) * min(self.batch_size, n)
+        sequences = worker_sequences(self.index, self.seed, epoch, self.buffer, self.workers)
+        order = round_robin([len(s) for s in sequences])
+        skip = [0] * len(sequences)
+        for w, _ in order[:first]:
+            skip[w] += 1
+        rows = _EpochRows(self.index, sequences, skip, self.size)
+        loader = DataLoader(rows, batch_size=None, num_workers=self.workers)
+        self.rows = _in_order(iter(loader), order[first:])
+
+
+def _in_order(
+    items: Iterator[tuple[int, int, int, torch.Tensor]], order: list[tuple[int, int]]
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(training index, image) in `order` of (worker, item number), whatever order the
+    loader delivers its workers' items in (a resumed epoch starts mid-cycle; the loader
+    always starts at worker 0): a few items wait until their turn."""
+    early: dict[tuple[int, int], tuple[int, torch.Tensor]] = {}
+    for position in order:
+        while position not in early:
+            w, k, i, image = next(items)
+            early[(w, k)] = (i, image)
+        yield early.pop(position)
+
+
+def fits_in_memory(n: int, size: int, limit: int) -> bool:
+    """Whether n uint8 images at `size` px take at most `limit` bytes."""
+    return n * 3 * size * size <= limit
