@@ -115,9 +115,9 @@ def world(n: int, seed: int, cfg) -> tuple[torch.Tensor, list, list[str]]:
 
 
 def train_vae(config: Path, images: torch.Tensor, steps: int, seed: int, lr: float, precision: str,
-              edge_weight: float = 0.0):  # fmt: skip
+              edge_weight: float = 0.0, batch_size: int = 64):  # fmt: skip
     vae = ae_lib.create_builtin(config, images.shape[-1], seed)
-    cfg = ae_lib.AutoencoderTrainConfig(steps=steps, batch_size=64, lr=lr, warmup_steps=50,
+    cfg = ae_lib.AutoencoderTrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=50,
                                         weight_decay=0.0, kl_weight=1e-4, grad_clip=1.0,
                                         precision=precision, seed=seed,
                                         edge_weight=edge_weight)  # fmt: skip
@@ -176,6 +176,7 @@ def main() -> None:
     parser.add_argument("--vae-model", help="autoencoder JSON, overriding the variant's")
     parser.add_argument("--vae-edge-weight", type=float, default=0.0)
     parser.add_argument("--vae-load", help="a saved autoencoder, instead of training one")
+    parser.add_argument("--vae-batch-size", type=int, default=64)
     parser.add_argument("--vae-save", help="save the trained autoencoder here")
     parser.add_argument("--vae-only", action="store_true", help="stop after the autoencoder")
     parser.add_argument("--images", type=int, default=7500)
@@ -223,7 +224,7 @@ def main() -> None:
         else:
             vae, out["vae"] = train_vae(
                 Path(vae_model), images, args.vae_steps, params.seed, args.vae_lr,
-                args.precision, args.vae_edge_weight,
+                args.precision, args.vae_edge_weight, args.vae_batch_size,
             )  # fmt: skip
             out["vae"]["edge_weight"] = args.vae_edge_weight
         if args.vae_save:
