@@ -3,8 +3,8 @@ prompt set and phrasing (and per category of a user's prompts), prompt following
 phrasing and category, the plots' CSVs and the sample grids.
 
 Every image carries its CLIP cosine under the evaluation CLIP, read in both conventions
-in use: CLIPScore, 2.5 * max(cos, 0) (Hessel et al. 2021), and 100 * cos (the DALL-E 3
-study). Prompt following is GenEval's: a mean over categories, not over images.
+in use (`recaption.metrics.clip_score`). Prompt following is GenEval's: a mean over
+categories, not over images.
 """
 
 from __future__ import annotations
@@ -18,18 +18,11 @@ import pyarrow as pa
 from PIL import Image
 
 from recaption import io
+from recaption.metrics.clip_score import clip_scores
 from recaption.models import generator as gen_lib
 
 # The set of the prompts of a user's prompt file (evaluate.prompts_file).
 USER_SET = "prompts"
-
-
-def clip_scores(cos: np.ndarray) -> dict[str, float]:
-    """Mean CLIP score in both conventions: 2.5 * max(cos, 0) and 100 * cos."""
-    return {
-        "clipscore": round(float(np.mean(2.5 * np.maximum(cos, 0))), 4),
-        "cos100": round(float(np.mean(100 * cos)), 3),
-    }
 
 
 def summarise(samples: pa.Table) -> dict:

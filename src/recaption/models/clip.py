@@ -189,3 +189,14 @@ def image_embeddings(
             )  # (B, 3, S, S)
             out.append(F.normalize(clip.model.encode_image(clip.normalise(pixels)).float(), dim=-1))
     return torch.cat(out).cpu().numpy()
+
+
+def text_embeddings(clip: Clip, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """(N, D) float32 L2-normalised embeddings of `texts` (truncated to the model's context)."""
+    device = next(clip.model.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            ids = clip.tokenizer(list(texts[start : start + batch_size])).to(device)
+            out.append(F.normalize(clip.model.encode_text(ids).float(), dim=-1))
+    return torch.cat(out).cpu().numpy()
