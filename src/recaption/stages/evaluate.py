@@ -76,7 +76,7 @@ class Job:
     """One image to draw."""
 
     key: str  # "<set>/<item>/<phrasing>/<i>", unique
-    set: str  # suite | heldout
+    set: str  # suite | prompts (evaluate.prompts_file) | heldout
     item: str  # prompt id or dataset key
     category: str  # GenEval category, the prompt file's, or "heldout"
     phrasing: str
