@@ -145,3 +145,30 @@ def test_a_bad_prompt_file_is_refused_with_the_reason(tmp_path, name, text, erro
     with pytest.raises(prompt_file.PromptFileError, match=error) as err:
         prompt_file.read_prompts(path)
     assert "evaluate.prompts_file" in str(err.value)
+
+
+def test_the_caption_report_scores_each_caption_set_without_references(real):
+    import pyarrow as pa
+
+    from recaption import datasets, io
+    from recaption.metrics.tags import TAG_SCHEMA, TAGS
+    from recaption.stages import caption_report
+
+    eval_models.eval_clip_main()
+    keys = sorted(datasets.read_splits(paths.SPLITS)["heldout"])
+    io.write_table(paths.SYNTHETIC_CAPTIONS, pa.table({
+        "key": keys, "short": ["a thing"] * len(keys),
+        "descriptive": [f"a thing of colour {i} on a plain background" for i in range(len(keys))],
+    }))  # fmt: skip
+    rows = [{"key": k, **dict.fromkeys(TAGS)} for k in keys]
+    io.write_table(paths.CAPTION_TAGS, pa.Table.from_pylist(rows, schema=TAG_SCHEMA))
+    io.write_table(
+        paths.UPSAMPLED_CAPTIONS, pa.table({"key": keys, "upsampled": ["a long one"] * len(keys)})
+    )
+    report = caption_report.main()
+    kinds = report["kinds"]
+    assert set(kinds) == {"ground truth", "short", "descriptive", "upsampled"}
+    assert kinds["short"]["vocabulary"] == 2 and kinds["upsampled"]["vocabulary"] == 3
+    assert all(0 <= k["clipscore"] <= 2.5 for k in kinds.values())
+    assert "bleu4" not in kinds["short"]  # a real source without reference columns
+    assert "clipscore" in paths.CAPTIONS_HTML.read_text()
