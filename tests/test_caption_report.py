@@ -64,3 +64,38 @@ def test_caption_page_shows_24_images_marked_in_the_world(
     else:  # real data: the same page, unmarked
         assert "<del" not in page and 'class="missed"' not in page
         assert 'class="legend"' not in page and page.count("Also a cyan cross.") == 24
+
+
+def test_reference_free_scores_each_caption_set_against_its_images(examples, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from recaption.models import clip as clip_lib
+
+    monkeypatch.chdir(tmp_path)
+    arch = Path(__file__).parent / "data" / "tiny-clip-16.json"
+    clip_lib.save(clip_lib.create(str(arch), None, seed=1), paths.EVAL_CLIP)
+    rows, texts = page_inputs(examples[:6])
+    texts["again"] = list(texts["short"])
+    texts["words"] = ["a red circle", "A red square!"] + ["red"] * 4
+    scores = caption_report.reference_free([r["image"] for r in rows], texts)
+    assert set(scores) == {*caption_report.KINDS, "again", "words"}
+    assert scores["again"] == scores["short"]  # each set is scored on its own, the same way
+    assert scores["words"]["vocabulary"] == 4  # a, red, circle, square
+    assert all(0 <= s["clipscore"] <= 2.5 for s in scores.values())
+
+
+def test_upsampled_captions_are_scored_only_where_every_image_has_one(tmp_path, monkeypatch):
+    import pyarrow as pa
+
+    from recaption import io as rio
+
+    monkeypatch.chdir(tmp_path)
+    table = {"key": ["a", "b"], "upsampled": ["a long caption", "another long one"]}
+    rio.write_table(paths.UPSAMPLED_CAPTIONS, pa.table(table))
+    assert caption_report.upsampled_captions(["b", "a"]) == ["another long one", "a long caption"]
+    assert caption_report.upsampled_captions(["a", "c"]) is None
+    rio.write_table(
+        paths.UPSAMPLED_CAPTIONS,
+        pa.table({"key": pa.array([], pa.string()), "upsampled": pa.array([], pa.string())}),
+    )
+    assert caption_report.upsampled_captions(["a"]) is None

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from recaption.metrics import evaluation_page, fact_scores, geneval
+from recaption.metrics import clip_score, evaluation_page, evaluation_summary, fact_scores, geneval
 from recaption.metrics.noise_guard import NoiseError
 from recaption.models import clip as clip_lib
 from recaption.models import oracle as oracle_lib
@@ -207,7 +207,7 @@ def test_fresh_renders_must_not_be_the_dataset(project):
 
 def test_clip_score_conventions():
     cos = np.array([-0.2, 0.3])
-    assert evaluate.clip_scores(cos) == {"clipscore": pytest.approx(0.375), "cos100": 5.0}
+    assert clip_score.clip_scores(cos) == {"clipscore": pytest.approx(0.375), "cos100": 5.0}
 
 
 # A stub CLIP whose embeddings are set by hand, so the cosines are known. An image's
@@ -249,7 +249,7 @@ def test_clip_cosines_pair_each_image_with_its_own_prompt():
     assert cos == pytest.approx([0.96, 0.8, -0.768], abs=1e-5)
     # CLIPScore clamps at 0: 2.5 * (.96 + .8 + 0) / 3 = 4.4 / 3 = 1.4667;
     # 100 * cos does not: 100 * (.96 + .8 - .768) / 3 = 99.2 / 3 = 33.067.
-    assert evaluate.clip_scores(cos) == {"clipscore": 1.4667, "cos100": 33.067}
+    assert clip_score.clip_scores(cos) == {"clipscore": 1.4667, "cos100": 33.067}
 
 
 def test_overall_prompt_following_is_the_mean_over_categories():
@@ -261,7 +261,7 @@ def test_overall_prompt_following_is_the_mean_over_categories():
         {"set": "heldout", "phrasing": "ground_truth", "category": "heldout", "follows": None,
          "cos": 0.5},
     ]  # fmt: skip
-    summary = evaluate.summarise(pa.Table.from_pylist(rows))
+    summary = evaluation_summary.summarise(pa.Table.from_pylist(rows))
     assert summary["prompt_following"] == {
         "short": {"overall": pytest.approx((1 / 3 + 1) / 2, abs=1e-4), "counting": 0.3333,
                   "colors": 1.0}
@@ -458,6 +458,8 @@ def test_evaluate_resumes_a_killed_run_and_writes_what_a_clean_run_writes(
     assert set(metrics["fact_accuracy"]["short"]["ci95"]) == {"overall", *CATEGORIES}
     assert set(metrics["fact_accuracy_heldout"]) == {"descriptive"}
     assert (paths.EVAL_PLOTS / "fact_accuracy_descriptive.csv").is_file()
+    assert set(metrics["image_distance"]) == {"suite", "heldout"}  # the world's too
+    assert "not_measured" not in metrics
     assert not evaluate.WORK_DIR.exists()
     resumed = paths.EVAL_SAMPLES.read_bytes()
     paths.EVAL_SAMPLES.unlink()

@@ -484,6 +484,9 @@ class EvaluateParams(Section):
     device: Device = "auto"
     precision: Precision = "auto"
     grid_prompts: int = Field(6, ge=1)  # prompts per category in reports/grids/
+    # A prompt suite of one's own (CSV, TSV or JSONL: prompt, optional category) drawn in
+    # place of the built-in world's; null: the world's suite (none on a real source).
+    prompts_file: str | None = None
     # Refuse to report on generated images that look like noise (an untrained or broken
     # generator); false reports anyway, flagged as noise in metrics.json and the page.
     noise_guard: bool = True

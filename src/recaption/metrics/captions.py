@@ -112,6 +112,11 @@ def mean_words(captions: Sequence[str]) -> float:
     return sum(len(tokens(c)) for c in captions) / len(captions)
 
 
+def vocabulary(captions: Sequence[str]) -> int:
+    """Distinct `tokens` over all captions: how varied a caption set's wording is."""
+    return len({t for c in captions for t in tokens(c)})
+
+
 # --- n-gram metrics against references --------------------------------------------------
 
 

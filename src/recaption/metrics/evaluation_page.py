@@ -2,13 +2,16 @@
 
 One page with the generator's caption version, prompt following per category
 and phrasing (GenEval's all-or-nothing rules, and fact accuracy, graded with a 95 %
-interval), CLIP scores, the evaluation models' own accuracy, and a sample
-grid per category with the prompts of its rows. Grids are linked PNGs beside the
-page (reports/grids/); all text is HTML-escaped.
+interval) or, with a real source, a line saying why they are not measured, CLIP
+scores (per category for a prompts file of one's own), the distance of the generated
+images to real held-out ones (FID and KID on CLIP features), the evaluation models'
+own accuracy, and a sample grid per category with the prompts of its rows. Grids are
+linked PNGs beside the page (reports/grids/); all text is HTML-escaped.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from html import escape
 from typing import Any
@@ -30,6 +33,13 @@ _FACTS_NOTE = (
     "averaged over a prompt's images, then over prompts, then over categories; in brackets "
     "the 95 % bootstrap interval over prompts. Held-out: descriptive captions, judged on the "
     "facts they state that are true of the image's scene, background and cells included."
+)
+_DISTANCE_NOTE = (
+    "FID and KID of each set's images against the held-out split's real images, on the "
+    "evaluation CLIP's L2-normalised image embeddings, not Inception features: comparable "
+    "between runs scored by the same evaluation CLIP, not with published FIDs. Lower is "
+    "closer; KID is the unbiased MMD^2 (cubic kernel), mean and standard deviation over "
+    "subsets."
 )
 _LINKS = (
     ("captions.html", "caption table: held-out images with their three captions"),
@@ -81,10 +91,21 @@ def _by_kind(by_kind: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, 
     return pivot
 
 
-def _clip_table(clip: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+def _by_set_table(figures: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """One row per prompt set and phrasing."""
     return summary_table(
-        {f"{s}: {p}": v for s, by_phrasing in clip.items() for p, v in by_phrasing.items()}
+        {f"{s}: {p}": v for s, by_phrasing in figures.items() for p, v in by_phrasing.items()}
     )
+
+
+def _not_measured(reasons: Mapping[str, str]) -> str:
+    items = "".join(f"<li>{escape(what)}: {escape(why)}</li>" for what, why in reasons.items())
+    return f"<ul>{items}</ul>"
+
+
+def grid_file(category: str) -> str:
+    """The grid PNG's file name: a category from a prompt file may hold any character."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", category) + ".png"
 
 
 def _grid_section(category: str, grid: Mapping[str, Any], folder: str) -> str:
@@ -97,7 +118,8 @@ def _grid_section(category: str, grid: Mapping[str, Any], folder: str) -> str:
     )
     return (
         f"<h3>{escape(category)}</h3><p>columns: {escape(columns)}</p>"
-        f'<img class="grid" src="{escape(folder)}/{escape(category)}.png" alt="{escape(category)}">'
+        f'<img class="grid" src="{escape(folder)}/{escape(grid_file(category))}" '
+        f'alt="{escape(category)}">'
         f'<ol class="prompts">{items}</ol>'
     )
 
@@ -122,7 +144,9 @@ def render_index(metrics: Mapping[str, Any], grids: Mapping[str, Mapping], folde
             '<p class="warning"><strong>The generated images look like noise</strong> (see '
             "noise_check in metrics.json): no score on this page means anything.</p>"
         )
-    if metrics["prompt_following"]:
+    if metrics.get("not_measured"):
+        parts += ["<h2>Not measured</h2>", _not_measured(metrics["not_measured"])]
+    if metrics.get("prompt_following"):
         columns = dict(metrics["prompt_following"])
         if "prompt_following_chance" in metrics:
             columns["chance (prompt ignored)"] = metrics["prompt_following_chance"]
@@ -132,7 +156,14 @@ def render_index(metrics: Mapping[str, Any], grids: Mapping[str, Mapping], folde
         parts += ["<h2>Fact accuracy (oracle detector, graded)</h2>", _facts_table(metrics),
                   f"<p>{escape(_FACTS_NOTE)}</p>", "<h3>Facts that hold, by kind</h3>",
                   summary_table(_by_kind(metrics["fact_accuracy_by_kind"]))]  # fmt: skip
-    parts += ["<h2>CLIP score (evaluation CLIP)</h2>", _clip_table(metrics["clip_score"])]
+    parts += ["<h2>CLIP score (evaluation CLIP)</h2>", _by_set_table(metrics["clip_score"])]
+    if metrics.get("clip_score_by_category"):
+        parts += ["<h3>Your prompts, by category</h3>",
+                  summary_table(metrics["clip_score_by_category"])]  # fmt: skip
+    if metrics.get("image_distance"):
+        parts += ["<h2>Distance to real held-out images (CLIP features)</h2>",
+                  _by_set_table(metrics["image_distance"]),
+                  f"<p>{escape(_DISTANCE_NOTE)}</p>"]  # fmt: skip
     models = metrics.get("evaluation_models", {})
     if models.get("oracle_accuracy"):
         parts += ["<h2>Oracle accuracy on held-out renders</h2>",

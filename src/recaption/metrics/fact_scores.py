@@ -147,7 +147,7 @@ def chance_fact_accuracy(
 
 def write_fact_plots(metrics: Mapping[str, Any], out: Path) -> None:
     """`out`/fact_accuracy_<phrasing>.csv: per category, with its interval."""
-    for phrasing, table in metrics["fact_accuracy"].items():
+    for phrasing, table in metrics.get("fact_accuracy", {}).items():
         lines = ["category,accuracy,ci95_low,ci95_high"] + [
             f"{c},{v},{table['ci95'][c][0]},{table['ci95'][c][1]}"
             for c, v in table.items()

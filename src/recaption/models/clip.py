@@ -8,13 +8,16 @@ A CLIP lives in a folder in open_clip's own hub layout (`open_clip_config.json` 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 from safetensors.torch import save_file
 
 from recaption import io
@@ -164,3 +167,36 @@ def feature_layout(clip: Clip, grid: int) -> tuple[int, int, int]:
     dim = clip.model_cfg["embed_dim"]
     cells = grid * grid
     return dim, cells, (probe.shape[1] - dim) // cells if cells else 0
+
+
+def image_embeddings(
+    clip: Clip, images: Sequence[Image.Image], batch_size: int = 256
+) -> np.ndarray:
+    """(N, D) float32 L2-normalised embeddings of `images` of any sizes: each centre-cropped
+    to a square and resized (bicubic) to the model's input, the same way for every set, so
+    two sets of images are compared as the CLIP sees them and not by how they were resized."""
+    size = clip.image_size
+    device = next(clip.model.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = [
+                np.asarray(ImageOps.fit(i.convert("RGB"), (size, size), Image.BICUBIC))
+                for i in images[start : start + batch_size]
+            ]
+            pixels = (
+                torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(device)
+            )  # (B, 3, S, S)
+            out.append(F.normalize(clip.model.encode_image(clip.normalise(pixels)).float(), dim=-1))
+    return torch.cat(out).cpu().numpy()
+
+
+def text_embeddings(clip: Clip, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """(N, D) float32 L2-normalised embeddings of `texts` (truncated to the model's context)."""
+    device = next(clip.model.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            ids = clip.tokenizer(list(texts[start : start + batch_size])).to(device)
+            out.append(F.normalize(clip.model.encode_text(ids).float(), dim=-1))
+    return torch.cat(out).cpu().numpy()

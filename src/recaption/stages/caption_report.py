@@ -7,6 +7,10 @@ precision and recall against the scene, CHAIR hallucination rates, and how
 often the main subject is named. The classification tags
 (data/captions/tags.parquet) get their accuracy against the scene, tag by tag;
 real data has no reference to check them against, so only their coverage.
+Without references, on any source: each caption set's CLIPScore against its own
+images under the evaluation CLIP (2.5 * max(cos, 0), Hessel et al. 2021) and its
+vocabulary (distinct words), for the upsampled ground truth too where every held-out
+image has one.
 reports/captions.html shows held-out images with their three captions side by
 side, as in the study's caption figure; in the synthetic world each caption's
 false phrases are struck through and its missed facts listed.
@@ -14,17 +18,21 @@ false phrases are struck through and its missed facts listed.
 
 from __future__ import annotations
 
+import io as stdio
 import logging
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+from PIL import Image
 
 from recaption import datasets, io, paths, sampling
 from recaption.errors import UserError
 from recaption.metrics import captions as cm
 from recaption.metrics import tags as tag_metrics
 from recaption.metrics.caption_table import caption_marks, render_caption_table
+from recaption.metrics.clip_score import clip_scores, paired_cosines
+from recaption.models import clip as clip_lib
 from recaption.params import load_params
 from recaption.world import Scene, descriptive_caption, short_caption
 
@@ -67,6 +75,30 @@ def score_kind(texts: list[str], refs: list[list[str]] | None, scenes: list[Scen
         }
         scores["main_subject"] = round(cm.main_subject_accuracy(texts, scenes), 4)
     return scores
+
+
+def upsampled_captions(keys: list[str]) -> list[str] | None:
+    """The upsampled ground truth of `keys`, in that order; None unless every key has one
+    (the upsample_captions stage writes an empty table when blend.use_upsampled is off)."""
+    table = pq.read_table(paths.UPSAMPLED_CAPTIONS, columns=["key", "upsampled"]).to_pylist()
+    by_key = {r["key"]: r["upsampled"] for r in table if r["upsampled"]}
+    return [by_key[k] for k in keys] if all(k in by_key for k in keys) else None
+
+
+def reference_free(images: list[bytes], texts: dict[str, list[str]]) -> dict[str, dict]:
+    """Per caption set: CLIPScore of each caption against its own image under the
+    evaluation CLIP (mean over images) and the vocabulary (distinct words)."""
+    clip = clip_lib.load(paths.EVAL_CLIP)
+    pixels = clip_lib.image_embeddings(clip, [Image.open(stdio.BytesIO(b)) for b in images])
+    return {
+        kind: {
+            "clipscore": clip_scores(
+                paired_cosines(pixels, clip_lib.text_embeddings(clip, captions))
+            )["clipscore"],
+            "vocabulary": cm.vocabulary(captions),
+        }
+        for kind, captions in texts.items()
+    }
 
 
 def read_tags(keys: list[str]) -> list[dict]:
@@ -123,6 +155,12 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     report["tags"] = tag_scores(read_tags([r["key"] for r in rows]), scenes)
     for kind in KINDS:
         report["kinds"][kind] = score_kind(texts[kind], references[REFERENCE_OF[kind]], scenes)
+    upsampled = upsampled_captions([r["key"] for r in rows])
+    if upsampled is not None:
+        report["kinds"]["upsampled"] = {"mean_words": round(cm.mean_words(upsampled), 3)}
+    scored = {**texts, **({"upsampled": upsampled} if upsampled is not None else {})}
+    for kind, figures in reference_free([r["image"] for r in rows], scored).items():
+        report["kinds"][kind].update(figures)
     k = report["kinds"]
     report["length_ratio_descriptive_to_short"] = round(
         k["descriptive"]["mean_words"] / max(k["short"]["mean_words"], 1e-9), 3

@@ -10,6 +10,12 @@ both are trained on scenes drawn from the built-in world with `evaluate.seed`
 - the evaluation CLIP is trained contrastively on the renders' reference
   descriptive and short captions (or, with `evaluate.clip.pretrained`, loaded),
   and scores every generated image against its prompt.
+
+With a real source (`data.source` not synthetic) there is no world to render: DVC
+stages cannot vanish, so the oracle stage writes a small record that it was skipped
+and why (models/eval/oracle/lineage.json, reports/oracle.json), which evaluate reads
+to leave out the world-only metrics; the evaluation CLIP must then be pretrained, and
+is saved as loaded, without the retrieval check on renders.
 """
 
 from __future__ import annotations
@@ -45,6 +51,27 @@ class OracleAccuracyError(UserError):
     """The oracle reads held-out renders too poorly for its verdicts to mean anything."""
 
 
+class EvalClipError(UserError):
+    """No evaluation CLIP can be had: a real source and nothing pretrained to load."""
+
+
+def world_skip(params: Params, what: str) -> str | None:
+    """Why `what` (world-only work) is skipped, or None on the built-in world."""
+    source = params.data.source
+    if source == "synthetic":
+        return None
+    return f"skipped: data.source is {source!r}, and {what} needs the built-in world's renders"
+
+
+def _write_skip(stage: str, report: Path, reason: str, extra: dict | None = None) -> dict:
+    """The outputs of a stage that did no world work: its report, its dvclive folder (a DVC
+    output) and, for the oracle, a model folder whose lineage holds the reason."""
+    record = {"skipped": reason, **(extra or {})}
+    io.write_json(report, record)
+    io.write_json(paths.DVCLIVE / stage / "skipped.json", record)
+    return record
+
+
 def fresh_renders(params: Params, start: int, count: int, size: int | None = None):
     """Examples `start..start+count` of the world seeded by `evaluate.seed`, and their
     images as uint8 (count, 3, H, W) at `size` (default: the dataset's image size)."""
@@ -73,8 +100,20 @@ def _save(folder: Path, save: Callable[[Path], None], stage: str, params: Params
         )  # fmt: skip
 
 
+def _skip_oracle(reason: str) -> dict:
+    """A real source: no detector; evaluate reads `skipped` from the folder's lineage."""
+    with io.atomic_path(paths.ORACLE) as tmp:
+        tmp.mkdir()
+        lineage.write_lineage(tmp, "oracle", {}, {}, skipped=reason)
+    log.info("oracle %s", reason)
+    return _write_skip("oracle", paths.ORACLE_REPORT, reason)
+
+
 def oracle_main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
+    reason = world_skip(params, "the oracle detector (GenEval and fact accuracy)")
+    if reason:
+        return _skip_oracle(reason)
     op = params.evaluate.oracle
     par = Parallel.start(devices.resolve(op.device, "evaluate.oracle.device"))
     torch.manual_seed(params.evaluate.seed)
@@ -115,8 +154,28 @@ def oracle_main(params_path: Path = paths.PARAMS) -> dict:
     return report
 
 
+def _pretrained_only(params: Params, reason: str) -> dict:
+    """A real source: the pretrained evaluation CLIP, saved as loaded; no retrieval check
+    (there are no renders with known captions to measure it on)."""
+    cp = params.evaluate.clip
+    if cp.pretrained == "none":
+        raise EvalClipError(
+            f"evaluate.clip.pretrained is none, but data.source is {params.data.source!r}: "
+            "the evaluation CLIP is trained only on the built-in world's renders. Set "
+            "evaluate.clip.pretrained to an open_clip tag of evaluate.clip.model (e.g. "
+            "model: ViT-B-32, pretrained: laion2b_s34b_b79k) or to a local .safetensors file"
+        )
+    clip = clip_lib.create(cp.model, cp.pretrained, seed=params.evaluate.seed)
+    _save(paths.EVAL_CLIP, lambda tmp: clip_lib.save(clip, tmp), "eval_clip", params, {})
+    log.info("evaluation CLIP loaded from %s; retrieval check %s", cp.pretrained, reason)
+    return _write_skip("eval_clip", paths.EVAL_CLIP_REPORT, reason, {"pretrained": cp.pretrained})
+
+
 def eval_clip_main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
+    reason = world_skip(params, "the evaluation CLIP's training and retrieval check")
+    if reason:
+        return _pretrained_only(params, reason)
     cp = params.evaluate.clip
     par = Parallel.start(devices.resolve(cp.device, "evaluate.clip.device"))
     pretrained = None if cp.pretrained == "none" else cp.pretrained

@@ -9,8 +9,17 @@ Two prompt sets, each in several phrasings of the same content:
   (`recaption.metrics.geneval`), giving prompt-following accuracy per category, and
   fact by fact, giving graded fact accuracy with a bootstrap interval
   (`recaption.metrics.fact_scores`, which also refuses images that look like noise);
+- or, with `evaluate.prompts_file`, the user's own suite (PartiPrompts, DrawBench style)
+  in its place, as written, scored by CLIP score per category (no oracle reads real
+  pictures; the upsampled phrasing is the built-in suite's only);
 - held-out captions: the first `evaluate.heldout_prompts` held-out images' ground
   truth (alt-text style), short and descriptive captions, one image each.
+
+With a real source the oracle stage did no work (its folder's lineage says why), so
+GenEval prompt following and fact accuracy are left out, and `not_measured` in
+metrics.json and the page say so. Each prompt set and phrasing's images are also
+compared with the held-out split's real images: `fid_clip` and `kid_clip`, FID and KID
+on the evaluation CLIP's image embeddings (`recaption.metrics.feature_distance`).
 
 Every image gets a CLIP score from the evaluation CLIP (a model the generator never
 trained with), in both conventions in use: 2.5 * max(cos, 0) (CLIPScore) and
@@ -36,8 +45,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from recaption import datasets, devices, io, lineage, paths, precision, runner
-from recaption.metrics import evaluation_page, fact_scores, geneval
+from recaption import datasets, devices, io, lineage, paths, precision, prompt_file, runner
+from recaption.metrics import (
+    evaluation_page,
+    evaluation_summary,
+    fact_scores,
+    feature_distance,
+    geneval,
+)
+from recaption.metrics.evaluation_summary import USER_SET
 from recaption.models import clip as clip_lib
 from recaption.models import generator as gen_lib
 from recaption.models import oracle as oracle_lib
@@ -48,6 +64,9 @@ WORK_DIR = paths.WORK / "evaluate"
 # phrasing -> suite column ("upsampled" joined from the upsample stage's rewrites)
 SUITE_PHRASINGS = {"short": "prompt", "descriptive": "descriptive", "upsampled": "upsampled"}
 HELDOUT_PHRASINGS = {"ground_truth": "caption", "short": "short", "descriptive": "descriptive"}
+USER_PHRASING = "as_written"  # of the prompts of `evaluate.prompts_file`
+# metrics.json keys that only the oracle (the built-in world) can give.
+WORLD_ONLY = ("prompt_following", "fact_accuracy", "fact_accuracy_heldout", "fact_accuracy_by_kind")
 # Render indices of the scenes behind the chance baseline (apart from the oracle's and CLIP's).
 CHANCE_SCENES = 2 << 30
 
@@ -57,13 +76,13 @@ class Job:
     """One image to draw."""
 
     key: str  # "<set>/<item>/<phrasing>/<i>", unique
-    set: str  # suite | heldout
+    set: str  # suite | prompts (evaluate.prompts_file) | heldout
     item: str  # prompt id or dataset key
-    category: str  # GenEval category, or "heldout"
+    category: str  # GenEval category, the prompt file's, or "heldout"
     phrasing: str
     prompt: str
     seed: int
-    demands: str  # JSON; "" for held-out captions
+    demands: str  # JSON; "" for held-out captions and user prompts
 
 
 def item_seed(base: int, item: str, index: int) -> int:
@@ -72,22 +91,56 @@ def item_seed(base: int, item: str, index: int) -> int:
 
 
 def make_jobs(params: Params) -> list[Job]:
+    """The user's prompts or the world's suite (none on a real source without a prompts
+    file), then the held-out captions."""
+    ep = params.evaluate
+    if ep.prompts_file:
+        jobs = prompt_file_jobs(params)
+    elif params.data.source == "synthetic":
+        jobs = suite_jobs(params)
+    else:
+        jobs = []
+    return jobs + heldout_jobs(params)
+
+
+def prompt_file_jobs(params: Params) -> list[Job]:
+    """Every prompt of `evaluate.prompts_file`, as written, `images_per_prompt` images each."""
+    ep = params.evaluate
+    jobs = []
+    for n, row in enumerate(prompt_file.read_prompts(ep.prompts_file)):
+        item = f"{n:05d}"  # file order: the same prompt twice is two items
+        jobs += [
+            Job(f"{USER_SET}/{item}/{USER_PHRASING}/{i}", USER_SET, item, row.category,
+                USER_PHRASING, row.prompt, item_seed(ep.seed, f"{USER_SET}/{item}", i), "")
+            for i in range(ep.images_per_prompt)
+        ]  # fmt: skip
+    return jobs
+
+
+def suite_jobs(params: Params) -> list[Job]:
+    """The world's suite in each phrasing it has, `images_per_prompt` images each."""
     ep = params.evaluate
     jobs: list[Job] = []
-    if params.data.source == "synthetic":
-        suite = pq.read_table(paths.PROMPTS).to_pylist()
-        rewrites = upsampled_prompts()
-        for row in suite:
-            row["upsampled"] = rewrites.get(row["id"])
-            for phrasing, column in SUITE_PHRASINGS.items():
-                if row[column] is None:
-                    continue
-                for i in range(ep.images_per_prompt):
-                    jobs.append(
-                        Job(f"suite/{row['id']}/{phrasing}/{i}", "suite", row["id"],
-                            row["category"], phrasing, row[column],
-                            item_seed(ep.seed, row["id"], i), row["demands"])
-                    )  # fmt: skip
+    suite = pq.read_table(paths.PROMPTS).to_pylist()
+    rewrites = upsampled_prompts()
+    for row in suite:
+        row["upsampled"] = rewrites.get(row["id"])
+        for phrasing, column in SUITE_PHRASINGS.items():
+            if row[column] is None:
+                continue
+            for i in range(ep.images_per_prompt):
+                jobs.append(
+                    Job(f"suite/{row['id']}/{phrasing}/{i}", "suite", row["id"],
+                        row["category"], phrasing, row[column],
+                        item_seed(ep.seed, row["id"], i), row["demands"])
+                )  # fmt: skip
+    return jobs
+
+
+def heldout_jobs(params: Params) -> list[Job]:
+    """The first `heldout_prompts` held-out images' captions, one image each."""
+    ep = params.evaluate
+    jobs: list[Job] = []
     held = sorted(datasets.read_splits(paths.SPLITS)["heldout"])[: ep.heldout_prompts]
     rows = datasets.load_rows(paths.DATASET, list(HELDOUT_PHRASINGS.values()), set(held))
     for row in rows:
@@ -121,14 +174,6 @@ def clip_cosines(clip: clip_lib.Clip, images: torch.Tensor, prompts: Sequence[st
         return (img * txt).sum(-1).float().numpy()
 
 
-def clip_scores(cos: np.ndarray) -> dict[str, float]:
-    """Mean CLIP score in both conventions: 2.5 * max(cos, 0) and 100 * cos."""
-    return {
-        "clipscore": round(float(np.mean(2.5 * np.maximum(cos, 0))), 4),
-        "cos100": round(float(np.mean(100 * cos)), 3),
-    }
-
-
 def _png(image: Image.Image) -> bytes:
     buf = stdio.BytesIO()
     image.save(buf, format="PNG")
@@ -160,27 +205,6 @@ def _fingerprint(params: Params, jobs: Sequence[Job], models: dict[str, str], co
             sort_keys=True,
         ).encode()
     )
-
-
-def summarise(samples: pa.Table) -> dict:
-    """Prompt following per phrasing and category, CLIP scores per set and phrasing."""
-    rows = samples.to_pylist()
-    follows: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
-    cosines: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        cosines[r["set"]][r["phrasing"]].append(r["cos"])
-        if r["follows"] is not None:
-            follows[r["phrasing"]][r["category"]].append(r["follows"])
-    following = {}
-    for phrasing, by_category in follows.items():
-        scores = {c: round(float(np.mean(v)), 4) for c, v in by_category.items()}
-        # GenEval's overall score: the mean over categories, not over images.
-        following[phrasing] = {"overall": round(float(np.mean(list(scores.values()))), 4), **scores}
-    clip = {
-        s: {p: clip_scores(np.asarray(v)) for p, v in by_phrasing.items()}
-        for s, by_phrasing in cosines.items()
-    }
-    return {"prompt_following": following, "clip_score": clip, "images": len(rows)}
 
 
 def chance_detections(params: Params, scenes: int = 500) -> list[dict]:
@@ -217,42 +241,6 @@ def _heldout_demands(params: Params, jobs: Sequence[Job]) -> dict[str, dict]:
     return fact_scores.heldout_demands(
         paths.DATASET, (j.item for j in jobs if j.set == "heldout" and j.phrasing == phrasing)
     )
-
-
-def _write_plots(metrics: dict, out: Path) -> None:
-    """Per-category accuracy per phrasing, and CLIP score per set and phrasing (DVC plots)."""
-    for phrasing, scores in metrics["prompt_following"].items():
-        lines = ["category,accuracy"] + [f"{c},{v}" for c, v in scores.items() if c != "overall"]
-        io.write_text(out / f"prompt_following_{phrasing}.csv", "\n".join(lines) + "\n")
-    lines = ["prompts,clipscore,cos100"] + [
-        f"{s} {p},{v['clipscore']},{v['cos100']}"
-        for s, by_phrasing in metrics["clip_score"].items()
-        for p, v in by_phrasing.items()
-    ]
-    io.write_text(out / "clip_score.csv", "\n".join(lines) + "\n")
-
-
-def _grids(samples: pa.Table, per_category: int, scale: int = 3) -> dict[str, dict]:
-    """For each category (and the held-out set) a grid of the first `per_category` items:
-    one row per item with each phrasing's images, the row prompts and the column labels."""
-    by_category: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r in samples.to_pylist():
-        by_category[r["category"]][r["item"]].append(r)
-    grids = {}
-    for category, items in by_category.items():
-        rows = list(items.values())[:per_category]
-        columns = max(len(row) for row in rows)
-        tiles, prompts = [], []
-        for row in rows:
-            for r in row:
-                image = Image.open(stdio.BytesIO(r["image"])).convert("RGB")
-                tiles.append(image.resize((image.width * scale,) * 2, Image.NEAREST))
-            tiles += [Image.new("RGB", tiles[-1].size, "white")] * (columns - len(row))
-            prompts.append({r["phrasing"]: r["prompt"] for r in row})
-        labels = [f"{r['phrasing']} #{r['key'].rsplit('/', 1)[1]}" for r in rows[0]]
-        image = gen_lib.image_grid(tiles, columns)
-        grids[category] = {"image": image, "prompts": prompts, "columns": labels}
-    return grids
 
 
 class Worker:
@@ -303,11 +291,12 @@ class Worker:
         )
 
 
-def main(params_path: Path = paths.PARAMS) -> dict:
-    params = load_params(params_path)
-    ep = params.evaluate
+def draw(params: Params, jobs: Sequence[Job]) -> tuple[pa.Table, dict[str, str], dict]:
+    """Draw and score every job (in resumable chunks) and write samples.parquet.
+
+    Returns the samples, the hashes of the models that made them and the compute record.
+    """
     synthetic = params.data.source == "synthetic"
-    jobs = make_jobs(params)
     _, record = compute_of(params)
     models = {
         "generator": lineage.tree_hash(paths.GENERATOR),
@@ -315,43 +304,97 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         "oracle": lineage.tree_hash(paths.ORACLE) if synthetic else None,
     }
     run = runner.run_chunks(
-        [j.key for j in jobs], ep.chunk_size, WORK_DIR, _fingerprint(params, jobs, models, record),
-        Worker, {"params": params, "jobs": [asdict(j) for j in jobs]}, params, "evaluate",
+        [j.key for j in jobs], params.evaluate.chunk_size, WORK_DIR,
+        _fingerprint(params, jobs, models, record), Worker,
+        {"params": params, "jobs": [asdict(j) for j in jobs]}, params, "evaluate",
     )  # fmt: skip
     samples = pa.Table.from_pylist([asdict(j) for j in jobs])  # key first
     for name in ("image", "cos", "detection", "follows"):
         samples = samples.append_column(name, run.table.column(name))
     samples = fact_scores.score_facts(samples, _heldout_demands(params, jobs))
     io.write_table(paths.EVAL_SAMPLES, samples)
-    noise = fact_scores.noise_check(
-        samples, paths.DATASET, paths.SPLITS, ep.noise_guard
-    )  # raises before any metric is written
-    metrics = {**summarise(samples), **fact_scores.summarise_facts(samples)}
-    if synthetic:
+    return samples, models, record
+
+
+def _decoded(pngs: Sequence[bytes]) -> list[Image.Image]:
+    return [Image.open(stdio.BytesIO(b)) for b in pngs]
+
+
+def image_distances(params: Params, samples: pa.Table) -> dict:
+    """fid_clip and kid_clip of each prompt set and phrasing's images against the held-out
+    split's real images, on the evaluation CLIP's image embeddings; sets of fewer than two
+    images are left out."""
+    clip = clip_lib.load(
+        paths.EVAL_CLIP, devices.resolve(params.evaluate.device, "evaluate.device")
+    )
+    held = datasets.read_splits(paths.SPLITS)["heldout"]
+    reference = [r["image"] for r in datasets.load_rows(paths.DATASET, ["image"], held)]
+    ref = clip_lib.image_embeddings(clip, _decoded(reference))  # (M, D)
+    groups: dict[tuple[str, str], list[bytes]] = defaultdict(list)
+    for r in samples.select(["set", "phrasing", "image"]).to_pylist():
+        groups[(r["set"], r["phrasing"])].append(r["image"])
+    out: dict[str, dict] = defaultdict(dict)
+    for (name, phrasing), pngs in groups.items():
+        if len(pngs) >= 2:
+            generated = clip_lib.image_embeddings(clip, _decoded(pngs))  # (N, D)
+            out[name][phrasing] = feature_distance.distances(generated, ref)
+    return dict(out)
+
+
+def score(params: Params, samples: pa.Table, models: dict[str, str], record: dict) -> dict:
+    """metrics.json: the summaries, the world's chance rows, the image distances and what
+    made the images; with a real source, what was not measured and why."""
+    metrics = {**evaluation_summary.summarise(samples), **fact_scores.summarise_facts(samples)}
+    skipped = lineage.read_lineage(paths.ORACLE).get("skipped")
+    if skipped:  # the oracle stage's record of a real source
+        metrics = {k: v for k, v in metrics.items() if k not in WORLD_ONLY}
+        metrics["not_measured"] = {"prompt_following (GenEval)": skipped, "fact_accuracy": skipped}
+    if params.data.source == "synthetic":
         metrics["prompt_following_chance"] = chance_following(params)
         metrics["fact_accuracy_chance"] = fact_scores.chance_fact_accuracy(
             chance_detections(params), pq.read_table(paths.PROMPTS).to_pylist()
         )
-    metrics["noise_check"] = noise
-    gen_lineage = lineage.read_lineage(paths.GENERATOR)
+    metrics["image_distance"] = image_distances(params, samples)
+    if params.evaluate.prompts_file:
+        metrics["prompts_file"] = {
+            "path": params.evaluate.prompts_file,
+            "sha256": io.sha256_file(params.evaluate.prompts_file),
+        }
     metrics["generator"] = {
         "sha256": models["generator"],
-        "caption_version": gen_lineage.get("caption_version"),
+        "caption_version": lineage.read_lineage(paths.GENERATOR).get("caption_version"),
     }
     metrics["compute"] = record  # the images' bytes depend on it
     metrics["evaluation_models"] = {
-        "oracle_accuracy": lineage.read_lineage(paths.ORACLE).get("metrics") if synthetic else None,
+        "oracle_accuracy": lineage.read_lineage(paths.ORACLE).get("metrics")
+        if not skipped
+        else None,
         "clip_heldout": lineage.read_lineage(paths.EVAL_CLIP).get("metrics"),
     }
+    return metrics
+
+
+def write_reports(metrics: dict, samples: pa.Table, grid_prompts: int) -> None:
+    """metrics.json, the plots, the sample grids and the page."""
     io.write_json(paths.METRICS, metrics)
-    _write_plots(metrics, paths.EVAL_PLOTS)
+    evaluation_summary.write_plots(metrics, paths.EVAL_PLOTS)
     fact_scores.write_fact_plots(metrics, paths.EVAL_PLOTS)
-    grids = _grids(samples, ep.grid_prompts)
+    grids = evaluation_summary.image_grids(samples, grid_prompts)
     with io.atomic_path(paths.GRIDS) as tmp:
         tmp.mkdir()
         for category, grid in grids.items():
-            grid["image"].save(tmp / f"{category}.png")
+            grid["image"].save(tmp / evaluation_page.grid_file(category))
     io.write_text(paths.INDEX_HTML, evaluation_page.render_index(metrics, grids, paths.GRIDS.name))
+
+
+def main(params_path: Path = paths.PARAMS) -> dict:
+    params = load_params(params_path)
+    samples, models, record = draw(params, make_jobs(params))
+    noise = fact_scores.noise_check(
+        samples, paths.DATASET, paths.SPLITS, params.evaluate.noise_guard
+    )  # raises before any metric is written
+    metrics = {**score(params, samples, models, record), "noise_check": noise}
+    write_reports(metrics, samples, params.evaluate.grid_prompts)
     runner.clear(WORK_DIR)
-    log.info("evaluate: %s", {k: metrics[k] for k in ("prompt_following", "clip_score")})
+    log.info("evaluate: %s", {k: metrics.get(k) for k in ("prompt_following", "clip_score")})
     return metrics
