@@ -456,6 +456,9 @@ class OracleParams(TrainingSection):
     steps: int = Field(800, ge=1)
     batch_size: int = Field(128, ge=2)
     lr: float = Field(2e-3, gt=0, le=1)
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    grad_clip: float = Field(math.inf, gt=0)  # .inf: no clipping
     noise: float = Field(0.06, ge=0, le=1)  # pixel-noise augmentation (generated images are grainy)
     min_accuracy: float = Field(0.97, ge=0, le=1)  # the stage fails below this on any attribute
     device: Device = "auto"

@@ -21,7 +21,6 @@ is saved as loaded, without the retrieval check on renders.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,7 +43,6 @@ ORACLE_RENDERS = 0
 CLIP_RENDERS = 1 << 30
 # The oracle's optimiser settings that params leave fixed: a short warm-up, light decay,
 # no gradient clipping (an infinite norm bound leaves the gradients as they are).
-ORACLE_OPTIM = {"warmup_steps": 50, "weight_decay": 1e-4, "grad_clip": math.inf}
 
 
 class OracleAccuracyError(UserError):
@@ -122,10 +120,7 @@ def oracle_main(params_path: Path = paths.PARAMS) -> dict:
     train = slice(0, op.train_size)
     held = slice(op.train_size, None)
     oracle = oracle_lib.Oracle()
-    config = oracle_lib.OracleTrainConfig(
-        steps=op.steps, batch_size=op.batch_size, lr=op.lr, noise=op.noise,
-        seed=params.evaluate.seed, grad_accumulation=op.grad_accumulation, **ORACLE_OPTIM,
-    )  # fmt: skip
+    config = oracle_lib.OracleTrainConfig.of(op, seed=params.evaluate.seed)
     compute = precision.hardware(par.device).record()
     data = (images[train], {k: v[train] for k, v in targets.items()})
     checkpoints = resume.checkpoints("oracle", [oracle, *data, config], compute, op.steps,
