@@ -2,7 +2,6 @@
 v-prediction UNet under an Euler scheduler, fine-tuned through the train_generator stage
 and sampled as diffusers' StableDiffusionPipeline samples the same folder."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +16,11 @@ from recaption.models import generator as gen_lib
 from recaption.models.generator_train import to_model_space
 from recaption.params import load_params
 from recaption.stages import train_generator as stage
-from real_tiny import write_sd_folder
 from test_generator import dataset, fixed_loss, pixels
 
 from conftest import write_dataset
+from real_tiny import write_sd_folder
+
 
 def write_stage_inputs(images: torch.Tensor, captions: list[str]) -> None:
     """What train_generator reads: the dataset, its splits (nothing held out) and the

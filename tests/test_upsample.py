@@ -20,8 +20,9 @@ from recaption.stages import upsample as stage
 from recaption.stages import upsample_captions as captions_stage
 from recaption.world import WorldConfig, make_example
 from recaption.world.parse import parse_caption
-from real_tiny import write_lm
 from test_captioner import assert_holds_saved_weights
+
+from real_tiny import write_lm
 
 TINY_LM = str(Path(__file__).parent / "data" / "tiny-gpt2.json")
 
@@ -167,9 +168,10 @@ def test_an_instruction_lm_folder_is_driven_through_its_chat_template(project):
     report = stage.main()
     assert not report["builtin"] and report["training"] == {}
     # dvclive/upsample is a DVC output: an LM used as it is still writes it, saying why
-    assert "used as it is" in json.loads(
-        (paths.DVCLIVE / "upsample" / "skipped.json").read_text()
-    )["skipped"]
+    assert (
+        "used as it is"
+        in json.loads((paths.DVCLIVE / "upsample" / "skipped.json").read_text())["skipped"]
+    )
     model = up_lib.load(paths.UPSAMPLER)
     assert_holds_saved_weights(model.lm, project.root / "chat-lm")  # the folder's, untrained
     prompt = model.tokenizer.decode(model.prompt_ids("a red circle")).strip()
