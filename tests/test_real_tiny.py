@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 from safetensors.torch import load_file
 
 import real_tiny
@@ -95,3 +96,12 @@ def test_the_fine_tuned_generator_is_a_stable_diffusion_folder_diffusers_draws_w
     given = load_file(repo / real_tiny.ASSETS / "sd/unet/diffusion_pytorch_model.safetensors")
     tuned = load_file(folder / "unet/diffusion_pytorch_model.safetensors")
     assert not all(torch.equal(given[k], tuned[k]) for k in given)  # fine-tuned
+
+
+def test_recap_generate_draws_with_the_sd_folder_through_the_instruction_lm(repo):
+    out = run(["recap", "generate", "a red ball", "--upsample", "--n", "2", "--steps", "2",
+               "--scale", "1", "--out", "drawn/ball.png"], repo)  # fmt: skip
+    first, *written = out.splitlines()
+    assert first.startswith("upsampled: ")
+    assert [Path(p).name for p in written] == ["ball-0.png", "ball-1.png", "ball-grid.png"]
+    assert Image.open(repo / written[0]).size == (real_tiny.IMAGE_SIZE, real_tiny.IMAGE_SIZE)
