@@ -200,7 +200,7 @@ def build(root: Path) -> Path:
     write_images(assets / "images")
     write_clip(assets)
     with open(assets / "images" / "captions.csv") as fh:
-        texts = [text for row in csv.DictReader(fh) for text in list(row.values())[1:]]
+        texts = [row[c] for row in csv.DictReader(fh) for c in ("caption", "short", "descriptive")]
     write_lm(assets / "gpt2", texts)
     write_sd_folder(assets / "sd", IMAGE_SIZE)
     (assets / "prompts.csv").write_text("prompt\n" + "\n".join(PROMPTS) + "\n")
