@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
         "plus_1pct_computed": int(counts[1]),
         "plus_1pct_reused": int(counts[2]),
     }
+    if args.device == "cuda":  # benchmarks/gpu_check.sh: proof the GPU did the work
+        result["cuda_peak_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
     print(json.dumps(result, indent=2))
     return result
 

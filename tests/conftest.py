@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import io
 import shutil
 from pathlib import Path
@@ -14,6 +13,7 @@ import yaml
 from PIL import Image
 
 from recaption import io as recaption_io
+from recaption.profiles import merge
 
 TINY = {
     "seed": 7,
@@ -27,17 +27,6 @@ TINY = {
     "sample": {"size": 10, "overlap": 0.5, "heldout_size": 8},
     "clip": {"train": {"corpus": 40}},  # the default's 40,000 renders take seconds
 }
-
-
-def merge(base: dict, override: dict) -> dict:
-    """Deep-merge `override` into a copy of `base`."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 class Project:
@@ -88,6 +77,7 @@ def write_dataset(folder: Path, images: torch.Tensor, shard_size: int = 3) -> li
         table = pa.table({"key": keys[part], "sha256": hashes, "image": pngs[part]})
         recaption_io.write_shard(folder, index, table)
     return keys
+
 
 @pytest.fixture(scope="session")
 def tiny_repro(tmp_path_factory):

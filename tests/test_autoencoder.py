@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from recaption import io, latents
+from recaption import io, latents, paths
 from recaption.models import autoencoder as ae_lib
 from recaption.models import generator as gen_lib
 from recaption.models.generator_train import train_generator
 from recaption.models.training import Checkpoints
+from recaption.stages import train_autoencoder as stage
 from test_generator import config, dataset, pixels
 
 from conftest import write_dataset
@@ -193,3 +194,13 @@ def test_two_accumulated_micro_batches_train_what_the_whole_batch_does():
     # of up to lr: hence the absolute tolerance, far below the weights' scale.
     for name, a in whole.state_dict().items():
         torch.testing.assert_close(a, b[name], rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_without_an_autoencoder_the_stage_writes_every_output_dvc_declares(project):
+    """autoencoder.model: none (the default, and any saved pipeline): DVC fails a stage
+    that leaves a declared output unwritten."""
+    assert stage.main() == {"autoencoder": "none"}
+    for path in (paths.AUTOENCODER / "lineage.json", paths.AUTOENCODER_REPORT,
+                 paths.AUTOENCODER_FIGURE, paths.DVCLIVE / "train_autoencoder"):  # fmt: skip
+        assert path.exists(), path
+    assert not ae_lib.is_trained(paths.AUTOENCODER)

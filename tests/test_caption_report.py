@@ -99,3 +99,8 @@ def test_upsampled_captions_are_scored_only_where_every_image_has_one(tmp_path, 
         pa.table({"key": pa.array([], pa.string()), "upsampled": pa.array([], pa.string())}),
     )
     assert caption_report.upsampled_captions(["a"]) is None
+
+
+def test_the_length_ratio_is_none_when_every_short_caption_is_empty():
+    assert caption_report.length_ratio(12.0, 4.0) == 3.0
+    assert caption_report.length_ratio(7.5, 0.0) is None  # not 7.5e9

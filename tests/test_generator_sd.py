@@ -2,7 +2,6 @@
 v-prediction UNet under an Euler scheduler, fine-tuned through the train_generator stage
 and sampled as diffusers' StableDiffusionPipeline samples the same folder."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,76 +19,7 @@ from recaption.stages import train_generator as stage
 from test_generator import dataset, fixed_loss, pixels
 
 from conftest import write_dataset
-
-WORDS = ["red", "blue", "green", "black", "on", "the", "left", "right"]
-
-
-def clip_tokenizer(folder: Path):
-    """A real CLIPTokenizer over a tiny BPE: the letters, then merges that make each of
-    the captions' words one token. Unknown text falls back to letters."""
-    from transformers import CLIPTokenizer
-
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters)]
-    merges = []
-    for word in WORDS:
-        piece = word[0]
-        for i, c in enumerate(word[1:], 1):
-            tail = c + "</w>" if i == len(word) - 1 else c  # "</w>" ends a word
-            merges.append(f"{piece} {tail}")
-            piece += tail
-            vocab.append(piece)
-    vocab, merges = list(dict.fromkeys(vocab)), list(dict.fromkeys(merges))  # "bl" twice
-    folder.mkdir()
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return CLIPTokenizer(
-        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77
-    )
-
-
-def write_sd_folder(folder: Path) -> Path:
-    """A tiny Stable Diffusion 2.x-style folder, saved by StableDiffusionPipeline itself:
-    16 px images through a VAE to 4x8x8 latents, a v-prediction UNet, an Euler scheduler
-    and a 77-position CLIP text encoder."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    tokenizer = clip_tokenizer(folder.parent / "bpe")
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    ))  # fmt: skip
-    vae = AutoencoderKL(
-        block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=8,
-        sample_size=16,
-    )  # fmt: skip
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=[16, 32], down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"], attention_head_dim=8,
-        norm_num_groups=8, cross_attention_dim=32,
-    )  # fmt: skip
-    # Leading spacing, as an SD config that came from DDIM or PNDM carries: the starting
-    # sigma then depends on the steps drawn.
-    scheduler = EulerDiscreteScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-        prediction_type="v_prediction", steps_offset=1, timestep_spacing="leading",
-    )  # fmt: skip
-    StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=scheduler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(folder)  # fmt: skip
-    return folder
+from real_tiny import write_sd_folder
 
 
 def write_stage_inputs(images: torch.Tensor, captions: list[str]) -> None:

@@ -8,13 +8,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from recaption import datasets, lineage, paths
 from recaption.metrics.upsampling import contradictions, faithfulness, stated_facts
 from recaption.models import upsampler as up_lib
 from recaption.models.captioner import Decoding
-from recaption.models.tokenizer import train_tokenizer
 from recaption.models.training import Checkpoints
 from recaption.params import load_params
 from recaption.stages import annotate, ingest, prompts, sample
@@ -24,11 +22,9 @@ from recaption.world import WorldConfig, make_example
 from recaption.world.parse import parse_caption
 from test_captioner import assert_holds_saved_weights
 
+from real_tiny import write_lm
+
 TINY_LM = str(Path(__file__).parent / "data" / "tiny-gpt2.json")
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 
 
 def test_faithfulness_counts_kept_and_contradicted_facts():
@@ -121,18 +117,6 @@ def test_a_killed_upsampler_training_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(a, b), name
 
 
-def save_chat_lm(folder: Path) -> None:
-    """A tiny instruction-tuned LM as a user would have it: a chat template, no pad token."""
-    tokenizer = train_tokenizer([up_lib.INSTRUCTION, "a red circle on a white background"], 300)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(1)  # not the stage's seed: a loader drawing fresh weights cannot match
-    lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_head=2, n_embd=16,
-                                    n_positions=512, eos_token_id=tokenizer.eos_token_id,
-                                    bos_token_id=tokenizer.bos_token_id))  # fmt: skip
-    lm.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
-
 TINY_UPSAMPLE = {"lm": TINY_LM, "vocab_size": 300, "steps": 4, "batch_size": 8,
                  "warmup_steps": 1, "heldout_prompts": 5, "max_source_tokens": 20,
                  "max_tokens": 30, "decoding": {"max_new_tokens": 12}}  # fmt: skip
@@ -179,10 +163,15 @@ def test_the_stage_trains_rewrites_the_suite_and_reports_faithfulness(project):
 
 
 def test_an_instruction_lm_folder_is_driven_through_its_chat_template(project):
-    save_chat_lm(project.root / "chat-lm")
+    write_lm(project.root / "chat-lm", ["a red circle on a white background"])
     tiny_project(project, lm="chat-lm")
     report = stage.main()
     assert not report["builtin"] and report["training"] == {}
+    # dvclive/upsample is a DVC output: an LM used as it is still writes it, saying why
+    assert (
+        "used as it is"
+        in json.loads((paths.DVCLIVE / "upsample" / "skipped.json").read_text())["skipped"]
+    )
     model = up_lib.load(paths.UPSAMPLER)
     assert_holds_saved_weights(model.lm, project.root / "chat-lm")  # the folder's, untrained
     prompt = model.tokenizer.decode(model.prompt_ids("a red circle")).strip()

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,9 +139,10 @@ def stale(repo: Path) -> set[str]:
     return set(json.loads(run(["dvc", "status", "--json"], repo)))
 
 
-def make_project(repo: Path) -> str:
-    """Copy the project (code, dvc.yaml, configs, tiny params) into `repo`, a fresh git
-    and DVC repository, and commit it; returns the commit."""
+def make_project(repo: Path, setup: Callable[[Path], None] = write_params) -> str:
+    """Copy the project (code, dvc.yaml, configs) into `repo`, a fresh git and DVC
+    repository, let `setup` write its params (default: the tiny ones), and commit it;
+    returns the commit."""
     for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(ROOT / name, repo / name)
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
@@ -151,7 +153,7 @@ def make_project(repo: Path) -> str:
     shutil.copy(ROOT / "tests" / "data" / "tiny-kl-16.json", repo / "configs" / "autoencoder")
     (repo / "data" / "raw").mkdir(parents=True)
     shutil.copy(ROOT / "data" / "raw" / "README.md", repo / "data" / "raw" / "README.md")
-    write_params(repo)
+    setup(repo)
     run(["git", "init", "-q"], repo)
     run(["dvc", "init", "-q"], repo)
     run(["dvc", "config", "core.analytics", "false"], repo)

@@ -26,6 +26,7 @@ ModelOption = typer.Option(paths.GENERATOR, "--model", help="a saved generator p
 GeneratorArgument = typer.Argument(paths.GENERATOR, help="a generator folder")
 UpsamplerOption = typer.Option(paths.UPSAMPLER, "--upsampler", help="a saved upsampler")
 CheckpointArgument = typer.Argument(..., help="a pickled checkpoint, or a model folder with one")
+ProfilesArgument = typer.Argument(..., help="params profiles, merged in this order")
 
 
 def _relaunch() -> None:
@@ -358,6 +359,22 @@ def clean_command(
     for path in clean.clean(Path.cwd(), dry_run):
         typer.echo(f"{'would remove' if dry_run else 'removed'} {path.relative_to(Path.cwd())}")
     typer.echo(f"kept: {', '.join(clean.KEPT)} (dvc checkout restores committed outputs)")
+
+
+@app.command("apply-profile")
+def apply_profile(
+    profiles: list[Path] = ProfilesArgument,
+    params: Path = ParamsOption,
+) -> None:
+    """Merge params profiles (configs/profiles/*.yaml) over params.yaml and write it back,
+    validated (its comments are not kept; `git checkout params.yaml` undoes it)."""
+    from recaption import profiles as profiles_lib
+
+    def run(path: Path) -> None:
+        profiles_lib.apply(path, *profiles)
+        typer.echo(f"{path}: merged {', '.join(map(str, profiles))}")
+
+    _run(run, params)
 
 
 @app.command("check-params")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 from dvclive import Live
 
-from recaption import paths
+from recaption import io, paths
 
 
 @contextlib.contextmanager
@@ -35,3 +35,9 @@ def step_logger(live: Live) -> Callable[[int, dict], None]:
         live.next_step()
 
     return log_step
+
+
+def write_skipped(name: str, record: dict) -> None:
+    """dvclive/<name>/skipped.json: the folder is a DVC output, so a stage that trained
+    nothing (a real source, a pretrained model used as it is) still writes it, saying why."""
+    io.write_json(paths.DVCLIVE / name / "skipped.json", record)

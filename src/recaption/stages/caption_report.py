@@ -162,8 +162,8 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     for kind, figures in reference_free([r["image"] for r in rows], scored).items():
         report["kinds"][kind].update(figures)
     k = report["kinds"]
-    report["length_ratio_descriptive_to_short"] = round(
-        k["descriptive"]["mean_words"] / max(k["short"]["mean_words"], 1e-9), 3
+    report["length_ratio_descriptive_to_short"] = length_ratio(
+        k["descriptive"]["mean_words"], k["short"]["mean_words"]
     )
     if world:
         report["targets"] = {
@@ -171,7 +171,8 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             for name, (kind, metric, goal) in TARGETS.items()
         }
         ratio = report["length_ratio_descriptive_to_short"]
-        report["targets"]["length_ratio"] = {"value": ratio, "target": 2.0, "met": ratio >= 2.0}
+        met = ratio is not None and ratio >= 2.0
+        report["targets"]["length_ratio"] = {"value": ratio, "target": 2.0, "met": met}
     io.write_json(paths.CAPTIONS_REPORT, report)
     write_table_page(rows, texts, report, params.seed, scenes)
     log.info(
@@ -179,6 +180,12 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         {kind: {m: v for m, v in s.items() if m != "by_kind"} for kind, s in k.items()},
     )
     return report
+
+
+def length_ratio(descriptive_words: float, short_words: float) -> float | None:
+    """Mean words of the descriptive captions over the short ones'; None when every short
+    caption is empty (an undertrained captioner's), rather than a ratio over an epsilon."""
+    return round(descriptive_words / short_words, 3) if short_words else None
 
 
 def table_row(row: dict, captions: dict[str, str], scene: Scene | None) -> dict[str, object]:

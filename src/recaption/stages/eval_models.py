@@ -29,7 +29,7 @@ import torch
 
 from recaption import devices, io, lineage, paths, precision, resume
 from recaption.errors import UserError
-from recaption.live import main_live, step_logger
+from recaption.live import main_live, step_logger, write_skipped
 from recaption.models import clip as clip_lib
 from recaption.models import oracle as oracle_lib
 from recaption.models.clip_train import ClipTrainConfig, retrieval_recall, train_clip
@@ -66,7 +66,7 @@ def _write_skip(stage: str, report: Path, reason: str, extra: dict | None = None
     output) and, for the oracle, a model folder whose lineage holds the reason."""
     record = {"skipped": reason, **(extra or {})}
     io.write_json(report, record)
-    io.write_json(paths.DVCLIVE / stage / "skipped.json", record)
+    write_skipped(stage, record)
     return record
 
 

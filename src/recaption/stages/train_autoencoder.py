@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from recaption import datasets, devices, io, latents, lineage, paths, precision, resume
 from recaption.errors import UserError
-from recaption.live import main_live, step_logger
+from recaption.live import main_live, step_logger, write_skipped
 from recaption.models import autoencoder as ae_lib
 from recaption.models import oracle as oracle_lib
 from recaption.parallel import Parallel
@@ -67,17 +67,29 @@ def _figure(images: torch.Tensor, recon: torch.Tensor, scale: int = 4) -> Image.
     return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
 
 
+def _write_none(recorded: dict) -> dict:
+    """`autoencoder.model: none`: every output dvc.yaml declares, saying there is no
+    autoencoder (the generator works in pixels, or in a saved pipeline's own VAE)."""
+    with io.atomic_path(paths.AUTOENCODER) as tmp:
+        tmp.mkdir()
+        lineage.write_lineage(tmp, "train_autoencoder", {}, {"autoencoder": recorded})
+    report = {"autoencoder": "none"}
+    io.write_json(paths.AUTOENCODER_REPORT, report)
+    write_skipped(STAGE, {"skipped": "autoencoder.model is none"})
+    note = Image.new("RGB", (160, 16), "white")
+    ImageDraw.Draw(note).text((2, 2), "autoencoder.model: none", fill="black")
+    with io.atomic_path(paths.AUTOENCODER_FIGURE) as tmp:
+        note.save(tmp, format="PNG")
+    return report
+
+
 def main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     ap = params.autoencoder
     device = devices.resolve(ap.device, "autoencoder.device")
     recorded = ap.model_dump(exclude={"device"})  # where it ran: in `compute`
     if not ap.enabled:
-        with io.atomic_path(paths.AUTOENCODER) as tmp:
-            tmp.mkdir()
-            lineage.write_lineage(tmp, "train_autoencoder", {}, {"autoencoder": recorded})
-        io.write_json(paths.AUTOENCODER_REPORT, {"autoencoder": "none"})
-        return {"autoencoder": "none"}
+        return _write_none(recorded)
     par = Parallel.start(device)
     train, held = _split(params)
     size = params.data.image_size

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recaption import datasets, devices, io, lineage, paths, precision, resume, sampling
-from recaption.live import main_live, step_logger
+from recaption.live import main_live, step_logger, write_skipped
 from recaption.metrics.upsampling import faithfulness
 from recaption.models import upsampler as up_lib
 from recaption.models.captioner import Decoding
@@ -144,6 +144,8 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             metrics={"training": trained, "heldout": report["heldout"]},
             compute=record,
         )
+    if not model.builtin:
+        write_skipped(STAGE, {"skipped": f"upsample.lm {us.lm!r} is used as it is, untrained"})
     io.write_json(paths.UPSAMPLE_REPORT, report)
     resume.finish(STAGE)
     log.info("upsample: %s", {k: report[k] for k in ("heldout", "suite")})
