@@ -26,9 +26,14 @@ ENV = {
 }
 
 
-def timed(cmd: list[str], cwd: Path, stderr: list[str] | None = None) -> tuple[float, float]:
-    """Run `cmd`; return (seconds, peak summed RSS of its process tree in MiB).
+def timed(
+    cmd: list[str], cwd: Path, stderr: list[str] | None = None, memory: str = "rss"
+) -> tuple[float, float]:
+    """Run `cmd`; return (seconds, peak summed memory of its process tree in MiB).
 
+    memory: "rss" sums resident sets, counting pages that forked workers share with
+    their parent once per process (an upper bound); "pss" sums proportional sets, each
+    shared page split among its sharers (what the tree takes from the machine).
     Its stderr (the log) is appended to `stderr` when given.
     """
     start = time.perf_counter()
@@ -44,7 +49,7 @@ def timed(cmd: list[str], cwd: Path, stderr: list[str] | None = None) -> tuple[f
         while not done.is_set():
             try:
                 tree = [parent, *parent.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree))
+                peak = max(peak, sum(_memory(p, memory) for p in tree))
             except psutil.Error:
                 pass
             time.sleep(0.1)
@@ -59,6 +64,11 @@ def timed(cmd: list[str], cwd: Path, stderr: list[str] | None = None) -> tuple[f
     if stderr is not None:
         stderr.append(err)
     return time.perf_counter() - start, peak / 2**20
+
+
+def _memory(process: psutil.Process, kind: str) -> int:
+    """A process's resident ("rss") or proportional ("pss") set, in bytes."""
+    return process.memory_info().rss if kind == "rss" else process.memory_full_info().pss
 
 
 def make_repo(where: Path, overrides: dict) -> Path:
