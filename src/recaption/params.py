@@ -175,8 +175,8 @@ class AnnotateLMTrain(TrainingSection):
     # subset images it never saw (checked in Params).
     scenes_seed: int = Field(3_000_017, ge=0)
     vocab_size: int = Field(1024, ge=64)  # built-in tokenizer
-    steps: int = Field(1500, ge=1)
-    batch_size: int = Field(64, ge=1)
+    steps: int = Field(600, ge=1)  # about 10 minutes on one CPU thread
+    batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0, le=1)
     warmup_steps: int = Field(50, ge=0)
     weight_decay: float = Field(0.01, ge=0)
