@@ -11,7 +11,7 @@ from recaption import annotations, datasets, lm_annotations, paths
 from recaption.annotations import AnnotationError
 from recaption.models import upsampler as up_lib
 from recaption.params import ParamsError, load_params
-from recaption.stages import annotate, ingest, sample
+from recaption.stages import annotate, captioner, ingest, sample
 from recaption.world import Scene, SceneObject, SceneText, WorldConfig
 from recaption.world.describe import describe_scene
 from test_sample_annotate import real_dataset
@@ -117,11 +117,12 @@ def test_an_instruction_lm_writes_from_the_named_columns(project):
     sample.main()
     save_chat_lm(project.root / "chat-lm")
     source = {"source": "parquet", "path": "src.parquet"}
-    project.write_params(data=source, annotate={"source": "lm", "lm": "chat-lm", "augment": 1,
-                                                "describe_columns": ["caption", "shape"],
-                                                "decoding": {"max_new_tokens": 8},
-                                                "rewrite_decoding": {"strategy": "greedy",
-                                                                     "max_new_tokens": 8}})  # fmt: skip
+    decoding = {"strategy": "greedy", "max_new_tokens": 8}  # a random LM: greedy, non-empty
+    project.write_params(
+        data=source,
+        annotate={"source": "lm", "lm": "chat-lm", "augment": 1, "decoding": decoding,
+                  "describe_columns": ["caption", "shape"], "rewrite_decoding": dict(decoding)},
+    )  # fmt: skip
     report = annotate.main()
     assert not report["lm"]["builtin"] and "training" not in report["lm"]
     short = pq.read_table(paths.SHORT)
@@ -170,6 +171,24 @@ def test_the_lm_scenes_have_their_own_seed(project):
 
 
 def test_with_origin_refuses_an_empty_rewrite():
-    table = pa.table({"key": ["a"], "caption": ["a red circle"]}, schema=annotations.ANNOTATION_SCHEMA)
+    table = pa.table(
+        {"key": ["a"], "caption": ["a red circle"]}, schema=annotations.ANNOTATION_SCHEMA
+    )
     with pytest.raises(AnnotationError, match="1 of 2 are empty"):
         annotations.with_origin(table, annotations.HUMAN, [["two red circles", " "]], "rewrites")
+
+
+def test_the_captioner_stages_train_on_every_row_of_an_augmented_set(project):
+    table = annotations.with_origin(
+        pa.table({"key": ["b", "a"], "caption": ["a blue star", "a red circle"]},
+                 schema=annotations.ANNOTATION_SCHEMA),
+        annotations.HUMAN, [["one blue star"], ["a circle in red"]], "rewrites",
+    )  # fmt: skip
+    paths.SHORT.parent.mkdir(parents=True)
+    pq.write_table(table, paths.SHORT)
+    pairs = captioner.stage_pairs("stage1")
+    assert pairs == [("b", "a blue star"), ("b", "one blue star"),
+                     ("a", "a red circle"), ("a", "a circle in red")]  # fmt: skip
+    assert captioner.of_keys(pairs, ["a", "b"]) == [pairs[2], pairs[3], pairs[0], pairs[1]]
+    assert captioner.of_keys(pairs, ["b"]) == pairs[:2]
+    assert datasets.read_captions(paths.SHORT) == {"b": "a blue star", "a": "a red circle"}

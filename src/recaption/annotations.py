@@ -94,8 +94,9 @@ def with_origin(table: pa.Table, origin: str, rewrites: list[list[str]], what: s
     if empty:
         raise AnnotationError(f"{what}: {empty} of {sum(map(len, rewrites))} are empty")
     keys, captions, origins = [], [], []
-    for key, caption, extra in zip(table.column("key").to_pylist(),
-                                   table.column("caption").to_pylist(), rewrites, strict=True):  # fmt: skip
+    rows = zip(table.column("key").to_pylist(), table.column("caption").to_pylist(), rewrites,
+               strict=True)  # fmt: skip
+    for key, caption, extra in rows:
         keys += [key] * (1 + len(extra))
         captions += [caption, *(r.strip() for r in extra)]
         origins += [origin] + [LM] * len(extra)

@@ -26,7 +26,13 @@ from typing import Any
 from recaption.annotations import AnnotationError
 from recaption.models.captioner import Decoding
 from recaption.models.upsampler import Upsampler
-from recaption.world import WorldConfig, descriptive_caption, example_rng, sample_scene, short_caption
+from recaption.world import (
+    WorldConfig,
+    descriptive_caption,
+    example_rng,
+    sample_scene,
+    short_caption,
+)
 from recaption.world.describe import describe_scene
 
 # Rewrite round r decodes with seed + (r + 1) * ROUND_SEED, so no two rounds (nor the
@@ -100,7 +106,9 @@ def describe_row(row: dict[str, Any], names: Sequence[str]) -> str:
 def _text(value: Any) -> str:
     if value is None:
         return ""
-    return " ".join(str(value).split()) if not isinstance(value, (list, dict)) else json.dumps(value)
+    return (
+        " ".join(str(value).split()) if not isinstance(value, (list, dict)) else json.dumps(value)
+    )
 
 
 def check_instruction_lm(up: Upsampler, spec: str) -> None:

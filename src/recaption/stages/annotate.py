@@ -172,7 +172,9 @@ def set_report(params: Params, name: str, table: pa.Table) -> dict:
     origins = table.column("origin").to_pylist()
     out["origin"] = {o: origins.count(o) for o in sorted(set(origins))}
     if params.data.source == "synthetic" and annotations.LM in origins:
-        written = [r for r, o in zip(table.to_pylist(), origins, strict=True) if o == annotations.LM]
+        written = [
+            r for r, o in zip(table.to_pylist(), origins, strict=True) if o == annotations.LM
+        ]
         out["facts"] = fact_scores(name, written)
     return out
 

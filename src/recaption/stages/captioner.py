@@ -71,9 +71,7 @@ def feature_dims(emb: embed.Embeddings, grid: int) -> tuple[int, int, int]:
     return emb.vectors.shape[1], cells, emb.grid.shape[1] // cells
 
 
-def start_model(
-    stage: str, params: Params, emb: embed.Embeddings, pairs: list[tuple[str, str]]
-):
+def start_model(stage: str, params: Params, emb: embed.Embeddings, pairs: list[tuple[str, str]]):
     """The weights a stage starts from: its parent stage's, or a new captioner for pretrain."""
     if stage in PARENT:
         return captioner_lib.load(folder(PARENT[stage]))

@@ -18,7 +18,9 @@ def describe_scene(scene: Scene) -> str:
     text."""
     groups: dict[tuple[str, str], list[str]] = {}
     for obj in scene.objects:  # reading order
-        groups.setdefault((obj.colour, obj.shape), []).append(_placed(obj, obj is scene.main_object))
+        groups.setdefault((obj.colour, obj.shape), []).append(
+            _placed(obj, obj is scene.main_object)
+        )
     parts = [f"background {scene.background}"]
     for (colour, shape), placed in groups.items():
         count = f" x{len(placed)}" if len(placed) > 1 else ""
