@@ -1,8 +1,13 @@
 """The two caption sets for the subset: short (the main subject) and descriptive.
 
 They come from dataset columns (the synthetic world's references, or columns a
-real source carried) or from a user's file of key -> caption. Every subset key
-must get a non-empty caption; otherwise the error says how many and which.
+real source carried), from a user's file of key -> caption, or from a language model
+(recaption.lm_annotations). Every subset key must get a non-empty caption; otherwise
+the error says how many and which.
+
+When a language model wrote or rewrote captions, a set also has an `origin` column
+(`human`: the user's, the references; `lm`: the model's) and a key may have several
+rows: its caption first, then its rewrites. Without one, the table is as it always was.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import pyarrow.parquet as pq
 from recaption.errors import UserError
 
 ANNOTATION_SCHEMA = pa.schema([("key", pa.string()), ("caption", pa.string())])
+ORIGIN_SCHEMA = ANNOTATION_SCHEMA.append(pa.field("origin", pa.string()))
+HUMAN, LM = "human", "lm"
 
 
 class AnnotationError(UserError, ValueError):
@@ -74,3 +81,23 @@ def select(captions: dict[str, str | None], keys: list[str], what: str) -> pa.Ta
 def mean_words(table: pa.Table) -> float:
     captions = table.column("caption").to_pylist()
     return sum(len(c.split()) for c in captions) / len(captions) if captions else 0.0
+
+
+def with_origin(table: pa.Table, origin: str, rewrites: list[list[str]], what: str) -> pa.Table:
+    """The set with an `origin` column: row i's caption (from `origin`), then its LM
+    rewrites `rewrites[i]`; an error if a rewrite is empty.
+
+    Args:
+        what: names the rewrites in the error ("rewrites of the short captions").
+    """
+    empty = sum(not r.strip() for row in rewrites for r in row)
+    if empty:
+        raise AnnotationError(f"{what}: {empty} of {sum(map(len, rewrites))} are empty")
+    keys, captions, origins = [], [], []
+    rows = zip(table.column("key").to_pylist(), table.column("caption").to_pylist(), rewrites,
+               strict=True)  # fmt: skip
+    for key, caption, extra in rows:
+        keys += [key] * (1 + len(extra))
+        captions += [caption, *(r.strip() for r in extra)]
+        origins += [origin] + [LM] * len(extra)
+    return pa.table({"key": keys, "caption": captions, "origin": origins}, schema=ORIGIN_SCHEMA)

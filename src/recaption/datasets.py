@@ -22,11 +22,20 @@ def read_splits(path: str | Path) -> dict[str, set[str]]:
 
 
 def read_captions(path: str | Path) -> dict[str, str]:
-    """key -> caption of an annotations (or captions) parquet file."""
+    """key -> caption of an annotations (or captions) parquet file: a key's first row
+    where it has several (an annotation set's LM rewrites follow its caption)."""
+    out: dict[str, str] = {}
+    for key, caption in read_caption_rows(path):
+        out.setdefault(key, caption)
+    return out
+
+
+def read_caption_rows(path: str | Path) -> list[tuple[str, str]]:
+    """(key, caption) of every row of an annotations parquet file, in file order: with
+    `annotate.augment`, a key's caption and then its rewrites."""
     table = pq.read_table(path, columns=["key", "caption"])
-    return dict(
-        zip(table.column("key").to_pylist(), table.column("caption").to_pylist(), strict=True)
-    )
+    keys, captions = table.column("key").to_pylist(), table.column("caption").to_pylist()
+    return list(zip(keys, captions, strict=True))
 
 
 def load_rows(dataset_dir: str | Path, columns: list[str], keys: set[str] | None = None) -> list:

@@ -168,20 +168,78 @@ class SampleParams(Section):
     stratify: str | None = None
 
 
+class DecodingParams(Section):
+    """How one kind of caption is decoded (`max_new_tokens`' default is each use's own)."""
+
+    strategy: Literal["greedy", "beam", "sample"] = "greedy"
+    max_new_tokens: int = Field(ge=1, le=1024)
+    num_beams: int = Field(3, ge=1, le=64)  # beam
+    top_p: float = Field(0.9, gt=0, le=1)  # sample
+    temperature: float = Field(1.0, gt=0)  # sample
+
+
+class AnnotateLMTrain(TrainingSection):
+    """annotate.lm_train: how the built-in LM (a GPT-2 config JSON) is trained, inside the
+    stage, on fresh scenes of the built-in world (recaption.lm_annotations.world_pairs)."""
+
+    scenes: int = Field(2000, ge=1)  # fresh scenes, each giving one pair per task
+    # Their own seed, never the dataset's or the evaluation's: the LM writes captions for
+    # subset images it never saw (checked in Params).
+    scenes_seed: int = Field(3_000_017, ge=0)
+    vocab_size: int = Field(1024, ge=64)  # built-in tokenizer
+    steps: int = Field(600, ge=1)  # about 10 minutes on one CPU thread
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0, le=1)
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    max_source_tokens: int = Field(56, ge=1)  # "<task>: <description or caption>", cut here
+    max_tokens: int = Field(64, ge=2)  # the written caption, in training
+    precision: Precision = "auto"
+
+
+_ANNOTATE_DEFAULTS = {
+    "decoding": {"max_new_tokens": 64},
+    "rewrite_decoding": {"strategy": "sample", "max_new_tokens": 64},
+}
+
+
 class AnnotateParams(Section):
     """annotate: where the short and descriptive caption sets for the subset come from."""
 
-    source: Literal["synthetic", "column", "file"] = "synthetic"
+    source: Literal["synthetic", "column", "file", "lm"] = "synthetic"
     short_column: str = "short"
     descriptive_column: str = "descriptive"
     short_file: str | None = None
     descriptive_file: str | None = None
+    # source lm: the dataset columns or meta fields that describe each image (alt-text,
+    # tags, metadata); empty: each image's scene record (the built-in world only).
+    describe_columns: list[str] = []
+    augment: int = Field(0, ge=0, le=64)  # LM rewrites of each caption that join its set
+    # The LM for source lm and augment: a GPT-2 config JSON (built-in world only: trained
+    # here, see lm_train) or an instruction LM with a chat template (model id or folder).
+    lm: ModelRef = "configs/captioner/tiny-gpt2.json"
+    lm_train: AnnotateLMTrain = AnnotateLMTrain()
+    device: Device = "auto"  # where the LM trains and writes
+    decoding: DecodingParams = DecodingParams(**_ANNOTATE_DEFAULTS["decoding"])  # the sets
+    rewrite_decoding: DecodingParams = DecodingParams(**_ANNOTATE_DEFAULTS["rewrite_decoding"])
+    generate_batch_size: int = Field(64, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _decoding_defaults(cls, data: Any) -> Any:
+        return _with_defaults(data, _ANNOTATE_DEFAULTS)
 
     @model_validator(mode="after")
     def _files_given(self) -> AnnotateParams:
         if self.source == "file" and not (self.short_file and self.descriptive_file):
             raise ValueError("source 'file' needs both short_file and descriptive_file")
         return self
+
+    @property
+    def uses_lm(self) -> bool:
+        """Whether the stage runs the LM: it writes the sets or rewrites their captions."""
+        return self.source == "lm" or self.augment > 0
 
 
 class ContrastiveParams(Section):
@@ -316,16 +374,6 @@ class CaptionerParams(Section):
     @classmethod
     def _stage_defaults(cls, data: Any) -> Any:
         return _with_defaults(data, _STAGE_DEFAULTS)
-
-
-class DecodingParams(Section):
-    """How one kind of caption is decoded (`max_new_tokens`' default is each use's own)."""
-
-    strategy: Literal["greedy", "beam", "sample"] = "greedy"
-    max_new_tokens: int = Field(ge=1, le=1024)
-    num_beams: int = Field(3, ge=1, le=64)  # beam
-    top_p: float = Field(0.9, gt=0, le=1)  # sample
-    temperature: float = Field(1.0, gt=0)  # sample
 
 
 _DECODING_DEFAULTS = {"short": {"max_new_tokens": 24}, "descriptive": {"max_new_tokens": 80}}
@@ -602,6 +650,19 @@ class Params(Section):
                 f"clip.train.corpus_seed ({train.corpus_seed}) must differ from seed and "
                 "evaluate.seed: the corpus is fresh renders, never the dataset's images or the "
                 "evaluation's"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _own_annotation_scenes(self) -> Params:
+        ann = self.annotate
+        if not ann.uses_lm or self.data.source != "synthetic":
+            return self  # real data: the LM is an instruction LM, trained on nothing here
+        if ann.lm_train.scenes_seed in (self.seed, self.evaluate.seed):
+            raise ValueError(
+                f"annotate.lm_train.scenes_seed ({ann.lm_train.scenes_seed}) must differ from "
+                "seed and evaluate.seed: the LM learns from fresh scenes, never the dataset's "
+                "or the evaluation's"
             )
         return self
 

@@ -63,6 +63,12 @@ class Upsampler:
         self.max_source_tokens = max_source_tokens  # built-in: longer sources are truncated
         self.decoding = decoding  # how `rewrite` decodes unless told otherwise; saved with it
 
+    def instructed(self, instruction: str) -> Upsampler:
+        """The same LM told another task (an instruction LM's system message); shares the
+        weights, so one loaded LM serves several instructions."""
+        return Upsampler(self.lm, self.tokenizer, self.builtin, instruction,
+                         self.max_source_tokens, self.decoding)  # fmt: skip
+
     def check_length(self, rewrite_tokens: int, key: str) -> None:
         """Refuse a built-in source + rewrite length the LM's position table cannot hold."""
         limit = getattr(self.lm.config, "max_position_embeddings", None)
@@ -167,18 +173,19 @@ def create(
     seed: int,
     max_source_tokens: int = 40,
     decoding: Decoding = DEFAULT_DECODING,
+    key: str = "upsample.lm",
 ) -> Upsampler:
-    """The upsampler `upsample.lm` names.
+    """The upsampler `upsample.lm` (or the params key `key`) names.
 
     Args:
         spec: a GPT-2 config JSON (built-in: fresh weights, tokenizer trained on
             `texts`, to be trained with `train`), a local folder or a model id (used
-            as it is, through `INSTRUCTION`).
+            as it is, through `INSTRUCTION` unless `instructed` otherwise).
     """
     try:
         lm, tokenizer = create_lm(spec, texts, vocab_size, seed)
     except CaptionerError as err:
-        raise CaptionerError(str(err).replace("captioner.lm", "upsample.lm")) from err
+        raise CaptionerError(str(err).replace("captioner.lm", key)) from err
     builtin = Path(spec).suffix == ".json"
     return Upsampler(lm, tokenizer, builtin, INSTRUCTION, max_source_tokens, decoding)
 

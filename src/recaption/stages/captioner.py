@@ -35,13 +35,25 @@ def folder(stage: str) -> Path:
     return paths.CAPTIONER / stage
 
 
-def stage_pairs(stage: str) -> dict[str, str]:
-    """key -> caption this stage trains on."""
+def stage_pairs(stage: str) -> list[tuple[str, str]]:
+    """(key, caption) pairs this stage trains on: one per image, or with annotate.augment
+    an image's caption and its rewrites."""
     if stage in CAPTION_SETS:
-        return datasets.read_captions(CAPTION_SETS[stage])
+        return datasets.read_caption_rows(CAPTION_SETS[stage])
     heldout = datasets.read_splits(paths.SPLITS)["heldout"]
     rows = datasets.load_rows(paths.DATASET, ["caption"])
-    return {r["key"]: r["caption"] for r in rows if r["key"] not in heldout}
+    return [(r["key"], r["caption"]) for r in rows if r["key"] not in heldout]
+
+
+def of_keys(pairs: list[tuple[str, str]], keys: list[str]) -> list[tuple[str, str]]:
+    """The pairs of `keys`, in key order (a key's pairs in file order)."""
+    chosen = set(keys)
+    return sorted((p for p in pairs if p[0] in chosen), key=lambda p: p[0])
+
+
+def features_and_captions(emb: embed.Embeddings, pairs: list[tuple[str, str]]) -> tuple:
+    """(features (N, ...), captions) of `pairs`, row for row."""
+    return features_of(emb, [k for k, _ in pairs]), [c for _, c in pairs]
 
 
 def features_of(emb: embed.Embeddings, keys: list[str]) -> torch.Tensor:
@@ -59,14 +71,14 @@ def feature_dims(emb: embed.Embeddings, grid: int) -> tuple[int, int, int]:
     return emb.vectors.shape[1], cells, emb.grid.shape[1] // cells
 
 
-def start_model(stage: str, params: Params, emb: embed.Embeddings, pairs: dict[str, str]):
+def start_model(stage: str, params: Params, emb: embed.Embeddings, pairs: list[tuple[str, str]]):
     """The weights a stage starts from: its parent stage's, or a new captioner for pretrain."""
     if stage in PARENT:
         return captioner_lib.load(folder(PARENT[stage]))
     cp = params.captioner
-    texts = list(pairs.values())
+    texts = [caption for _, caption in pairs]
     for path in CAPTION_SETS.values():  # the tokenizer must also know the tuning captions
-        texts += list(datasets.read_captions(path).values())
+        texts += [caption for _, caption in datasets.read_caption_rows(path)]
     return captioner_lib.create(
         cp.lm,
         texts,
@@ -90,7 +102,7 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
     sp: CaptionerStageParams = getattr(params.captioner, stage)
     par = Parallel.start(devices.resolve(sp.device, f"captioner.{stage}.device"))
     pairs = stage_pairs(stage)
-    keys = sorted(pairs)
+    keys = sorted({key for key, _ in pairs})
     n_val = max(1, round(len(keys) * params.captioner.val_fraction))
     val_keys = sorted(sampling.pick(keys, n_val, params.seed, f"captioner-{stage}-val"))
     train_keys = sorted(set(keys) - set(val_keys))
@@ -98,16 +110,18 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
     model = start_model(stage, params, emb, pairs)
     key = f"captioner.{stage}.precision"
     compute, record = precision.settle(sp.precision, par.device, key)
-    config = train_config(sp, len(train_keys), params.seed, compute)
+    # Validation holds out images, so no rewrite of a validation caption is trained on.
+    train_pairs, val_pairs = of_keys(pairs, train_keys), of_keys(pairs, val_keys)
+    config = train_config(sp, len(train_pairs), params.seed, compute)
     log.info(
         "captioner %s: %d train / %d val pairs, %d steps",
         stage,
-        len(train_keys),
-        len(val_keys),
+        len(train_pairs),
+        len(val_pairs),
         config.steps,
     )
-    train = (features_of(emb, train_keys), [pairs[k] for k in train_keys])
-    val = (features_of(emb, val_keys), [pairs[k] for k in val_keys])
+    train = features_and_captions(emb, train_pairs)
+    val = features_and_captions(emb, val_pairs)
     checkpoints = resume.checkpoints(f"captioner_{stage}", [model, *train, *val, config], record,
                                      config.steps, clean=par.is_main)  # fmt: skip
     with main_live(f"captioner_{stage}", par.is_main) as live:

@@ -24,13 +24,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recaption import datasets, devices, io, lineage, paths, precision, resume, sampling
-from recaption.live import main_live, step_logger, write_skipped
+from recaption import datasets, devices, io, lineage, paths, resume, sampling
+from recaption.live import write_skipped
 from recaption.metrics.upsampling import faithfulness
 from recaption.models import upsampler as up_lib
 from recaption.models.captioner import Decoding
 from recaption.parallel import Parallel
 from recaption.params import Params, load_params
+from recaption.upsampler_fit import fit_builtin
 from recaption.world import Scene, scene_prompt
 
 log = logging.getLogger(__name__)
@@ -86,14 +87,7 @@ def build(params: Params, par: Parallel) -> tuple[up_lib.Upsampler, dict, dict |
     if not model.builtin:
         log.info("upsample: %s is used as it is, through its instruction", us.lm)
         return model, {}, None
-    compute, record = precision.settle(us.precision, par.device, "upsample.precision")
-    config = up_lib.UpsampleTrainConfig.of(us, seed=params.seed, precision=compute)
-    identity = [model.lm, pairs, model.max_source_tokens, config]
-    checkpoints = resume.checkpoints(STAGE, identity, record, config.steps, clean=par.is_main)
-    with main_live(STAGE, par.is_main) as live:
-        trained = up_lib.train(
-            model, pairs, config, step_logger(live) if live else None, par, checkpoints
-        )
+    trained, record = fit_builtin(model, pairs, us, params.seed, par, STAGE, "upsample")
     return model, trained, record
 
 
