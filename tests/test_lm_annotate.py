@@ -15,7 +15,9 @@ from recaption.stages import annotate, captioner, ingest, sample
 from recaption.world import Scene, SceneObject, SceneText, WorldConfig
 from recaption.world.describe import describe_scene
 from test_sample_annotate import real_dataset
-from test_upsample import TINY_LM, save_chat_lm
+from test_upsample import TINY_LM
+
+from real_tiny import write_lm
 
 # The tests' GPT-2 (64 positions), trained for seconds: enough to write non-empty text.
 TINY_ANNOTATE = {
@@ -115,7 +117,7 @@ def test_without_an_lm_the_sets_keep_their_two_columns(project):
 def test_an_instruction_lm_writes_from_the_named_columns(project):
     real_dataset(project, with_columns=False)
     sample.main()
-    save_chat_lm(project.root / "chat-lm")
+    write_lm(project.root / "chat-lm", ["a red circle on a white background"])
     source = {"source": "parquet", "path": "src.parquet"}
     decoding = {"strategy": "greedy", "max_new_tokens": 8}  # a random LM: greedy, non-empty
     project.write_params(
@@ -131,7 +133,7 @@ def test_an_instruction_lm_writes_from_the_named_columns(project):
 
 
 def test_an_instruction_lm_is_told_each_task_through_its_chat_template(tmp_path):
-    save_chat_lm(tmp_path / "chat-lm")
+    write_lm(tmp_path / "chat-lm", ["a red circle on a white background"])
     up = up_lib.create(str(tmp_path / "chat-lm"), [], 300, 0)
     short = up.instructed(lm_annotations.SHORT.instruction)
     prompt = short.tokenizer.decode(short.prompt_ids(lm_annotations.SHORT.input("caption: a dog")))
@@ -147,7 +149,7 @@ def test_an_instruction_lm_is_told_each_task_through_its_chat_template(tmp_path)
 def test_lm_annotation_refusals(project):
     real_dataset(project, with_columns=False)
     sample.main()
-    save_chat_lm(project.root / "chat-lm")
+    write_lm(project.root / "chat-lm", ["a red circle on a white background"])
     source = {"source": "parquet", "path": "src.parquet"}
     project.write_params(data=source, annotate={"source": "lm", "lm": "chat-lm"})
     with pytest.raises(AnnotationError, match="needs annotate.describe_columns"):
