@@ -35,7 +35,7 @@ PACKAGE = "recaption"
 PIPELINE = frozenset({
     "__main__", "audit", "blend_params", "cards", "clean", "cli", "compare", "embed",
     "engine", "experiments", "ladder", "lineage", "live", "params", "paths", "resume",
-    "runner", "stages", "synthetic", "upsampler_fit",
+    "profiles", "runner", "stages", "synthetic", "upsampler_fit",
 })  # fmt: skip
 STAGES = "stages"
 # Third-party packages only the pipeline may import.

@@ -168,9 +168,12 @@ def test_a_stage2_edit_retrains_only_stage2_and_recaptions(repo):
     }  # fmt: skip
     write_params(repo, blend={"synthetic_ratio": 0.8})
     assert would_run(repo) == {"blend", "train_generator", "evaluate"}
-    # Relabeling with upsampled captions first rewrites the ground truth.
+    # Relabeling with upsampled captions first rewrites the ground truth, which the
+    # caption report then scores beside the other caption sets.
     write_params(repo, blend={"use_upsampled": True})
-    assert would_run(repo) == {"upsample_captions", "blend", "train_generator", "evaluate"}
+    assert would_run(repo) == {
+        "upsample_captions", "caption_report", "blend", "train_generator", "evaluate"
+    }  # fmt: skip
     # Another generator seed trains another generator on the same caption version.
     write_params(repo, generator={"seed": 1})
     assert would_run(repo) == {"train_generator", "evaluate"}
