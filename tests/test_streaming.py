@@ -111,8 +111,8 @@ def test_only_the_training_keys_are_streamed(shards):
 
 
 def test_fits_in_memory_counts_uint8_pixels():
-    assert streaming.fits_in_memory(10, 8, 10 * 3 * 64)
-    assert not streaming.fits_in_memory(11, 8, 10 * 3 * 64)
+    assert datasets.fits_in_memory(10, 8, 10 * 3 * 64)
+    assert not datasets.fits_in_memory(11, 8, 10 * 3 * 64)
 
 
 class Crash(Exception):

@@ -49,9 +49,14 @@ def load_rows(dataset_dir: str | Path, columns: list[str], keys: set[str] | None
     return rows
 
 
+def fits_in_memory(n: int, size: int, limit: int) -> bool:
+    """Whether n uint8 images at `size` px take at most `limit` bytes."""
+    return n * 3 * size * size <= limit
+
+
 def images_tensor(pngs: list[bytes], size: int) -> torch.Tensor:
     """uint8 (N, 3, size, size) from encoded images, centre-cropped/resized when needed."""
-    if len(pngs) * 3 * size * size > MAX_IN_MEMORY_BYTES:
+    if not fits_in_memory(len(pngs), size, MAX_IN_MEMORY_BYTES):
         raise MemoryError(
             f"{len(pngs)} images at {size} px do not fit in memory for in-pipeline training; "
             "use a pretrained model or fewer images"

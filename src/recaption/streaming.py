@@ -229,8 +229,3 @@ def _in_order(
             w, k, i, image = next(items)
             early[(w, k)] = (i, image)
         yield early.pop(position)
-
-
-def fits_in_memory(n: int, size: int, limit: int) -> bool:
-    """Whether n uint8 images at `size` px take at most `limit` bytes."""
-    return n * 3 * size * size <= limit

@@ -73,7 +73,7 @@ def streams(params: Params, n: int, size: int) -> bool:
     sp = params.data.stream
     if sp.mode != "auto":
         return sp.mode == "always"
-    return not streaming.fits_in_memory(n, size, int(sp.memory_gb * (1 << 30)))
+    return not datasets.fits_in_memory(n, size, int(sp.memory_gb * (1 << 30)))
 
 
 def edge_pixels(
