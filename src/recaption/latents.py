@@ -7,6 +7,11 @@ the generator multiplies by the autoencoder's `scaling_factor`). A rerun leaves 
 shard alone when its keys, pixel hashes and autoencoder are unchanged, rebuilds the
 others from latents already computed for the same (pixels, autoencoder), and encodes
 only the rest: adding images to the dataset encodes only the new ones.
+
+The same cache serves a saved pipeline's frozen VAE (a Stable Diffusion folder as
+`generator.model`): its identity is then the folder VAE's weights and config and the
+size the pipeline draws at (`pipeline_vae`). `text_states` keeps a frozen text
+encoder's states in the same format.
 """
 
 from __future__ import annotations
@@ -47,24 +52,36 @@ class CacheResult:
         return asdict(self)
 
 
+def array_columns(name: str, arrays: np.ndarray) -> dict[str, pa.Array]:
+    """(N, ...) float32 arrays as two columns: "shape" (of one row) and `name`."""
+    flat = pa.array(np.ascontiguousarray(arrays, dtype=np.float32).ravel(), pa.float32())
+    size = int(np.prod(arrays.shape[1:]))
+    shape = ",".join(map(str, arrays.shape[1:]))
+    return {
+        "shape": pa.array([shape] * len(arrays), pa.string()),
+        name: pa.FixedSizeListArray.from_arrays(flat, size),
+    }
+
+
+def stacked(table: pa.Table, name: str) -> np.ndarray:
+    """The (N, ...) float32 arrays `array_columns` wrote as column `name`."""
+    shapes = set(table.column("shape").to_pylist()) or {"0"}
+    shape = tuple(int(s) for s in shapes.pop().split(","))
+    flat = table.column(name).combine_chunks().flatten().to_numpy()
+    return flat.reshape(table.num_rows, *shape)
+
+
 def _table(keys, shas, fingerprint: str, latents: np.ndarray) -> pa.Table:
-    flat = pa.array(np.ascontiguousarray(latents, dtype=np.float32).ravel(), pa.float32())
-    size = int(np.prod(latents.shape[1:]))
-    shape = ",".join(map(str, latents.shape[1:]))
     return pa.table({
         "key": pa.array(keys, pa.string()),
         "sha256": pa.array(shas, pa.string()),
         "autoencoder": pa.array([fingerprint] * len(keys), pa.string()),
-        "shape": pa.array([shape] * len(keys), pa.string()),  # (C, h, w) of `latent`
-        "latent": pa.FixedSizeListArray.from_arrays(flat, size),
+        **array_columns("latent", latents),  # shape: (C, h, w) of `latent`
     })  # fmt: skip
 
 
 def _latents(table: pa.Table) -> np.ndarray:
-    shapes = set(table.column("shape").to_pylist()) or {"0"}
-    shape = tuple(int(s) for s in shapes.pop().split(","))
-    flat = table.column("latent").combine_chunks().flatten().to_numpy()
-    return flat.reshape(table.num_rows, *shape)
+    return stacked(table, "latent")
 
 
 class _Old:
@@ -125,6 +142,35 @@ def update(
         stale.unlink()
     log.info("encode_latents: %s", json.dumps(result.to_dict()))
     return result
+
+
+def pipeline_vae(folder: str | Path) -> tuple[Path, str, int] | None:
+    """A saved pipeline's VAE (a Stable Diffusion folder, or one this project saved in a
+    latent space): (its folder, its identity, the image size the pipeline draws at), or
+    None when `folder` is no saved pipeline with a VAE (an architecture JSON, pixels).
+
+    The identity is the VAE's weights and config and the size: the same VAE under a UNet
+    of another sample size encodes other images.
+    """
+    folder = Path(folder)
+    vae_dir = folder / "vae"
+    if not (folder / "model_index.json").is_file() or not (vae_dir / "config.json").is_file():
+        return None
+    vae_config = json.loads((vae_dir / "config.json").read_text())
+    unet_config = json.loads((folder / "unet" / "config.json").read_text())
+    size = unet_config["sample_size"] * 2 ** (len(vae_config["block_out_channels"]) - 1)
+    identity = io.sha256_bytes(f"{ae_lib.fingerprint(vae_dir)}:{size}px".encode())
+    return vae_dir, identity, size
+
+
+def stored_fingerprint(folder: str | Path) -> str | None:
+    """The cache fingerprint `folder`'s latents were encoded under (None: no latents)."""
+    shards = sorted(Path(folder).glob(io.SHARD_GLOB)) if Path(folder).is_dir() else []
+    found = {
+        fp for path in shards
+        for fp in pq.read_table(path, columns=["autoencoder"]).column("autoencoder").to_pylist()
+    }  # fmt: skip
+    return found.pop() if len(found) == 1 else None
 
 
 def read(folder: str | Path, keys: list[str]) -> torch.Tensor:

@@ -9,7 +9,9 @@ reports/autoencoder.json and reports/autoencoder.png (held-out images above thei
 reconstructions). With `autoencoder.model: none` the generator works in pixel space
 (or, a saved pipeline, in its own VAE's) and the folder holds only its lineage.
 
-encode_latents brings data/latents/ up to date: see `recaption.latents`.
+encode_latents brings data/latents/ up to date: see `recaption.latents`. Its VAE is the
+trained autoencoder, or, with `autoencoder.model: none` and a saved pipeline folder as
+`generator.model` (Stable Diffusion), that folder's frozen VAE.
 """
 
 from __future__ import annotations
@@ -147,6 +149,16 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     return report
 
 
+def latent_source(params: Params) -> tuple[Path, str, int] | None:
+    """The frozen VAE whose latents the generator trains on, as (its folder, its identity,
+    the image size): the VAE of the saved pipeline `generator.model` (a Stable Diffusion
+    folder), else the trained autoencoder; None in pixel space."""
+    saved = latents.pipeline_vae(params.generator.model)
+    if saved is not None or not ae_lib.is_trained(paths.AUTOENCODER):
+        return saved
+    return paths.AUTOENCODER, ae_lib.fingerprint(paths.AUTOENCODER), params.data.image_size
+
+
 def encode_main(params_path: Path = paths.PARAMS) -> dict:
     """encode_latents: data/latents/ for every dataset image (empty without an autoencoder).
 
@@ -155,15 +167,16 @@ def encode_main(params_path: Path = paths.PARAMS) -> dict:
     """
     params = load_params(params_path)
     result = latents.CacheResult()
-    if not ae_lib.is_trained(paths.AUTOENCODER):
+    source = latent_source(params)
+    if source is None:
         paths.LATENTS.mkdir(parents=True, exist_ok=True)
         for stale in paths.LATENTS.glob(io.SHARD_GLOB):
             stale.unlink()
         report = {"images": 0, "shards": 0, "autoencoder": None}
     else:
-        vae = ae_lib.load(paths.AUTOENCODER)
-        identity = ae_lib.fingerprint(paths.AUTOENCODER)
-        result = latents.update(vae, identity, paths.DATASET, paths.LATENTS, params.data.image_size)
+        vae_dir, identity, size = source
+        vae = ae_lib.load(vae_dir)
+        result = latents.update(vae, identity, paths.DATASET, paths.LATENTS, size)
         report = {"images": result.images, "shards": len(io.shard_paths(paths.LATENTS)),
                   "autoencoder": latents.cache_fingerprint(identity)}  # fmt: skip
     io.write_json(paths.LATENTS_REPORT, report)
