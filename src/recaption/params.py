@@ -447,6 +447,25 @@ class BlendParams(Section):
     use_upsampled: bool = False
 
 
+class LoraParams(Section):
+    """generator.lora: a low-rank adapter on a saved pipeline's UNet (recaption.models.lora),
+    merged into the UNet before it is saved."""
+
+    rank: int = Field(0, ge=0)  # 0: off, the whole UNet trains
+    alpha: float | None = Field(None, gt=0)  # the update is scaled by alpha / rank; None: rank
+    targets: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]  # layer names the adapters wrap
+
+    @property
+    def scale_alpha(self) -> float:
+        return float(self.alpha if self.alpha is not None else self.rank)
+
+    @model_validator(mode="after")
+    def _targets_when_on(self) -> LoraParams:
+        if self.rank and not self.targets:
+            raise ValueError("lora.targets is empty: name the layers the adapters wrap")
+        return self
+
+
 class GeneratorParams(TrainingSection):
     """train_generator: the text-to-image model trained on the blend."""
 
@@ -470,8 +489,19 @@ class GeneratorParams(TrainingSection):
     edge_weight: float = Field(0.0, ge=0)  # extra denoising-loss weight near outlines
     checkpoint_every: int = Field(200, ge=0)  # steps between resumable checkpoints (0: none)
     train_text_encoder: bool = True  # built-in: trained jointly; false keeps it frozen
+    lora: LoraParams = LoraParams()  # a saved pipeline's UNet: train a LoRA (rank 0: off)
     precision: Precision = "auto"
     device: Device = "auto"
+
+    @model_validator(mode="after")
+    def _lora_needs_a_pretrained_unet(self) -> GeneratorParams:
+        if self.lora.rank and self.model.endswith(".json"):
+            raise ValueError(
+                f"lora.rank={self.lora.rank} adapts a pretrained UNet, but generator.model is "
+                f"an architecture JSON ({self.model}): name a saved pipeline folder, or set "
+                "lora.rank: 0"
+            )
+        return self
 
 
 class AutoencoderParams(TrainingSection):

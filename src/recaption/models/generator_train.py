@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
+from recaption.models import lora
 from recaption.models.autoencoder import edge_weights
 from recaption.models.generator import GeneratorPipeline, choose_attention
 from recaption.models.schedule import OptimConfig
@@ -42,7 +43,10 @@ def _trainable(pipe: GeneratorPipeline, config: GeneratorTrainConfig) -> dict:
     pipe.text_encoder.requires_grad_(config.train_text_encoder)
     if pipe.vae is not None:
         pipe.vae.requires_grad_(False)
-    named = {f"unet.{n}": p for n, p in pipe.unet.named_parameters()}
+    # With LoRA (`recaption.models.lora`), only the adapters train; the base UNet is frozen.
+    adapters = lora.adapted(pipe.unet)
+    named = {f"unet.{n}": p for n, p in pipe.unet.named_parameters()
+             if not adapters or lora.is_adapter(n)}  # fmt: skip
     if config.train_text_encoder:
         named.update({f"text_encoder.{n}": p for n, p in pipe.text_encoder.named_parameters()})
     return named
@@ -71,12 +75,17 @@ def noise_schedule(pipe: GeneratorPipeline) -> DDPMScheduler:
 class Denoiser(torch.nn.Module):
     """A pipeline's trainable parts behind one forward, the denoising loss (what DDP wraps)."""
 
-    def __init__(self, pipe: GeneratorPipeline, snr_gamma: float = 0.0):
+    def __init__(
+        self, pipe: GeneratorPipeline, snr_gamma: float = 0.0,
+        text_states: Callable[[list[str]], torch.Tensor] | None = None,
+    ):  # fmt: skip
         super().__init__()
         self.unet, self.text_encoder = pipe.unet, pipe.text_encoder
         self.snr_gamma = snr_gamma
         self.schedule = noise_schedule(pipe)
         self._pipe = [pipe]  # in a list: not registered twice as a submodule
+        # A frozen text encoder's cached states (`recaption.text_states`), or None: encode.
+        self._text_states = [text_states]
 
     def forward(
         self,
@@ -89,7 +98,8 @@ class Denoiser(torch.nn.Module):
         """The denoising loss; `weights` (B, 1, h, w) weigh its positions (mean 1 kept)."""
         pipe = self._pipe[0]
         noisy = self.schedule.add_noise(x0, noise, t)
-        states = pipe.encode_prompts(captions)
+        cached = self._text_states[0]
+        states = pipe.encode_prompts(captions) if cached is None else cached(captions).to(x0.device)
         pred = self.unet(pipe.unet_input(noisy), t, encoder_hidden_states=states).sample
         target = training_target(self.schedule, x0, noise, t)
         if weights is None and not self.snr_gamma:
@@ -168,6 +178,7 @@ def train_generator(
     log_step: Callable[[int, dict], None] | None = None,
     par: Parallel | None = None,
     pixels: torch.Tensor | None = None,
+    text_states: Callable[[list[str]], torch.Tensor] | None = None,
 ) -> dict:
     """Train `pipe` in place through the shared loop (`training.fit`), then load the EMA
     weights into it.
@@ -182,6 +193,8 @@ def train_generator(
         par: data-parallel training (see recaption.parallel): each process draws the
             step's whole batch and its noise, and trains on its slice.
         pixels: the uint8 images the edge-weighted loss reads (`config.edge_weight`).
+        text_states: captions -> (B, T, d) states of a frozen text encoder, cached
+            (`recaption.text_states.TextStates`); None: the text encoder runs every step.
     Returns:
         {"steps", "resumed_from", "loss" (last window, over every process), "images_per_s"}.
     """
@@ -189,7 +202,9 @@ def train_generator(
     pipe.to(par.device)
     choose_attention(pipe, config.precision, par.device)
     named = _trainable(pipe, config)
-    step_loss = _step_loss(pipe, images, captions_for_epoch, config, par, pixels)
+    if text_states is not None and config.train_text_encoder:
+        raise ValueError("cached text states need a frozen text encoder")
+    step_loss = _step_loss(pipe, images, captions_for_epoch, config, par, pixels, text_states)
     pipe.unet.train()
     pipe.text_encoder.train(config.train_text_encoder)
     every = config.checkpoint_every
@@ -210,12 +225,12 @@ def train_generator(
     }
 
 
-def _step_loss(pipe, images, captions_for_epoch, config, par, pixels):
+def _step_loss(pipe, images, captions_for_epoch, config, par, pixels, text_states=None):
     """The loss of step s on this process's slice of its batch: the batch (from an
     epoch's seeded permutation, or the stream's), then (from the step's generator) which
     captions are dropped, the noise and the timesteps, drawn for the whole batch so every
     process draws alike."""
-    denoiser = par.wrap(Denoiser(pipe, config.snr_gamma))
+    denoiser = par.wrap(Denoiser(pipe, config.snr_gamma, text_states))
     weights = None
     streamed = isinstance(images, ImageStream)
     if config.edge_weight and not streamed:

@@ -5,7 +5,10 @@ it (redrawn each epoch when `blend.mode` is per_epoch). Built in, a fresh
 pipeline from an architecture JSON whose tokenizer is trained on the blend's
 captions: in the trained autoencoder's latent space (models/autoencoder, trained
 on the cached latents of data/latents) when there is one, else on pixels or pixel
-patches (the JSON's `patch_size`). Otherwise a saved pipeline folder is fine-tuned. A checkpoint
+patches (the JSON's `patch_size`). Otherwise a saved pipeline folder is fine-tuned:
+on its frozen VAE's latents that encode_latents cached, with its frozen text
+encoder's states cached per caption (`recaption.text_states`), the whole UNet or,
+with `generator.lora.rank`, a LoRA merged into it before saving. A checkpoint
 every `generator.checkpoint_every` steps under data/.work/ lets a killed run
 resume. Output: models/generator/ (save_pretrained, EMA weights) with a
 lineage.json naming the caption version it was trained on.
@@ -19,12 +22,24 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from recaption import datasets, devices, io, latents, lineage, paths, precision, resume, streaming
+from recaption import (
+    datasets,
+    devices,
+    io,
+    latents,
+    lineage,
+    paths,
+    precision,
+    resume,
+    streaming,
+    text_states,
+)
 from recaption.blend import SOURCES
 from recaption.blend_params import blend_of
 from recaption.live import main_live, step_logger
 from recaption.models import autoencoder as ae_lib
 from recaption.models import generator as gen_lib
+from recaption.models import lora
 from recaption.models.generator_train import GeneratorTrainConfig, train_generator
 from recaption.models.tokenizer import train_tokenizer
 from recaption.parallel import Parallel
@@ -47,17 +62,25 @@ def start_pipeline(params: Params, texts: list[str]) -> gen_lib.GeneratorPipelin
         )
     else:
         pipe = gen_lib.load(gp.model)
+        if gp.lora.rank:
+            lora.add(pipe.unet, gp.lora.rank, gp.lora.scale_alpha, gp.lora.targets, seed_of(params))
     pipe.set_scheduler(gp.scheduler)
     return pipe
 
 
 def training_data(
-    params: Params, pipe: gen_lib.GeneratorPipeline, keys: list[str], pngs
+    params: Params,
+    pipe: gen_lib.GeneratorPipeline,
+    keys: list[str],
+    pngs,
+    cached: str | None = None,
 ) -> torch.Tensor | streaming.ImageStream:
-    """What the UNet trains on: the cached latents (scaled) of a built-in latent pipeline;
-    else the images, held in memory or, when `data.stream` says so, streamed from the
-    dataset's shards (a saved pipeline's VAE encodes each batch)."""
-    if pipe.vae is not None and ae_lib.is_trained(paths.AUTOENCODER):
+    """What the UNet trains on: the cached latents (scaled) of a latent pipeline (the
+    built-in autoencoder's, or a saved pipeline's frozen VAE's that encode_latents
+    cached); else the images, held in memory or, when `data.stream` says so, streamed
+    from the dataset's shards (a saved pipeline's VAE then encodes each batch).
+    `cached`: what `cached_latents` says."""
+    if cached is not None:
         return latents.read(paths.LATENTS, keys) * pipe.vae.config.scaling_factor
     if streams(params, len(keys), pipe.image_size):
         sp = params.data.stream
@@ -66,6 +89,41 @@ def training_data(
         return streaming.ImageStream(index, pipe.image_size, params.generator.batch_size,
                                      seed_of(params), sp.buffer, sp.workers)  # fmt: skip
     return datasets.images_tensor(pngs(), pipe.image_size)
+
+
+def cached_latents(params: Params, pipe: gen_lib.GeneratorPipeline) -> str | None:
+    """The identity of the VAE whose latents data/latents holds for `pipe`, or None when
+    it holds none of `pipe`'s VAE (pixel space; or encode_latents has not run for this
+    VAE, and each batch is encoded as it comes)."""
+    if pipe.vae is None:
+        return None
+    if Path(params.generator.model).suffix == ".json":  # built in: the autoencoder's
+        trained = ae_lib.is_trained(paths.AUTOENCODER)
+        return ae_lib.fingerprint(paths.AUTOENCODER) if trained else None
+    saved = latents.pipeline_vae(params.generator.model)
+    if saved and latents.stored_fingerprint(paths.LATENTS) == latents.cache_fingerprint(saved[1]):
+        return saved[1]
+    log.warning("train_generator: data/latents holds no latents of %s's VAE: each batch is "
+                "encoded (run encode_latents)", params.generator.model)  # fmt: skip
+    return None
+
+
+def text_cache(params: Params, pipe: gen_lib.GeneratorPipeline) -> text_states.TextStates | None:
+    """Cached states of a saved pipeline's frozen text encoder (prompts padded to its fixed
+    length); None when the text encoder trains, or is the built-in one."""
+    gp = params.generator
+    folder = Path(gp.model)
+    if gp.train_text_encoder or folder.suffix == ".json" or pipe.fixed_length is None:
+        return None
+    key = text_states.fingerprint(folder / "text_encoder", folder / "tokenizer", pipe.fixed_length)
+    return text_states.TextStates(pipe.encode_prompts, key, paths.TEXT_STATES)
+
+
+def recorded(params: Params) -> dict:
+    """The generator's params as its lineage and checkpoints record them: LoRA only when on
+    (the built-in default's lineage stays as it was)."""
+    gp = params.generator
+    return gp.model_dump(exclude={"device"} | (set() if gp.lora.rank else {"lora"}))
 
 
 def streams(params: Params, n: int, size: int) -> bool:
@@ -95,7 +153,12 @@ def seed_of(params: Params) -> int:
 
 
 def checkpoint_dir(
-    params: Params, caption_version: str, compute: dict, clean: bool = True, streamed: bool = False
+    params: Params,
+    caption_version: str,
+    compute: dict,
+    clean: bool = True,
+    streamed: bool = False,
+    cached: str | None = None,
 ) -> Path:
     """Where this run's checkpoints live: named by everything training depends on, the
     resolved precision and hardware included, so a run never resumes another's (and,
@@ -109,7 +172,9 @@ def checkpoint_dir(
         "splits": lineage.tree_hash(paths.SPLITS),
         # The latent space, and so the latents it trains on.
         "autoencoder": ae_lib.fingerprint(paths.AUTOENCODER) if latent else None,
-        "generator": params.generator.model_dump(exclude={"device"}),
+        # A saved pipeline's VAE latents: cached ones, or each batch encoded as it comes.
+        **({"latents": cached} if cached and model.suffix != ".json" else {}),
+        "generator": recorded(params),
         # What generator.model names, not only its path: an edited JSON is another model.
         "architecture": lineage.tree_hash(model) if model.exists() else None,
         "blend": params.blend.model_dump(),
@@ -132,14 +197,16 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     pipe = start_pipeline(params, [r["caption"] for r in table])
     rows = lambda: datasets.load_rows(paths.DATASET, ["image"], set(keys))  # noqa: E731
     pngs = lambda: [r["image"] for r in rows()]  # noqa: E731
-    images = training_data(params, pipe, keys, pngs)
+    cached = cached_latents(params, pipe)
+    images = training_data(params, pipe, keys, pngs, cached)
     pixels = edge_pixels(params, pipe, images, pngs)
     compute, record = precision.settle(params.generator.precision, par.device,
                                        "generator.precision")  # fmt: skip
     config = GeneratorTrainConfig.of(params.generator, seed=seed_of(params), precision=compute)
     caption_version = lineage.tree_hash(paths.RELABELED)
     streamed = isinstance(images, streaming.ImageStream)
-    checkpoints = checkpoint_dir(params, caption_version, record, par.is_main, streamed)
+    checkpoints = checkpoint_dir(params, caption_version, record, par.is_main, streamed, cached)
+    states = text_cache(params, pipe)
     with main_live("train_generator", par.is_main) as live:
         metrics = train_generator(
             pipe,
@@ -150,9 +217,16 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             step_logger(live) if live else None,
             par,
             pixels,
+            states,
         )
+    if states is not None:
+        metrics["text_states"] = {"loaded": states.loaded, "encoded": states.encoded}
     if not par.is_main:  # the main process writes the model
         return metrics
+    if states is not None:
+        states.save()
+    if lora.adapted(pipe.unet):  # saved as a plain UNet any diffusers pipeline loads
+        lora.merge(pipe.unet)
     extra = {"processes": par.world} if par.world > 1 else {}
     has_autoencoder = ae_lib.is_trained(paths.AUTOENCODER)
     with io.atomic_path(paths.GENERATOR) as tmp:
@@ -168,7 +242,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             },
             {
                 "seed": params.seed,
-                "generator": params.generator.model_dump(exclude={"device"}),
+                "generator": recorded(params),
                 "blend": params.blend.model_dump(),
             },  # fmt: skip
             caption_version=caption_version,
