@@ -48,7 +48,7 @@ format: ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-clean: ## Remove every output dvc.yaml declares and the resumable work (keeps inputs, .venv, the DVC cache)
+clean: ## Remove every output dvc.yaml declares, the resumable work and caches (keeps inputs, .venv, the DVC cache)
 	$(BIN)/recap clean
 	rm -rf .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

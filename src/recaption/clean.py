@@ -1,4 +1,5 @@
-"""What `make clean` removes: every output dvc.yaml declares, and the resumable work.
+"""What `make clean` removes: every output dvc.yaml declares, the resumable work and the
+caches (a frozen text encoder's states).
 
 The outputs are read from dvc.yaml, so a new stage's outputs are cleaned without an
 edit here. Kept: the inputs (data/raw, params.yaml, configs/), the virtual environment
@@ -31,8 +32,9 @@ def outputs(dvc_yaml: Path) -> list[Path]:
 
 
 def clean(root: Path, dry_run: bool = False) -> list[Path]:
-    """Remove the outputs of root/dvc.yaml and root's resumable work; the paths removed."""
-    targets = [*outputs(root / "dvc.yaml"), root / paths.WORK]
+    """Remove the outputs of root/dvc.yaml, root's resumable work and caches; the paths
+    removed."""
+    targets = [*outputs(root / "dvc.yaml"), root / paths.WORK, root / paths.CACHE]
     removed = [p for p in targets if p.exists() or p.is_symlink()]
     if not dry_run:
         for path in removed:

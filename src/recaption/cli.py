@@ -353,7 +353,7 @@ def convert_checkpoint(
 def clean_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="list what would go, remove nothing"),
 ) -> None:
-    """Remove every output dvc.yaml declares and the resumable work (make clean)."""
+    """Remove every output dvc.yaml declares, the resumable work and caches (make clean)."""
     from recaption import clean
 
     for path in clean.clean(Path.cwd(), dry_run):

@@ -47,8 +47,9 @@ UPSAMPLED = DATA / "upsampled"  # rewrites of the prompt suite and held-out shor
 UPSAMPLED_PROMPTS = UPSAMPLED / "prompts.parquet"
 UPSAMPLED_HELDOUT = UPSAMPLED / "heldout.parquet"
 WORK = DATA / ".work"  # resumable stages' finished chunks (not outputs; git-ignored)
-# A frozen text encoder's states by caption (train_generator; a cache, not an output).
-TEXT_STATES = WORK / "text_states"
+# Content-addressed caches that outlive a run (not outputs; git-ignored; `recap clean`).
+CACHE = DATA / ".cache"
+TEXT_STATES = CACHE / "text_states"  # a frozen text encoder's states by caption
 
 DVCLIVE = Path("dvclive")
 
