@@ -83,6 +83,10 @@ def test_the_folders_vae_identity_is_its_weights_config_and_size(tmp_path):
     assert latents.pipeline_vae("configs/generator/tiny-unet-32.json") is None
 
 
+def test_a_saved_pipelines_vae_encodes_as_many_pixels_at_once_at_any_size():
+    assert [latents.batch_for(s) for s in (16, 32, 64, 512, 1024)] == [1024, 256, 64, 1, 1]
+
+
 def test_train_generator_reads_cached_latents_and_text_states_and_a_rerun_encodes_nothing(
     sd_project, monkeypatch
 ):

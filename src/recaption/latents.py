@@ -144,6 +144,12 @@ def update(
     return result
 
 
+def batch_for(size: int) -> int:
+    """Images a saved pipeline's VAE encodes at once at `size` px: 256 at 32 px, as many
+    pixels at larger sizes (one at 512 px), so a Stable Diffusion VAE fits in memory."""
+    return max(1, 256 * 32 * 32 // (size * size))
+
+
 def pipeline_vae(folder: str | Path) -> tuple[Path, str, int] | None:
     """A saved pipeline's VAE (a Stable Diffusion folder, or one this project saved in a
     latent space): (its folder, its identity, the image size the pipeline draws at), or

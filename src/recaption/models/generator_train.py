@@ -85,7 +85,7 @@ class Denoiser(torch.nn.Module):
         self.schedule = noise_schedule(pipe)
         self._pipe = [pipe]  # in a list: not registered twice as a submodule
         # A frozen text encoder's cached states (`recaption.text_states`), or None: encode.
-        self._text_states = [text_states]
+        self.text_states = text_states
 
     def forward(
         self,
@@ -98,8 +98,10 @@ class Denoiser(torch.nn.Module):
         """The denoising loss; `weights` (B, 1, h, w) weigh its positions (mean 1 kept)."""
         pipe = self._pipe[0]
         noisy = self.schedule.add_noise(x0, noise, t)
-        cached = self._text_states[0]
-        states = pipe.encode_prompts(captions) if cached is None else cached(captions).to(x0.device)
+        if self.text_states is None:
+            states = pipe.encode_prompts(captions)
+        else:
+            states = self.text_states(captions).to(x0.device)
         pred = self.unet(pipe.unet_input(noisy), t, encoder_hidden_states=states).sample
         target = training_target(self.schedule, x0, noise, t)
         if weights is None and not self.snr_gamma:

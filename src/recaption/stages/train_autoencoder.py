@@ -176,7 +176,9 @@ def encode_main(params_path: Path = paths.PARAMS) -> dict:
     else:
         vae_dir, identity, size = source
         vae = ae_lib.load(vae_dir)
-        result = latents.update(vae, identity, paths.DATASET, paths.LATENTS, size)
+        # The built-in autoencoder's batches as they were; a saved pipeline's VAE is bigger.
+        batch = 256 if vae_dir == paths.AUTOENCODER else latents.batch_for(size)
+        result = latents.update(vae, identity, paths.DATASET, paths.LATENTS, size, batch)
         report = {"images": result.images, "shards": len(io.shard_paths(paths.LATENTS)),
                   "autoencoder": latents.cache_fingerprint(identity)}  # fmt: skip
     io.write_json(paths.LATENTS_REPORT, report)
