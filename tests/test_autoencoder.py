@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from recaption import io, latents, paths
 from recaption.models import autoencoder as ae_lib
@@ -14,7 +15,7 @@ from recaption.models.training import Checkpoints
 from recaption.stages import train_autoencoder as stage
 from test_generator import config, dataset, pixels
 
-from conftest import write_dataset
+from conftest import encode, write_dataset
 
 TINY_KL = Path(__file__).parent / "data" / "tiny-kl-16.json"
 TINY_UNET = Path(__file__).parent / "data" / "tiny-unet-16.json"
@@ -204,3 +205,41 @@ def test_without_an_autoencoder_the_stage_writes_every_output_dvc_declares(proje
                  paths.AUTOENCODER_FIGURE, paths.DVCLIVE / "train_autoencoder"):  # fmt: skip
         assert path.exists(), path
     assert not ae_lib.is_trained(paths.AUTOENCODER)
+
+
+def test_the_corpus_adds_fresh_renders_of_its_own_seed_after_the_dataset_images(project):
+    from recaption.params import load_params
+    from recaption.synthetic import world_config
+    from recaption.world import make_example
+
+    images, _ = dataset()  # 16 px, as the project's data.image_size
+    rows = [{"image": encode(Image.fromarray(i.permute(1, 2, 0).numpy()))} for i in images[:3]]
+    project.write_params(autoencoder={"corpus": 4, "corpus_seed": 11})
+    params = load_params()
+    out = stage.training_images(params, rows)
+    assert out.shape == (7, 3, 16, 16) and torch.equal(out[:3], images[:3])
+    for i in range(4):
+        fresh = make_example(11, i, world_config(params)).image
+        assert torch.equal(out[3 + i], torch.from_numpy(np.array(fresh)).permute(2, 0, 1))
+    project.write_params(data={"source": "folder"}, autoencoder={"corpus": 4, "corpus_seed": 7})
+    params = load_params()  # real data: no world renders, so the seed cannot clash either
+    assert stage.corpus_size(params) == 0 and len(stage.training_images(params, rows)) == 3
+
+
+def test_an_autoencoder_corpus_seed_equal_to_the_dataset_or_the_evaluation_is_refused(project):
+    from recaption.params import ParamsError, load_params
+
+    for seed in (7, 99):  # the project's seed, then evaluate.seed
+        project.write_params(evaluate={"seed": 99}, autoencoder={"corpus": 5, "corpus_seed": seed})
+        with pytest.raises(ParamsError, match="autoencoder.corpus_seed .* must differ"):
+            load_params()
+
+
+def test_without_an_autoencoder_no_other_key_changes_what_the_stage_writes(project):
+    """With model none the other autoencoder keys mean nothing: editing one must not
+    change the folder train_generator depends on (so nothing downstream reruns)."""
+    stage.main()
+    before = (paths.AUTOENCODER / "lineage.json").read_bytes()
+    project.write_params(autoencoder={"steps": 7, "corpus": 100, "edge_weight": 3.0})
+    stage.main()
+    assert (paths.AUTOENCODER / "lineage.json").read_bytes() == before

@@ -515,6 +515,10 @@ class AutoencoderParams(TrainingSection):
     kl_weight: float = Field(1e-4, ge=0)  # KL term against the per-pixel L1
     edge_weight: float = Field(0.0, ge=0)  # extra L1 weight on pixels near an edge
     grad_clip: float = Field(1.0, gt=0)
+    # Built-in world only: fresh renders (their own seed) trained on beside the dataset's
+    # images, as a real autoencoder is pretrained on far more images than one dataset.
+    corpus: int = Field(0, ge=0)
+    corpus_seed: int = 4000037
     # Synthetic world: the stage fails when the oracle reads fewer held-out
     # reconstructions exactly right (every cell, colour and the background).
     min_scene_accuracy: float = Field(0.98, ge=0, le=1)
@@ -672,15 +676,17 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _own_corpus(self) -> Params:
-        train = self.clip.train
-        if not train.corpus or self.data.source != "synthetic":
-            return self  # real data: no corpus (see clip_pretrain.corpus_size)
-        if train.corpus_seed in (self.seed, self.evaluate.seed):
-            raise ValueError(
-                f"clip.train.corpus_seed ({train.corpus_seed}) must differ from seed and "
-                "evaluate.seed: the corpus is fresh renders, never the dataset's images or the "
-                "evaluation's"
-            )
+        if self.data.source != "synthetic":
+            return self  # real data: no corpus (see corpus_size)
+        for key, corpus, seed in (
+            ("clip.train", self.clip.train.corpus, self.clip.train.corpus_seed),
+            ("autoencoder", self.autoencoder.corpus, self.autoencoder.corpus_seed),
+        ):
+            if corpus and seed in (self.seed, self.evaluate.seed):
+                raise ValueError(
+                    f"{key}.corpus_seed ({seed}) must differ from seed and evaluate.seed: "
+                    "the corpus is fresh renders, never the dataset's images or the evaluation's"
+                )
         return self
 
     @model_validator(mode="after")

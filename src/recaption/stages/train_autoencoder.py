@@ -1,7 +1,8 @@
 """train_autoencoder and encode_latents: the latent space the built-in generator works in.
 
 train_autoencoder trains `autoencoder.model` (an AutoencoderKL JSON) on every image
-outside the held-out split, then checks that its reconstructions keep the scene: on
+outside the held-out split (on the built-in world, with `autoencoder.corpus` fresh
+renders beside them), then checks that its reconstructions keep the scene: on
 the synthetic world the evaluation's oracle reads the held-out reconstructions, and
 the stage fails when fewer than `autoencoder.min_scene_accuracy` of them are read
 exactly right. Outputs: models/autoencoder/ (save_pretrained, lineage.json),
@@ -25,12 +26,14 @@ import torch
 from PIL import Image, ImageDraw
 
 from recaption import datasets, devices, io, latents, lineage, paths, precision, resume
+from recaption.corpus import fresh_renders
 from recaption.errors import UserError
 from recaption.live import main_live, step_logger, write_skipped
 from recaption.models import autoencoder as ae_lib
 from recaption.models import oracle as oracle_lib
 from recaption.parallel import Parallel
 from recaption.params import Params, load_params
+from recaption.synthetic import world_config
 from recaption.world import Scene
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,23 @@ def _split(params: Params) -> tuple[list[dict], list[dict]]:
     heldout = datasets.read_splits(paths.SPLITS)["heldout"]
     rows = datasets.load_rows(paths.DATASET, ["image", "meta"])
     return [r for r in rows if r["key"] not in heldout], [r for r in rows if r["key"] in heldout]
+
+
+def corpus_size(params: Params) -> int:
+    """Fresh renders beside the dataset's images: `autoencoder.corpus` for the built-in
+    world, none for real data (the world's renders are another domain than its images)."""
+    return params.autoencoder.corpus if params.data.source == "synthetic" else 0
+
+
+def training_images(params: Params, rows: list[dict]) -> torch.Tensor:
+    """uint8 (N, 3, S, S): the rows' images, then the corpus's fresh renders."""
+    size = params.data.image_size
+    images = datasets.images_tensor([r["image"] for r in rows], size)
+    if n := corpus_size(params):
+        seed = params.autoencoder.corpus_seed
+        extra, _ = fresh_renders(world_config(params), n, seed, size, "autoencoder corpus")
+        images = torch.cat([images, extra])
+    return images
 
 
 def _scene_accuracy(images: torch.Tensor, recon: torch.Tensor, rows: list[dict]) -> dict:
@@ -89,13 +109,13 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
     ap = params.autoencoder
     device = devices.resolve(ap.device, "autoencoder.device")
+    if not ap.enabled:  # no other key matters: editing one reruns nothing downstream
+        return _write_none({"model": ap.model})
     recorded = ap.model_dump(exclude={"device"})  # where it ran: in `compute`
-    if not ap.enabled:
-        return _write_none(recorded)
     par = Parallel.start(device)
     train, held = _split(params)
     size = params.data.image_size
-    images = datasets.images_tensor([r["image"] for r in train], size)
+    images = training_images(params, train)
     compute, record = precision.settle(ap.precision, par.device, "autoencoder.precision")
     vae = ae_lib.create_builtin(ap.model, size, params.seed)
     config = ae_lib.AutoencoderTrainConfig(  # no weight decay: a reconstruction needs none
@@ -115,6 +135,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     recon = ae_lib.reconstruct(vae, held_images)
     error = (recon.float() - held_images.float()) / 255
     report = {
+        "train_images": len(images),
         "heldout_images": len(held),
         "latent_shape": [vae.config.latent_channels, *[size // ae_lib.factor(vae)] * 2],
         "train_l1": round(metrics["l1"], 5),
