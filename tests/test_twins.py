@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
+from recaption.models import clip as clip_lib
+from recaption.models import clip_train
+from recaption.models.clip_train import ClipTrainConfig, Twins, _step_texts, train_clip
 from recaption.world import (
     SHAPES,
     WorldConfig,
@@ -22,6 +27,11 @@ from recaption.world import (
 from recaption.world.vocab import SHAPE_PLURALS, alternation
 
 CFG = WorldConfig()
+TINY_ARCH = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 4},
+    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 CROWDED = WorldConfig(max_objects=7, text_probability=0.6, repeat_probability=0.6)
 _SHAPE_WORDS = re.compile(rf"\b({alternation([*SHAPES, *SHAPE_PLURALS.values()])})\b", re.I)
 
@@ -117,3 +127,99 @@ def test_the_share_decides_which_examples_have_a_twin():
     fifth = {i for i in range(400) if twin_example(9, i, CFG, share=0.2) is not None}
     assert 160 < len(half) < 240 and 50 < len(fifth) < 110
     assert fifth <= half  # one draw per index: a larger share adds twins, keeps the rest
+
+
+# --- training: twins share their original's batch ------------------------------------------
+
+
+def twin_pairs(n: int, every: int) -> list[tuple[int, int]]:
+    """Images 0..n-1, and a twin n + j for every `every`-th of them."""
+    return [(i, n + j) for j, i in enumerate(range(0, n, every))]
+
+
+def twin_captions(n: int, pairs) -> list[list[str]]:
+    """Three captions an image: an off-topic one a twin shares, two that name its shape."""
+    captions = [[f"IMG_{i}.jpg", f"a red circle {i}", f"a large red circle {i}"] for i in range(n)]
+    for o, _ in pairs:
+        captions.append([f"IMG_{o}.jpg", f"a red star {o}", f"a large red star {o}"])
+    return captions
+
+
+def test_every_twin_lands_in_its_original_s_batch():
+    pairs = twin_pairs(200, 3)  # 67 twins: 267 images
+    twins = Twins(pairs, twin_captions(200, pairs))
+    partner = dict(pairs)
+    for batch_size in (16, 32, 50):
+        per_epoch = 267 // batch_size
+        for epoch in range(2):
+            seen = []
+            for step in range(epoch * per_epoch, (epoch + 1) * per_epoch):
+                idx = twins.batch(batch_size, step, seed=4)
+                assert abs(len(idx) - batch_size) <= 1
+                for o, t in pairs:
+                    assert (o in idx) == (t in idx)
+                    if o in idx:
+                        assert idx.index(t) == idx.index(o) + 1
+                seen += idx
+            assert len(seen) == len(set(seen))  # without replacement within an epoch
+            assert len(seen) > 267 - batch_size - 2  # the remainder only is left out
+            assert {t for o, t in partner.items() if o in seen} <= set(seen)
+    assert twins.batch(32, 0, seed=4) == twins.batch(32, 0, seed=4)
+    assert twins.batch(32, 0, seed=4) != twins.batch(32, 0, seed=5)
+    assert twins.batch(32, 0, seed=4) != twins.batch(32, 8, seed=4)  # epoch 2 reshuffles
+
+
+def test_a_pair_takes_the_same_kind_of_caption_and_never_one_they_share():
+    pairs = twin_pairs(40, 2)
+    captions = twin_captions(40, pairs)
+    twins = Twins(pairs, captions)
+    idx = twins.batch(30, 0, seed=0)
+    kinds = Counter()
+    for trial in range(50):
+        gen = torch.Generator().manual_seed(trial)
+        texts = dict(zip(idx, _step_texts(captions, idx, gen, twins), strict=True))
+        for o, t in pairs:
+            if o in texts:
+                k = captions[o].index(texts[o])
+                assert k in (1, 2) and texts[t] == captions[t][k]
+                kinds[k] += 1
+    assert kinds[1] > 0 and kinds[2] > 0
+    # Images outside a pair draw from all their captions, as without twins.
+    lone = [i for i in idx if i % 2 and i < 40]
+    gen = torch.Generator().manual_seed(0)
+    plain = _step_texts(captions, idx, torch.Generator().manual_seed(0))
+    paired = _step_texts(captions, idx, gen, twins)
+    assert all(plain[idx.index(i)] == paired[idx.index(i)] for i in lone)
+
+
+def test_overlapping_twin_pairs_are_refused():
+    captions = twin_captions(4, [])
+    with pytest.raises(ValueError, match="overlaps"):
+        Twins([(0, 1), (1, 2)], captions)
+    with pytest.raises(ValueError, match="overlaps"):
+        Twins([(0, 1), (2, 1)], captions)
+
+
+def test_train_clip_draws_every_twin_into_its_original_s_batch(tmp_path, monkeypatch):
+    arch = tmp_path / "tiny-clip.json"
+    arch.write_text(json.dumps(TINY_ARCH))
+    clip = clip_lib.create(str(arch), None, seed=0)
+    pairs = twin_pairs(24, 2)  # 12 twins: 36 images
+    captions = twin_captions(24, pairs)
+    images = torch.randint(0, 256, (36, 3, 16, 16), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8)  # fmt: skip
+    batches = []
+
+    class Recording(Twins):
+        def batch(self, batch_size, step, seed):
+            batches.append(super().batch(batch_size, step, seed))
+            return batches[-1]
+
+    monkeypatch.setattr(clip_train, "Twins", Recording)
+    config = ClipTrainConfig(steps=4, batch_size=8, lr=1e-3, warmup_steps=1, weight_decay=0.1,
+                             grad_clip=1.0, eval_every=100, seed=0, precision="fp32")  # fmt: skip
+    train_clip(clip, images, captions, config, twins=pairs)
+    assert len(batches) == 4
+    for idx in batches:
+        assert all((o in idx) == (t in idx) for o, t in pairs)
+        assert any(o in idx for o, _ in pairs)
