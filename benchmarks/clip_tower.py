@@ -9,6 +9,8 @@ Run from a checkout whose data/ holds the default run's dataset, splits and
 annotations (`dvc repro annotate`).
 
     .venv/bin/python benchmarks/clip_tower.py configs/clip/tiny-rn-32.json [--caption-loss 1]
+    .venv/bin/python benchmarks/clip_tower.py configs/clip/tiny-rn-32.json --corpus 40000 \
+        --twins 0.5
 """
 
 from __future__ import annotations
@@ -75,6 +77,13 @@ def main() -> None:
     )
     ap.add_argument("--corpus-seed", type=int, default=424242)
     ap.add_argument(
+        "--twins",
+        type=float,
+        default=0.0,
+        help="share of the corpus renders that also get a twin (the same scene with one "
+        "shape changed), drawn into the same batch (needs --corpus)",
+    )
+    ap.add_argument(
         "--caption-loss",
         type=float,
         default=0.0,
@@ -95,12 +104,18 @@ def main() -> None:
     grid = params.embed.grid if args.grid is None else args.grid
     clip = clip_lib.create(args.model, None, seed=params.seed)
     n_params = sum(p.numel() for p in clip.model.visual.parameters())
+    if args.twins and not args.corpus:
+        ap.error("--twins pairs corpus renders: give --corpus too")
     _, pngs, captions = training_pairs(params)
     images = datasets.images_tensor(pngs, clip.image_size)
+    twins = []
     if args.corpus:
-        extra = corpus_pairs(world_config(params), args.corpus, args.corpus_seed, clip.image_size)
-        images = torch.cat([images, extra[0]])
-        captions = [*captions, *extra[1]]
+        extra, extra_captions, extra_twins = corpus_pairs(
+            world_config(params), args.corpus, args.corpus_seed, clip.image_size, args.twins
+        )
+        twins = [(len(images) + o, len(images) + t) for o, t in extra_twins]
+        images = torch.cat([images, extra])
+        captions = [*captions, *extra_captions]
     config = ClipTrainConfig.of(train_cfg, seed=params.seed, precision=compute)
     start = time.perf_counter()
     negative = swap_word if args.hard_negatives else None
@@ -116,7 +131,7 @@ def main() -> None:
         params = params.model_copy(update={"clip": clip_params, "embed": embed_params})
     captioning = caption_loss(params, clip, captions)
     metrics = train_clip(clip, images, captions, config, heldout_set(clip.image_size),
-                         negative=negative, captioning=captioning)  # fmt: skip
+                         negative=negative, captioning=captioning, twins=twins)  # fmt: skip
     train_s = time.perf_counter() - start
     train, test, pngs_by_key, labels = probe_rows(params, params.embed.probe_train_size)
     start = time.perf_counter()
@@ -133,6 +148,7 @@ def main() -> None:
         "precision": compute,
         "hard_negatives": args.hard_negatives,
         "corpus": args.corpus,
+        "twins": len(twins),
         "caption_loss": args.caption_loss,
         "caption_lm": Path(params.clip.train.caption_decoder).stem if args.caption_loss else None,
         "cpu": torch.backends.cpu.get_cpu_capability(),

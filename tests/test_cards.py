@@ -53,6 +53,9 @@ def test_a_clip_card_names_its_pretraining_corpus_when_it_had_one():
         "a pretraining corpus of 40,000 fresh renders of the built-in world (seed 2000003" in card
     )
     assert 'create_model_and_transforms(\n    "local-dir:models/clip")' in card
+    assert "twin" not in card
+    record["params"]["clip"]["train"]["twins"] = 0.5
+    assert "A share of 0.5 of them also has a twin" in cards.render(record)
     record["params"]["data.source"] = "parquet"  # real data renders no corpus
     assert "pretraining corpus" not in cards.render(record)
     record["params"]["data.source"] = "synthetic"

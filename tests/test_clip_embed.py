@@ -441,14 +441,53 @@ def test_the_corpus_is_fresh_renders_with_a_caption_mix(project):
     from recaption.world import make_example
 
     cfg = world_config(load_params())
-    pixels, captions = clip_pretrain.corpus_pairs(cfg, 5, seed=11, size=16)
-    assert pixels.shape == (5, 3, 16, 16) and pixels.dtype == torch.uint8
-    again, _ = clip_pretrain.corpus_pairs(cfg, 5, seed=11, size=16)
-    other, _ = clip_pretrain.corpus_pairs(cfg, 5, seed=12, size=16)
+    pixels, captions, twins = clip_pretrain.corpus_pairs(cfg, 5, seed=11, size=16)
+    assert pixels.shape == (5, 3, 16, 16) and pixels.dtype == torch.uint8 and twins == []
+    again, _, _ = clip_pretrain.corpus_pairs(cfg, 5, seed=11, size=16)
+    other, _, _ = clip_pretrain.corpus_pairs(cfg, 5, seed=12, size=16)
     assert torch.equal(pixels, again) and not torch.equal(pixels, other)
     ex = make_example(11, 3, cfg)
     assert captions[3] == [ex.caption, ex.short, ex.descriptive]
     assert torch.equal(pixels[3], torch.from_numpy(np.asarray(ex.image)).permute(2, 0, 1))
+
+
+def test_corpus_twins_follow_the_renders_they_pair_with(project):
+    from recaption.synthetic import world_config
+    from recaption.world import twin_example
+
+    cfg = world_config(load_params())
+    plain, plain_captions, _ = clip_pretrain.corpus_pairs(cfg, 20, seed=11, size=16)
+    pixels, captions, twins = clip_pretrain.corpus_pairs(cfg, 20, seed=11, size=16, twins=0.5)
+    # The renders are the corpus without twins, byte for byte; the twins come after.
+    assert torch.equal(pixels[:20], plain) and captions[:20] == plain_captions
+    assert 3 < len(twins) < 17 and len(pixels) == len(captions) == 20 + len(twins)
+    assert [t for _, t in twins] == list(range(20, 20 + len(twins)))
+    for o, t in twins:
+        ex = twin_example(11, o, cfg)
+        assert captions[t] == [ex.caption, ex.short, ex.descriptive]
+        assert torch.equal(pixels[t], torch.from_numpy(np.asarray(ex.image)).permute(2, 0, 1))
+
+
+def test_clip_pretrain_passes_the_corpus_twins_by_their_place_in_the_pairs(
+    project, arch, monkeypatch
+):
+    prepare(project)
+    train = {**TRAIN, "corpus": 12, "corpus_seed": 5, "twins": 0.5}
+    project.write_params(clip={"model": str(arch), "train": train})
+    seen = {}
+
+    def spy(clip, images, captions, config, *args, twins=(), **kwargs):
+        seen.update(n=len(images), captions=captions, twins=twins)
+        return {}
+
+    monkeypatch.setattr(clip_pretrain, "train_clip", spy)
+    clip_pretrain.main()
+    keys, _, _ = clip_pretrain.training_pairs(load_params())
+    offset = len(keys)
+    assert seen["twins"] and seen["n"] == offset + 12 + len(seen["twins"])
+    for o, t in seen["twins"]:
+        assert offset <= o < offset + 12 <= t
+        assert seen["captions"][o] != seen["captions"][t]
 
 
 @pytest.mark.parametrize("seed_of", ["seed", "evaluate.seed"])

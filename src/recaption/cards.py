@@ -99,11 +99,17 @@ def _corpus_lines(params: dict[str, Any]) -> list[str]:
     train = (params.get("clip") or {}).get("train") or {}
     if not train.get("corpus") or params.get("data.source", "synthetic") != "synthetic":
         return []
-    return [
+    lines = [
         "", f"Beside these pairs, a pretraining corpus of {train['corpus']:,} fresh renders of "
         f"the built-in world (seed {train['corpus_seed']}, never the dataset's or the "
         "evaluation's), each with its alt-text, short and descriptive caption.",
     ]  # fmt: skip
+    if train.get("twins"):
+        lines[-1] += (
+            f" A share of {train['twins']:g} of them also has a twin, the same scene with one "
+            "shape changed and captioned to match, trained in the same batch."
+        )
+    return lines
 
 
 def render(record: dict[str, Any]) -> str:

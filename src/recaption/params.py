@@ -269,6 +269,9 @@ class ClipTrainParams(ContrastiveParams):
     corpus_seed: int = 2000003
     hard_negatives: bool = False  # NegCLIP: each caption also meets a copy with one
     # shape or colour word swapped (recaption.world.negatives)
+    # Image-level minimal pairs: the share of corpus renders that also get a twin, the
+    # same scene with one shape changed, trained in the same batch (recaption.world.twins).
+    twins: float = Field(0.0, ge=0, le=1)
     # A captioning loss beside the contrastive one (CoCa, CapPa): a small decoder writes
     # each image's longest caption from its embedding and embed.grid cells, so the tower
     # must keep what captions name. Its weight (0: contrastive only) and the decoder (a

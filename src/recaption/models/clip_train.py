@@ -3,7 +3,8 @@
 The images of the built-in world are tiny, so they are held as one uint8 tensor and
 normalised per batch; each step draws a batch without replacement within an epoch
 and one of each image's captions at random, from generators seeded by the step (see
-recaption.models.training), so a killed run resumes to the same weights.
+recaption.models.training), so a killed run resumes to the same weights. Twins
+(recaption.world.twins) are drawn into their original's batch (see `Twins`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from recaption import precision
 from recaption.models import clip as clip_lib
 from recaption.models.clip import Clip
 from recaption.models.schedule import OptimConfig
-from recaption.models.training import Checkpoints, Evaluation, LogStep, Micro, epoch_batch, fit
+from recaption.models.training import (
+    Checkpoints,
+    Evaluation,
+    LogStep,
+    Micro,
+    epoch_batch,
+    fit,
+    steps_per_epoch,
+)
 from recaption.parallel import Parallel
 
 if TYPE_CHECKING:  # the captioning loss's decoder; stages without one never import it
@@ -87,9 +96,71 @@ def hard_negative_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :b].T, target)) / 2
 
 
-def _step_texts(captions: Sequence[Sequence[str]], idx: list[int], gen: torch.Generator):
-    """One caption of each image of the batch, picked at random."""
+class Twins:
+    """Image-level minimal pairs: (original, twin) indices of images that differ in one
+    shape only (recaption.world.twins), trained side by side.
+
+    A twin always lands in its original's batch, and the two take the same kind of
+    caption (the same index into their caption lists), one whose texts differ: the
+    contrastive loss can then match each image to its caption, and each caption to its
+    image, by the shape alone. Pairs whose texts are the same (off-topic alt-text names
+    no shape) would be false negatives, so those captions are not drawn for a pair.
+    """
+
+    def __init__(self, pairs: Sequence[tuple[int, int]], captions: Sequence[Sequence[str]]):
+        n = len(captions)
+        twin = torch.full((n,), -1, dtype=torch.long)
+        is_twin = torch.zeros(n, dtype=torch.bool)
+        self.kinds: dict[int, list[int]] = {}  # original -> caption indices that differ
+        for o, t in pairs:
+            if twin[o] >= 0 or is_twin[o] or is_twin[t] or twin[t] >= 0 or o == t:
+                raise ValueError(f"twin pair ({o}, {t}) overlaps another pair")
+            twin[o], is_twin[t] = t, True
+            a, b = captions[o], captions[t]
+            self.kinds[o] = [k for k in range(min(len(a), len(b))) if a[k] != b[k]] or [0]
+        self.partner = {o: t for o, t in pairs}
+        self.n = n
+        # Units: each image that is no twin, followed by its twin where it has one.
+        self.first = torch.arange(n)[~is_twin]  # (U,)
+        self.second = twin[self.first]  # (U,) -1 where the unit is one image
+
+    def batch(self, batch_size: int, step: int, seed: int) -> list[int]:
+        """Step `step`'s batch, as `epoch_batch` draws it but by unit: the epoch's
+        permutation of units laid end to end is cut every `batch_size` images, and a unit
+        joins the batch its first image falls in, so a batch holds batch_size +- 1."""
+        epoch, index = divmod(step, steps_per_epoch(self.n, batch_size))
+        gen = torch.Generator().manual_seed(seed * 7919 + epoch)
+        order = torch.randperm(len(self.first), generator=gen)
+        sizes = 1 + (self.second[order] >= 0).long()
+        starts = torch.cumsum(sizes, 0) - sizes  # each unit's first image in the run
+        units = order[starts // min(batch_size, self.n) == index]
+        pairs = torch.stack([self.first[units], self.second[units]], 1).flatten()  # (2U,)
+        return pairs[pairs >= 0].tolist()
+
+    def picks(self, idx: list[int], picks: list[int]) -> list[int]:
+        """`picks` (one random number per image of the batch) with each pair's two set to
+        one caption index whose texts differ, drawn by the original's number."""
+        where = {i: j for j, i in enumerate(idx)}
+        out = list(picks)
+        for j, i in enumerate(idx):
+            if i in self.kinds:
+                kinds = self.kinds[i]
+                out[j] = kinds[picks[j] % len(kinds)]
+                if (t := where.get(self.partner[i])) is not None:
+                    out[t] = out[j]
+        return out
+
+
+def _step_texts(
+    captions: Sequence[Sequence[str]],
+    idx: list[int],
+    gen: torch.Generator,
+    twins: Twins | None = None,
+):
+    """One caption of each image of the batch, picked at random (the same kind for twins)."""
     picks = torch.randint(0, 1 << 30, (len(idx),), generator=gen).tolist()
+    if twins is not None:
+        picks = twins.picks(idx, picks)
     return [captions[i][p % len(captions[i])] for i, p in zip(idx, picks, strict=True)]
 
 
@@ -105,6 +176,7 @@ def train_clip(
     negative: Callable[[str, random.Random], str | None] | None = None,
     checkpoints: Checkpoints | None = None,
     captioning: CaptionLoss | None = None,
+    twins: Sequence[tuple[int, int]] = (),
 ) -> dict:
     """Train `clip` in place.
 
@@ -123,6 +195,8 @@ def train_clip(
         checkpoints: where a killed run resumes from (see recaption.models.training).
         captioning: a captioning loss beside the contrastive one (see `CaptionLoss`);
             one process only.
+        twins: (original, twin) image indices, each twin trained in its original's
+            batch with the same kind of caption (see `Twins`); one process only.
     Returns:
         The last logged metrics.
     """
@@ -132,8 +206,11 @@ def train_clip(
         # their own rows, another loss. (open_clip's accum_freq recomputes each micro-batch
         # against the others' cached features; not built here.)
         raise ValueError("contrastive training takes no grad_accumulation: its loss does not split")
-    if (negative is not None or captioning is not None) and par.world > 1:
-        raise ValueError("hard negatives and captioning are implemented for one process only")
+    if (negative is not None or captioning is not None or twins) and par.world > 1:
+        raise ValueError(
+            "hard negatives, captioning and twins are implemented for one process only"
+        )
+    paired = Twins(twins, captions) if twins else None
     model = clip.model.to(par.device)
     named = dict(model.named_parameters())
     if captioning is not None:
@@ -146,8 +223,11 @@ def train_clip(
         loss_fn = ClipLoss(gather_with_grad=True, rank=par.rank, world_size=par.world)
 
     def step_loss(step: int, gen: torch.Generator, micro: Micro) -> torch.Tensor | dict:
-        idx = epoch_batch(len(images), config.batch_size, step, config.seed)
-        texts = _step_texts(captions, idx, gen)
+        if paired is None:
+            idx = epoch_batch(len(images), config.batch_size, step, config.seed)
+        else:
+            idx = paired.batch(config.batch_size, step, config.seed)
+        texts = _step_texts(captions, idx, gen, paired)
         model.train()  # an evaluation leaves it in eval mode
         mine = par.share(range(len(idx)), "clip batch_size")
         pixels = clip.normalise(images[[idx[i] for i in mine]].to(par.device))

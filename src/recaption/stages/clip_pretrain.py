@@ -2,7 +2,8 @@
 
 With `clip.pretrained: none` the architecture is trained contrastively on the
 dataset's image-caption pairs (the held-out split excluded), with a pretraining
-corpus of fresh world renders (`clip.train.corpus`) and NegCLIP hard negatives
+corpus of fresh world renders (`clip.train.corpus`, a share of them with a twin that
+differs in one shape: `clip.train.twins`) and NegCLIP hard negatives
 (`clip.train.hard_negatives`) when asked; otherwise the
 pretrained weights (an open_clip tag or a local .safetensors) are loaded. Either
 way the model is saved to models/clip/ as safetensors with its lineage, and its
@@ -26,7 +27,7 @@ from recaption.models.clip_train import CaptionLoss, ClipTrainConfig, retrieval_
 from recaption.parallel import Parallel
 from recaption.params import Params, load_params
 from recaption.synthetic import world_config
-from recaption.world import WorldConfig, make_example
+from recaption.world import WorldConfig, make_example, twin_example
 from recaption.world.negatives import swap_word
 
 log = logging.getLogger(__name__)
@@ -63,18 +64,36 @@ def corpus_size(params: Params) -> int:
 
 
 def corpus_pairs(
-    cfg: WorldConfig, n: int, seed: int, size: int
-) -> tuple[torch.Tensor, list[list[str]]]:
-    """A pretraining corpus: `n` fresh renders of the world `cfg` seeded by `seed` (uint8
-    (n, 3, size, size)), each with its alt-text, short and descriptive caption: a caption
-    mix of the poor and the good."""
+    cfg: WorldConfig, n: int, seed: int, size: int, twins: float = 0.0
+) -> tuple[torch.Tensor, list[list[str]], list[tuple[int, int]]]:
+    """A pretraining corpus: `n` fresh renders of the world `cfg` seeded by `seed`, each
+    with its alt-text, short and descriptive caption (a caption mix of the poor and the
+    good), then the twins of a `twins` share of them (recaption.world.twins).
+
+    Returns:
+        uint8 (n + m, 3, size, size) images, their caption lists, and the m
+        (original, twin) index pairs; the twins follow the n renders.
+    """
     out = torch.empty((n, 3, size, size), dtype=torch.uint8)
     captions = []
     for i in tqdm(range(n), desc="clip corpus", unit="img", mininterval=2):
         ex = make_example(seed, i, cfg)
-        out[i] = torch.from_numpy(np.array(images.fit(ex.image, size))).permute(2, 0, 1)
+        out[i] = _chw(ex.image, size)
         captions.append([ex.caption, ex.short, ex.descriptive])
-    return out, captions
+    twin_pixels, pairs = [], []
+    for i in tqdm(range(n) if twins else (), desc="clip twins", unit="img", mininterval=2):
+        if (ex := twin_example(seed, i, cfg, twins)) is not None:
+            pairs.append((i, n + len(twin_pixels)))
+            twin_pixels.append(_chw(ex.image, size))
+            captions.append([ex.caption, ex.short, ex.descriptive])
+    if twin_pixels:
+        out = torch.cat([out, torch.stack(twin_pixels)])
+    return out, captions, pairs
+
+
+def _chw(image, size: int) -> torch.Tensor:
+    """uint8 (3, size, size) pixels of a PIL image."""
+    return torch.from_numpy(np.array(images.fit(image, size))).permute(2, 0, 1)
 
 
 def caption_loss(params: Params, clip: clip_lib.Clip, captions: list[list[str]]):
@@ -111,11 +130,13 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         if pretrained is None:
             _, pngs, captions = training_pairs(params)
             pixels = datasets.images_tensor(pngs, clip.image_size)
+            twins: list[tuple[int, int]] = []
             if n := corpus_size(params):
                 world = world_config(params)
-                extra, extra_captions = corpus_pairs(
-                    world, n, cp.train.corpus_seed, clip.image_size
+                extra, extra_captions, extra_twins = corpus_pairs(
+                    world, n, cp.train.corpus_seed, clip.image_size, cp.train.twins
                 )
+                twins = [(len(pixels) + o, len(pixels) + t) for o, t in extra_twins]
                 pixels, captions = torch.cat([pixels, extra]), [*captions, *extra_captions]
             config = ClipTrainConfig.of(cp.train, seed=params.seed, precision=compute)
 
@@ -130,12 +151,14 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             identity = [clip.model, pixels, captions, *heldout, config, negative is not None]
             if captioning is not None:
                 identity += [captioning.decoder, captioning.weight, captioning.grid]
+            if twins:
+                identity.append(twins)
             checkpoints = resume.checkpoints(STAGE, identity, record, config.steps,
                                              clean=par.is_main)  # fmt: skip
             metrics = train_clip(clip, pixels, captions, config, heldout,
                                  log_step if live else None, par, desc=STAGE,
                                  negative=negative, checkpoints=checkpoints,
-                                 captioning=captioning)  # fmt: skip
+                                 captioning=captioning, twins=twins)  # fmt: skip
         else:
             metrics = retrieval_recall(clip, *heldout)
             for name, value in metrics.items() if live else ():

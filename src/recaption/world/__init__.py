@@ -13,6 +13,7 @@ from .parse import Fact, fact_phrase, parse_caption, parse_spans, scene_facts
 from .prompts import CATEGORIES, RELATIONS, Prompt, prompt_suite, scene_prompt
 from .render import render
 from .scene import Scene, SceneObject, SceneText, sample_scene
+from .twins import twin_example, twin_scene
 from .vocab import (
     BACKGROUNDS,
     COLOUR_NAMES,
@@ -64,4 +65,6 @@ __all__ = [
     "sample_scene",
     "scene_facts",
     "short_caption",
+    "twin_example",
+    "twin_scene",
 ]

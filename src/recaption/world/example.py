@@ -47,7 +47,11 @@ def example_rng(seed: int, index: int) -> np.random.Generator:
 def make_example(seed: int, index: int, cfg: WorldConfig) -> Example:
     """Sample, render and caption example `index` of the dataset seeded by `seed`."""
     rng = example_rng(seed, index)
-    scene = sample_scene(rng, cfg)
+    return caption_example(sample_scene(rng, cfg), rng, cfg)
+
+
+def caption_example(scene: Scene, rng: np.random.Generator, cfg: WorldConfig) -> Example:
+    """Render `scene` and write its three captions with the draws of `rng`."""
     caption, kind = alt_text(scene, rng, cfg.alt_mix)
     short = short_caption(scene, rng)
     descriptive = descriptive_caption(scene, rng)
