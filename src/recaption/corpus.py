@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from recaption import images
@@ -21,6 +22,11 @@ def fresh_renders(
     examples = []
     for i in tqdm(range(n), desc=desc, unit="img", mininterval=2):
         ex = make_example(seed, i, cfg)
-        out[i] = torch.from_numpy(np.array(images.fit(ex.image, size))).permute(2, 0, 1)
+        out[i] = pixels_of(ex.image, size)
         examples.append(ex)
     return out, examples
+
+
+def pixels_of(image: Image.Image, size: int) -> torch.Tensor:
+    """uint8 (3, size, size): a render fitted to `size` pixels."""
+    return torch.from_numpy(np.array(images.fit(image, size))).permute(2, 0, 1)

@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from recaption import datasets, devices, images, io, lineage, paths, precision, resume
+from recaption import datasets, devices, io, lineage, paths, precision, resume
+from recaption.corpus import fresh_renders, pixels_of
 from recaption.live import main_live
 from recaption.models import captioner
 from recaption.models import clip as clip_lib
@@ -27,7 +27,7 @@ from recaption.models.clip_train import CaptionLoss, ClipTrainConfig, retrieval_
 from recaption.parallel import Parallel
 from recaption.params import Params, load_params
 from recaption.synthetic import world_config
-from recaption.world import WorldConfig, make_example, twin_example
+from recaption.world import WorldConfig, twin_example
 from recaption.world.negatives import swap_word
 
 log = logging.getLogger(__name__)
@@ -74,26 +74,17 @@ def corpus_pairs(
         uint8 (n + m, 3, size, size) images, their caption lists, and the m
         (original, twin) index pairs; the twins follow the n renders.
     """
-    out = torch.empty((n, 3, size, size), dtype=torch.uint8)
-    captions = []
-    for i in tqdm(range(n), desc="clip corpus", unit="img", mininterval=2):
-        ex = make_example(seed, i, cfg)
-        out[i] = _chw(ex.image, size)
-        captions.append([ex.caption, ex.short, ex.descriptive])
+    out, examples = fresh_renders(cfg, n, seed, size, "clip corpus")
+    captions = [[ex.caption, ex.short, ex.descriptive] for ex in examples]
     twin_pixels, pairs = [], []
     for i in tqdm(range(n) if twins else (), desc="clip twins", unit="img", mininterval=2):
         if (ex := twin_example(seed, i, cfg, twins)) is not None:
             pairs.append((i, n + len(twin_pixels)))
-            twin_pixels.append(_chw(ex.image, size))
+            twin_pixels.append(pixels_of(ex.image, size))
             captions.append([ex.caption, ex.short, ex.descriptive])
     if twin_pixels:
         out = torch.cat([out, torch.stack(twin_pixels)])
     return out, captions, pairs
-
-
-def _chw(image, size: int) -> torch.Tensor:
-    """uint8 (3, size, size) pixels of a PIL image."""
-    return torch.from_numpy(np.array(images.fit(image, size))).permute(2, 0, 1)
 
 
 def caption_loss(params: Params, clip: clip_lib.Clip, captions: list[list[str]]):
