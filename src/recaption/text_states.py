@@ -34,20 +34,11 @@ log = logging.getLogger(__name__)
 PROCEDURE_VERSION = 1
 
 
-def files_hash(*folders: str | Path) -> str:
-    """sha256 over every file under `folders`: their paths (relative) and contents."""
-    parts = []
-    for folder in map(Path, folders):
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            parts.append(f"{folder.name}/{path.relative_to(folder)}:{io.sha256_file(path)}")
-    return io.sha256_bytes("\n".join(parts).encode())
-
-
 def fingerprint(text_encoder_dir: str | Path, tokenizer_dir: str | Path, length: int) -> str:
     """The key cached states are valid under: the text encoder's weights and config, the
     tokenizer's files, the length prompts are padded to, and this procedure."""
-    identity = files_hash(text_encoder_dir, tokenizer_dir)
-    return io.sha256_bytes(f"{identity}:{length}:{PROCEDURE_VERSION}".encode())
+    encoder, tokenizer = io.tree_hash(text_encoder_dir), io.tree_hash(tokenizer_dir)
+    return io.sha256_bytes(f"{encoder}:{tokenizer}:{length}:{PROCEDURE_VERSION}".encode())
 
 
 def caption_hash(text: str) -> str:
