@@ -81,12 +81,13 @@ class TextStates:
         """(B, T, d) float32 states of `captions`, encoding those never seen before (in
         fp32, outside any autocast: a caption's states do not depend on when it came)."""
         hashes = [caption_hash(c) for c in captions]
-        missing = list(dict.fromkeys(c for c in captions if caption_hash(c) not in self.states))
+        # Each caption never seen before, once, by its hash (in the order first drawn).
+        missing = {h: c for h, c in zip(hashes, captions, strict=True) if h not in self.states}
         if missing:
             with torch.no_grad(), _full_precision():
-                states = self.encode(missing).float().cpu()
-            self.states.update(zip(map(caption_hash, missing), states, strict=True))
-            self.fresh.extend(missing)
+                states = self.encode(list(missing.values())).float().cpu()
+            self.states.update(zip(missing, states, strict=True))
+            self.fresh.extend(missing.values())
             self.encoded += len(missing)
         return torch.stack([self.states[h] for h in hashes])
 
