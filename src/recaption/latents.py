@@ -80,10 +80,6 @@ def _table(keys, shas, fingerprint: str, latents: np.ndarray) -> pa.Table:
     })  # fmt: skip
 
 
-def _latents(table: pa.Table) -> np.ndarray:
-    return stacked(table, "latent")
-
-
 class _Old:
     """The previous run's shards made with this fingerprint: each shard's rows, and each
     pixel hash's latent."""
@@ -97,7 +93,7 @@ class _Old:
                 continue
             shas = table.column("sha256").to_pylist()
             self.rows[path] = (table.column("key").to_pylist(), shas)
-            self.by_sha.update(zip(shas, _latents(table), strict=True))
+            self.by_sha.update(zip(shas, stacked(table, "latent"), strict=True))
 
 
 def update(
@@ -185,7 +181,7 @@ def read(folder: str | Path, keys: list[str]) -> torch.Tensor:
     wanted = set(keys)
     for path in io.shard_paths(folder):
         table = pq.read_table(path)
-        latents = _latents(table)
+        latents = stacked(table, "latent")
         for i, key in enumerate(table.column("key").to_pylist()):
             if key in wanted:
                 found[key] = latents[i]
