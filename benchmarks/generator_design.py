@@ -27,6 +27,8 @@ import torch
 from recaption import paths
 from recaption.metrics import facts, geneval, noise_guard
 from recaption.models import autoencoder as ae_lib
+from recaption.models import clip as clip_lib
+from recaption.models import clip_text
 from recaption.models import generator as gen_lib
 from recaption.models import oracle as oracle_lib
 from recaption.models.generator_train import Denoiser, GeneratorTrainConfig, train_generator
@@ -188,6 +190,10 @@ def main() -> None:
         action="store_true",
         help="keep the text encoder at its random initialisation",
     )
+    parser.add_argument("--clip-text", help="a trained CLIP folder (models/clip): its text "
+                        "tower, frozen, as the text encoder")  # fmt: skip
+    parser.add_argument("--clip-text-tune", action="store_true",
+                        help="with --clip-text: train the tower with the UNet")  # fmt: skip
     parser.add_argument("--warmup", type=int, help="warm-up steps (default: the params')")
     parser.add_argument(
         "--caption-gain",
@@ -214,6 +220,7 @@ def main() -> None:
                  "seed": args.seed, "snr_gamma": args.snr_gamma,
                  "edge_weight": args.edge_weight, "model": args.model,
                  "precision": args.precision, "frozen_text_encoder": args.freeze_text_encoder,
+                 "clip_text": args.clip_text, "clip_text_tune": args.clip_text_tune,
                  "lr": args.lr, "capability": torch.backends.cpu.get_cpu_capability(),
                  "threads": torch.get_num_threads(), "dataset_roughness": out_rough}  # fmt: skip
     vae, data = None, images
@@ -251,16 +258,24 @@ def main() -> None:
         spec.update({"coord_channels": True} if variant.get("coords") else {})
         model = Path(tempfile.mkdtemp()) / f"{args.variant}.json"
         model.write_text(json.dumps(spec))
-    tokenizer = train_tokenizer(captions, params.generator.vocab_size, wrap=True)
     seed = params.seed + args.seed  # the generator's own draws; the data stay the dataset's
-    pipe = gen_lib.create_builtin(model, tokenizer, images.shape[-1], seed, vae)
+    if args.clip_text:
+        clip = clip_lib.load(args.clip_text)
+        text_encoder = clip_text.text_encoder(clip)
+        tokenizer = clip_text.tokenizer(text_encoder.config.max_position_embeddings)
+    else:
+        text_encoder = None
+        tokenizer = train_tokenizer(captions, params.generator.vocab_size, wrap=True)
+    pipe = gen_lib.create_builtin(model, tokenizer, images.shape[-1], seed, vae, text_encoder)
     gp = params.generator
     config = GeneratorTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                   warmup_steps=args.warmup or gp.warmup_steps,
                                   weight_decay=gp.weight_decay,
                                   grad_clip=gp.grad_clip, cond_dropout=gp.cond_dropout,
                                   ema_decay=gp.ema_decay, checkpoint_every=0,
-                                  train_text_encoder=not args.freeze_text_encoder,
+                                  train_text_encoder=not (args.freeze_text_encoder
+                                                          or args.clip_text)
+                                  or args.clip_text_tune,
                                   precision=args.precision,
                                   seed=seed, snr_gamma=args.snr_gamma,
                                   edge_weight=args.edge_weight)  # fmt: skip

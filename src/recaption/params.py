@@ -492,6 +492,10 @@ class GeneratorParams(TrainingSection):
     edge_weight: float = Field(0.0, ge=0)  # extra denoising-loss weight near outlines
     checkpoint_every: int = Field(200, ge=0)  # steps between resumable checkpoints (0: none)
     train_text_encoder: bool = True  # built-in: trained jointly; false keeps it frozen
+    # A built-in (JSON) generator's text encoder: own (the JSON's, with a tokenizer trained
+    # on the blend) or clip (the text tower of the pipeline's CLIP, models/clip, as Stable
+    # Diffusion reads prompts through a pretrained CLIP's; frozen unless train_text_encoder).
+    text_encoder: Literal["own", "clip"] = "own"
     lora: LoraParams = LoraParams()  # a saved pipeline's UNet: train a LoRA (rank 0: off)
     precision: Precision = "auto"
     device: Device = "auto"
@@ -503,6 +507,16 @@ class GeneratorParams(TrainingSection):
                 f"lora.rank={self.lora.rank} adapts a pretrained UNet, but generator.model is "
                 f"an architecture JSON ({self.model}): name a saved pipeline folder, or set "
                 "lora.rank: 0"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _clip_text_encoder_is_built_in(self) -> GeneratorParams:
+        if self.text_encoder == "clip" and not self.model.endswith(".json"):
+            raise ValueError(
+                f"text_encoder: clip gives a built-in generator the pipeline's CLIP text "
+                f"tower, but generator.model is a saved pipeline ({self.model}), which reads "
+                "prompts through its own: set text_encoder: own"
             )
         return self
 

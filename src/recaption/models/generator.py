@@ -231,17 +231,20 @@ def create_builtin(
     image_size: int,
     seed: int,
     vae: AutoencoderKL | None = None,
+    text_encoder: CLIPTextModel | None = None,
 ) -> GeneratorPipeline:
     """A fresh pipeline from an architecture JSON (unet, text_encoder, scheduler; optional
     patch_size and coord_channels): in pixel space, in patches of patch_size^2 pixels
     (space-to-depth), or, given a trained `vae`, in its latent space (which takes the place
-    of patches); with coord_channels the UNet also reads each position's coordinates."""
+    of patches); with coord_channels the UNet also reads each position's coordinates.
+    A given `text_encoder` (with its `tokenizer`: a pretrained CLIP's, see
+    `recaption.models.clip_text`) takes the place of the JSON's fresh one."""
     path = Path(config_path)
     if not path.is_file():
         raise GeneratorError(f"generator.model: {config_path} does not exist")
     config = json.loads(path.read_text())
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
+    text_encoder = text_encoder or CLIPTextModel(
         CLIPTextConfig(
             **config["text_encoder"],
             vocab_size=len(tokenizer),

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import torch
+from transformers import CLIPTextModel
 
 from recaption import (
     datasets,
@@ -38,8 +40,9 @@ from recaption.blend import SOURCES
 from recaption.blend_params import blend_of
 from recaption.live import main_live, step_logger
 from recaption.models import autoencoder as ae_lib
+from recaption.models import clip as clip_lib
+from recaption.models import clip_text, lora
 from recaption.models import generator as gen_lib
-from recaption.models import lora
 from recaption.models.generator_train import GeneratorTrainConfig, train_generator
 from recaption.models.tokenizer import train_tokenizer
 from recaption.parallel import Parallel
@@ -55,10 +58,10 @@ def start_pipeline(params: Params, texts: list[str]) -> gen_lib.GeneratorPipelin
     `generator.scheduler`."""
     gp = params.generator
     if Path(gp.model).suffix == ".json":
-        tokenizer = train_tokenizer(texts, gp.vocab_size, wrap=True)
+        encoder, tokenizer = text_encoder(params, texts)
         vae = ae_lib.load(paths.AUTOENCODER) if ae_lib.is_trained(paths.AUTOENCODER) else None
         pipe = gen_lib.create_builtin(
-            gp.model, tokenizer, params.data.image_size, seed_of(params), vae
+            gp.model, tokenizer, params.data.image_size, seed_of(params), vae, encoder
         )
     else:
         pipe = gen_lib.load(gp.model)
@@ -66,6 +69,17 @@ def start_pipeline(params: Params, texts: list[str]) -> gen_lib.GeneratorPipelin
             lora.add(pipe.unet, gp.lora.rank, gp.lora.scale_alpha, gp.lora.targets, seed_of(params))
     pipe.set_scheduler(gp.scheduler)
     return pipe
+
+
+def text_encoder(params: Params, texts: list[str]) -> tuple[CLIPTextModel | None, Any]:
+    """A built-in generator's (text encoder, tokenizer): the pipeline's CLIP text tower
+    and its BPE (`generator.text_encoder: clip`), or (None: the JSON's fresh encoder, a
+    tokenizer trained on the blend's captions `texts`)."""
+    gp = params.generator
+    if gp.text_encoder == "own":
+        return None, train_tokenizer(texts, gp.vocab_size, wrap=True)
+    encoder = clip_text.text_encoder(clip_lib.load(paths.CLIP))
+    return encoder, clip_text.tokenizer(encoder.config.max_position_embeddings)
 
 
 def training_data(
@@ -120,10 +134,18 @@ def text_cache(params: Params, pipe: gen_lib.GeneratorPipeline) -> text_states.T
 
 
 def recorded(params: Params) -> dict:
-    """The generator's params as its lineage and checkpoints record them: LoRA only when on
-    (the built-in default's lineage stays as it was)."""
+    """The generator's params as its lineage and checkpoints record them: LoRA only when on,
+    the text encoder only when it is not the JSON's own (the built-in default's lineage
+    stays as it was)."""
     gp = params.generator
-    return gp.model_dump(exclude={"device"} | (set() if gp.lora.rank else {"lora"}))
+    unused = (set() if gp.lora.rank else {"lora"}) | (set() if uses_clip(params) else
+                                                      {"text_encoder"})  # fmt: skip
+    return gp.model_dump(exclude={"device"} | unused)
+
+
+def uses_clip(params: Params) -> bool:
+    """Whether the generator reads prompts through the pipeline's CLIP (models/clip)."""
+    return params.generator.text_encoder == "clip"
 
 
 def streams(params: Params, n: int, size: int) -> bool:
@@ -172,6 +194,8 @@ def checkpoint_dir(
         "splits": lineage.tree_hash(paths.SPLITS),
         # The latent space, and so the latents it trains on.
         "autoencoder": ae_lib.fingerprint(paths.AUTOENCODER) if latent else None,
+        # The text tower it reads prompts through.
+        **({"clip": lineage.tree_hash(paths.CLIP)} if uses_clip(params) else {}),
         # A saved pipeline's VAE latents: cached ones, or each batch encoded as it comes.
         **({"latents": cached} if cached and model.suffix != ".json" else {}),
         "generator": recorded(params),
@@ -239,6 +263,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
                 "dataset": paths.DATASET,
                 "splits": paths.SPLITS,
                 **({"autoencoder": paths.AUTOENCODER} if has_autoencoder else {}),
+                **({"clip": paths.CLIP} if uses_clip(params) else {}),
             },
             {
                 "seed": params.seed,
