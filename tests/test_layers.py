@@ -34,7 +34,8 @@ PACKAGE = "recaption"
 # Modules and packages directly under recaption/ that make up the pipeline.
 PIPELINE = frozenset({
     "__main__", "audit", "blend_params", "cards", "clean", "cli", "compare", "embed",
-    "engine", "experiments", "ladder", "lineage", "live", "params", "paths", "resume",
+    "engine", "experiments", "ladder", "latent_space", "lineage", "live", "params", "paths",
+    "resume",
     "profiles", "runner", "stages", "synthetic", "upsampler_fit",
 })  # fmt: skip
 STAGES = "stages"

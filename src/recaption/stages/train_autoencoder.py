@@ -25,7 +25,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from recaption import datasets, devices, io, latents, lineage, paths, precision, resume
+from recaption import (
+    datasets,
+    devices,
+    io,
+    latent_space,
+    latents,
+    lineage,
+    paths,
+    precision,
+    resume,
+)
 from recaption.corpus import fresh_renders
 from recaption.errors import UserError
 from recaption.live import main_live, step_logger, write_skipped
@@ -170,16 +180,6 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     return report
 
 
-def latent_source(params: Params) -> tuple[Path, str, int] | None:
-    """The frozen VAE whose latents the generator trains on, as (its folder, its identity,
-    the image size): the VAE of the saved pipeline `generator.model` (a Stable Diffusion
-    folder), else the trained autoencoder; None in pixel space."""
-    saved = latents.pipeline_vae(params.generator.model)
-    if saved is not None or not ae_lib.is_trained(paths.AUTOENCODER):
-        return saved
-    return paths.AUTOENCODER, ae_lib.fingerprint(paths.AUTOENCODER), params.data.image_size
-
-
 def encode_main(params_path: Path = paths.PARAMS) -> dict:
     """encode_latents: data/latents/ for every dataset image (empty without an autoencoder).
 
@@ -188,7 +188,7 @@ def encode_main(params_path: Path = paths.PARAMS) -> dict:
     """
     params = load_params(params_path)
     result = latents.CacheResult()
-    source = latent_source(params)
+    source = latent_space.latent_source(params)
     if source is None:
         paths.LATENTS.mkdir(parents=True, exist_ok=True)
         for stale in paths.LATENTS.glob(io.SHARD_GLOB):

@@ -28,6 +28,7 @@ from recaption import (
     datasets,
     devices,
     io,
+    latent_space,
     latents,
     lineage,
     paths,
@@ -111,15 +112,11 @@ def cached_latents(params: Params, pipe: gen_lib.GeneratorPipeline) -> str | Non
     VAE, and each batch is encoded as it comes)."""
     if pipe.vae is None:
         return None
-    if Path(params.generator.model).suffix == ".json":  # built in: the autoencoder's
-        trained = ae_lib.is_trained(paths.AUTOENCODER)
-        return ae_lib.fingerprint(paths.AUTOENCODER) if trained else None
-    saved = latents.pipeline_vae(params.generator.model)
-    if saved and latents.stored_fingerprint(paths.LATENTS) == latents.cache_fingerprint(saved[1]):
-        return saved[1]
-    log.warning("train_generator: data/latents holds no latents of %s's VAE: each batch is "
-                "encoded (run encode_latents)", params.generator.model)  # fmt: skip
-    return None
+    identity = latent_space.cached_identity(params)
+    if identity is None:
+        log.warning("train_generator: data/latents holds no latents of %s's VAE: each batch "
+                    "is encoded (run encode_latents)", params.generator.model)  # fmt: skip
+    return identity
 
 
 def text_cache(params: Params, pipe: gen_lib.GeneratorPipeline) -> text_states.TextStates | None:
