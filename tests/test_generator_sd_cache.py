@@ -3,10 +3,12 @@ latents cached by encode_latents, its frozen text encoder's states cached per ca
 and, optionally, a LoRA on its UNet merged in before saving."""
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from transformers import CLIPTextModel
 
@@ -201,3 +203,11 @@ def test_lora_trains_only_the_adapter_and_saves_a_merged_unet_diffusers_loads(
 def test_lora_needs_a_saved_pipeline(project):
     with pytest.raises(UserError, match="lora.rank=2 adapts a pretrained UNet"):
         load_params(project.write_params(generator={"lora": {"rank": 2}}))
+
+
+def test_the_stages_that_read_a_saved_pipeline_depend_on_its_folder():
+    """A folder edited in place (new VAE or UNet weights) must rerun both stages: DVC
+    hashes only what a stage lists."""
+    stages = yaml.safe_load((Path(__file__).parents[1] / "dvc.yaml").read_text())["stages"]
+    for name in ("encode_latents", "train_generator"):
+        assert "${generator.model}" in stages[name]["deps"], name
