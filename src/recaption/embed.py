@@ -3,7 +3,8 @@
 Images are decoded and preprocessed in DataLoader workers while the main process
 runs the forward pass. Embeddings are keyed by the pixel hash and the CLIP's
 fingerprint: a rerun reuses every vector whose (pixels, CLIP) pair it has seen
-and computes only the rest.
+and computes only the rest. With a vision-language captioner the same cache holds
+its frozen vision tower's features instead (any `ImageEncoder`), keyed the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -161,23 +163,59 @@ def _forward(clip: Clip, batch: torch.Tensor, device: torch.device, grid: int) -
     return clip_lib.features(clip, x, grid).cpu()
 
 
+class ImageEncoder(Protocol):
+    """What the cache runs images through: CLIP (`ClipImages`) or a VLM's frozen vision
+    tower (recaption.models.vision_tower). A row's first `pooled_dim` columns are the
+    `embedding` column; the rest, if any, the `grid` column."""
+
+    image_size: int
+    pooled_dim: int
+
+    def to_device(self, device: torch.device) -> None: ...
+
+    def encode(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> float32 (B, F) on the CPU."""
+        ...
+
+
+class ClipImages:
+    """CLIP as the cache's encoder: the pooled embedding, and the grid cells when `grid`."""
+
+    def __init__(self, clip: Clip, grid: int):
+        self.clip, self.grid = clip, grid
+        self.image_size, self.pooled_dim = clip.image_size, clip.model_cfg["embed_dim"]
+
+    def to_device(self, device: torch.device) -> None:
+        _to_device(self.clip, device)
+
+    def encode(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return _forward(self.clip, batch, device, self.grid)
+
+
+def as_encoder(model: Clip | ImageEncoder, grid: int) -> ImageEncoder:
+    """A CLIP wrapped as an encoder with its `grid`; any other encoder as it is."""
+    return ClipImages(model, grid) if isinstance(model, Clip) else model
+
+
 @torch.inference_mode()
 def embed_images(
-    clip: Clip,
+    clip: Clip | ImageEncoder,
     dataset: Dataset,
     batch_size: int,
     num_workers: int,
     device: str = "cpu",
     grid: int = 0,
 ) -> np.ndarray:
-    """float16 (N, D [+ G*G*C]) embeddings of every item of `dataset`, in order (see `encode`).
+    """float16 (N, D [+ G*G*C]) embeddings of every item of `dataset`, in order (see `encode`);
+    `grid` applies to a CLIP (an `ImageEncoder` has its own layout).
 
     On CUDA the model runs in half precision, channels-last; an out-of-memory
     error halves the batch and retries it (logged), and later batches keep the
     smaller size.
     """
     dev = torch.device(device)
-    _to_device(clip, dev)
+    encoder = as_encoder(clip, grid)
+    encoder.to_device(dev)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -192,7 +230,7 @@ def embed_images(
             start = 0
             while start < len(batch):
                 try:
-                    out.append(_forward(clip, batch[start : start + chunk], dev, grid))
+                    out.append(encoder.encode(batch[start : start + chunk], dev))
                 except torch.cuda.OutOfMemoryError:
                     if chunk == 1:
                         raise
@@ -322,7 +360,7 @@ def _batch_units(plans: Sequence[_ShardPlan], batch_size: int) -> list[dict]:
 
 
 def embed_dataset(
-    clip: Clip,
+    clip: Clip | ImageEncoder,
     fingerprint: str,
     dataset_dir: str | Path,
     out_dir: str | Path,
@@ -337,9 +375,10 @@ def embed_dataset(
 
     A shard whose keys, pixel hashes and CLIP are unchanged is left alone; other
     shards are rebuilt from vectors already computed for the same pixels and CLIP,
-    and only the remaining images go through the model. With `params.engine: ray`
-    (which needs `clip_dir`, where replicas load the CLIP from), the batches run on
-    a Ray cluster and each shard is written as soon as its last batch is back.
+    and only the remaining images go through the model (`clip`: a CLIP, or another
+    `ImageEncoder`, then with `grid` 0). With `params.engine: ray` (a CLIP only; it needs
+    `clip_dir`, where replicas load the CLIP from), the batches run on a Ray cluster and
+    each shard is written as soon as its last batch is back.
     """
     out_dir = Path(out_dir)
     shards = io.shard_paths(dataset_dir)
@@ -347,7 +386,8 @@ def embed_dataset(
         io.remove_abandoned(out_dir)
     old = _OldVectors(out_dir, fingerprint, grid)
     result = EmbedResult(0, 0, 0, 0)
-    dim = clip.model_cfg["embed_dim"]
+    encoder = as_encoder(clip, grid)
+    dim = encoder.pooled_dim
     plans = []
     for index, shard in enumerate(shards):
         table = pq.read_table(shard, columns=["key", "sha256"])
@@ -373,16 +413,17 @@ def embed_dataset(
 
     if params is None or params.engine == "local":
         for plan in plans:
-            dataset = ShardImages(shards, [(plan.index, row) for row in plan.todo], clip.image_size)
+            positions = [(plan.index, row) for row in plan.todo]
+            dataset = ShardImages(shards, positions, encoder.image_size)
             vectors = (
-                embed_images(clip, dataset, batch_size, num_workers, device, grid)
+                embed_images(encoder, dataset, batch_size, num_workers, device, grid)
                 if plan.todo
                 else []
             )
             write(plan, dict(zip(plan.todo, vectors, strict=True)))
     else:
-        if clip_dir is None:
-            raise ValueError("engine: ray needs clip_dir, where the replicas load the CLIP from")
+        if clip_dir is None or not isinstance(clip, Clip):
+            raise ValueError("engine: ray needs a CLIP and clip_dir, where replicas load it from")
         units = _batch_units(plans, batch_size)
         waiting = Counter(unit["shard"] for unit in units)  # batches still out, per shard
         fresh: dict[int, dict[int, np.ndarray]] = {p.index: {} for p in plans}
