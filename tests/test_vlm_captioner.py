@@ -23,7 +23,7 @@ from recaption.errors import UserError
 from recaption.models import captioners, vision_tower, vlm
 from recaption.models.captioner import CaptionerError
 from recaption.models.tokenizer import train_tokenizer
-from recaption.params import ParamsError, load_params
+from recaption.params import Params, ParamsError, load_params
 from recaption.stages import captioner as stages
 from recaption.stages import clip_pretrain, recaption
 from recaption.stages import embed as embed_stage
@@ -204,3 +204,24 @@ def test_a_causal_lm_folder_is_not_a_vlm(tmp_path):
         vlm.create(str(tmp_path / "lm"))
     with pytest.raises(CaptionerError, match="vlm.json is missing"):
         vlm.load(tmp_path / "lm")
+
+
+def test_a_prefix_captioners_lineage_records_what_it_always_did():
+    """The default writes what it wrote before kind vlm existed: no vlm-only key in the
+    lineage, so the captioner folders (and the captions naming their hashes) keep their
+    bytes."""
+    params = Params()
+    pretrain = stages.lineage_params("pretrain", params, params.captioner.pretrain)
+    assert list(pretrain) == ["seed", "pretrain", "captioner"]
+    assert list(pretrain["captioner"]) == [
+        "lm", "vocab_size", "prefix_length", "mapper_hidden", "val_fraction"
+    ]  # fmt: skip
+    assert list(stages.lineage_params("stage1", params, params.captioner.stage1)) == [
+        "seed", "stage1"
+    ]  # fmt: skip
+
+
+def test_kind_vlm_embeds_on_the_local_engine_only():
+    params = Params(engine="ray", captioner={"kind": "vlm", "lm": "some/vlm"})
+    with pytest.raises(UserError, match="engine: local only"):
+        embed_stage.vlm_encoder(params)

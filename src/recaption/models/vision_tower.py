@@ -104,7 +104,8 @@ class VisionTower(nn.Module):
         h.update(repr(meta).encode())
         for name, tensor in sorted(self.tower.state_dict().items()):
             h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            flat = tensor.detach().cpu().reshape(-1).contiguous()  # (n,): 0-dim tensors too
+            h.update(flat.view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
 
