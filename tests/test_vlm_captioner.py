@@ -117,6 +117,7 @@ def test_the_cache_holds_what_the_projector_reads(vlm_folder):
 
 
 def test_vlm_captioner_goes_through_three_stages_and_recaption(embedded, vlm_folder):
+    write(embedded, vlm_folder, prompt="the <image> shows")
     report = json.loads(paths.EMBED_CACHE_REPORT.read_text())
     assert report["grid"] == 0 and report["vision_tower"] == str(vlm_folder)
     emb = embed.read_dir(paths.IMAGE_EMBEDDINGS)
@@ -127,7 +128,7 @@ def test_vlm_captioner_goes_through_three_stages_and_recaption(embedded, vlm_fol
         assert metrics["steps"] == 3
     for stage in stages.STAGES:
         model = captioners.load(paths.CAPTIONER / stage)
-        assert isinstance(model, vlm.VlmCaptioner)
+        assert isinstance(model, vlm.VlmCaptioner) and model.prompt == "the <image> shows"
     saved = load_file(paths.CAPTIONER / "stage2" / "model.safetensors")
     tower = [n for n in original if "vision_tower" in n]
     assert tower and all(torch.equal(saved[n], original[n]) for n in tower)  # frozen
@@ -146,6 +147,25 @@ def test_vlm_captioner_goes_through_three_stages_and_recaption(embedded, vlm_fol
                              recaption.Decoding(max_new_tokens=6))  # fmt: skip
     assert table["short"][:5] == direct
     assert recaption.main()["decoded"] == 0  # the captions are reused by pixels + recipe
+
+
+def test_the_prompt_frames_the_image_tokens_and_is_saved(vlm_folder, tmp_path):
+    model = vlm.create(str(vlm_folder), prompt="a photo <image> of")
+    before = model.tokenizer("a photo ")["input_ids"]
+    after = model.tokenizer(" of", add_special_tokens=False)["input_ids"]
+    assert before and after and model.prefix_tokens == len(before) + 16 + len(after)
+    features = torch.randn(2, 16 * WIDTH)
+    embed_ids = model.lm.get_input_embeddings()
+    with torch.no_grad():
+        prefix = model.prefix(features)
+        assert prefix.shape == (2, model.prefix_tokens, 24)
+        torch.testing.assert_close(prefix[1, : len(before)], embed_ids(torch.tensor(before)))
+        torch.testing.assert_close(prefix[1, -len(after) :], embed_ids(torch.tensor(after)))
+        torch.testing.assert_close(prefix[:, len(before) : -len(after)], model.mapper(features))
+        model.save(tmp_path / "saved")
+        assert torch.equal(vlm.load(tmp_path / "saved").prefix(features), prefix)
+    with pytest.raises(CaptionerError, match="exactly once"):
+        vlm.create(str(vlm_folder), prompt="no image here")
 
 
 def test_a_rerun_of_embed_encodes_nothing_new(embedded, monkeypatch):
@@ -191,6 +211,9 @@ def test_kind_vlm_refuses_a_gpt2_json_and_prefix_refuses_lora(project):
         load_params()
     project.write_params(captioner={"lora": {"rank": 4}})
     with pytest.raises(ParamsError, match="captioner.lora.rank = 4"):
+        load_params()
+    project.write_params(captioner={"kind": "vlm", "lm": "some/vlm", "prompt": "USER:"})
+    with pytest.raises(ParamsError, match="<image> exactly once"):
         load_params()
 
 

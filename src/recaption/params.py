@@ -381,7 +381,7 @@ class CaptionerLoraParams(Section):
 
 
 # Keys only `captioner.kind: vlm` reads: a prefix captioner's lineage leaves them out.
-VLM_ONLY_KEYS = frozenset({"kind", "lora"})
+VLM_ONLY_KEYS = frozenset({"kind", "prompt", "lora"})
 
 
 class CaptionerParams(Section):
@@ -392,6 +392,9 @@ class CaptionerParams(Section):
     kind: Literal["prefix", "vlm"] = "prefix"
     # prefix: a GPT-2 config JSON, a causal LM id or folder; vlm: a VLM id or folder
     lm: ModelRef = "configs/captioner/tiny-gpt2.json"
+    # kind vlm only: the text around the image tokens, e.g. "USER: <image>\nCaption it.
+    # ASSISTANT:" (the caption follows it); "<image>": the image tokens alone
+    prompt: str = "<image>"
     lora: CaptionerLoraParams = CaptionerLoraParams()  # kind vlm only
     vocab_size: int = Field(1024, ge=64)  # built-in tokenizer (trained on the captions)
     prefix_length: int = Field(4, ge=1, le=64)  # vectors from the pooled embedding
@@ -412,6 +415,11 @@ class CaptionerParams(Section):
             raise ValueError(
                 f"captioner.lm = {self.lm!r} is a config JSON, but captioner.kind: vlm needs "
                 "a saved vision-language model (a local save_pretrained folder or a model id)"
+            )
+        if self.prompt.count("<image>") != 1:
+            raise ValueError(
+                f"captioner.prompt = {self.prompt!r}: it must hold <image> exactly once "
+                "(where the image tokens go)"
             )
         if self.kind == "prefix" and self.lora.rank:
             raise ValueError(

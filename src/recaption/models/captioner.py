@@ -171,9 +171,13 @@ class Captioner(nn.Module):
             mask[row, : len(seq)] = 1
         return ids, mask
 
+    def prefix(self, features: torch.Tensor) -> torch.Tensor:
+        """The vectors before the caption: cached features (B, F) -> (B, P, d)."""
+        return self.mapper(features.float())
+
     def loss(self, features: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean next-token loss over the caption tokens (the prefix is never a target)."""
-        prefix = self.mapper(features.float())  # (B, P, d)
+        prefix = self.prefix(features)  # (B, P, d)
         b, p = prefix.shape[:2]
         embeds = torch.cat([prefix, self.lm.get_input_embeddings()(ids)], dim=1)  # (B, P+T, d)
         ones = torch.ones((b, p), dtype=mask.dtype, device=mask.device)
@@ -192,7 +196,7 @@ class Captioner(nn.Module):
         With sampling, `seed` fixes the draw (the global RNG is left as it was).
         """
         self.check_length(decoding.max_new_tokens, "max_new_tokens")
-        prefix = self.mapper(features.float())  # (B, P, d)
+        prefix = self.prefix(features)  # (B, P, d)
         mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
         config = decoding.generation_config(self.tokenizer)
         with torch.random.fork_rng(devices=[]):

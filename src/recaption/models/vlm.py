@@ -14,6 +14,7 @@ vision tower included), its tokenizer and image processor, and vlm.json.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from recaption.models import vision_tower
 from recaption.models.captioner import Captioner, CaptionerError
 
 VLM_CONFIG = "vlm.json"
+IMAGE = "<image>"  # where the image tokens go in `captioner.prompt`
 
 
 @dataclass(frozen=True)
@@ -63,18 +65,51 @@ class Projector(nn.Module):
         return self.projector(x.to(dtype))  # (B, T, d)
 
 
-class VlmCaptioner(Captioner):
-    """A LLaVA-style VLM, its tokenizer and image processor, captioning from cached features."""
+def split_prompt(prompt: str) -> tuple[str, str]:
+    """(text before, text after) the one IMAGE placeholder of `prompt`."""
+    if prompt.count(IMAGE) != 1:
+        raise CaptionerError(
+            f"captioner.prompt = {prompt!r}: it must hold {IMAGE} exactly once (where the "
+            "image tokens go)"
+        )
+    before, after = prompt.split(IMAGE)
+    return before, after
 
-    def __init__(self, vlm: nn.Module, tokenizer, processor, lora: VlmLora | None = None):
+
+class VlmCaptioner(Captioner):
+    """A LLaVA-style VLM, its tokenizer and image processor, captioning from cached features.
+
+    `prompt` frames the image tokens as the VLM was trained to see them, e.g.
+    "USER: <image>\nDescribe the image. ASSISTANT:"; the caption follows it. The text
+    before the image is tokenized with the tokenizer's special tokens (a Llama BOS).
+    """
+
+    def __init__(
+        self, vlm: nn.Module, tokenizer, processor, lora: VlmLora | None = None,
+        prompt: str = IMAGE,
+    ):  # fmt: skip
         tokens, width = vision_tower.feature_shape(vlm.config)
         super().__init__(vlm, tokenizer, Projector(vlm.model.multi_modal_projector, tokens, width))
-        self.processor = processor
+        self.processor, self.prompt = processor, prompt
         self.lora = lora or VlmLora()
+        before, after = split_prompt(prompt)
+        self.before = tokenizer(before, add_special_tokens=True)["input_ids"]
+        self.after = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
 
     @property
     def prefix_tokens(self) -> int:
-        return self.mapper.tokens
+        return len(self.before) + self.mapper.tokens + len(self.after)
+
+    def prefix(self, features: torch.Tensor) -> torch.Tensor:
+        """[prompt before, image tokens, prompt after]: (B, F) -> (B, P, d)."""
+        image = self.mapper(features.float())  # (B, T, d)
+        embed = self.lm.get_input_embeddings()
+        b, device = image.shape[0], image.device
+        parts = [
+            embed(torch.tensor(ids, dtype=torch.long, device=device)).unsqueeze(0).expand(b, -1, -1)
+            for ids in (self.before, self.after)
+        ]  # (B, len, d) each
+        return torch.cat([parts[0].to(image.dtype), image, parts[1].to(image.dtype)], dim=1)
 
     @property
     def max_caption_tokens(self) -> int | None:
@@ -116,8 +151,8 @@ class VlmCaptioner(Captioner):
         self.lm.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         self.processor.save_pretrained(folder)
-        io.write_json(folder / VLM_CONFIG, {"tokens": self.mapper.tokens,
-                                            "width": self.mapper.width})  # fmt: skip
+        shape = {"tokens": self.mapper.tokens, "width": self.mapper.width}
+        io.write_json(folder / VLM_CONFIG, {**shape, "prompt": self.prompt})
 
 
 def _load_parts(spec: str, dtype: torch.dtype):
@@ -144,10 +179,11 @@ def _load_parts(spec: str, dtype: torch.dtype):
     return model, tokenizer, processor
 
 
-def create(spec: str, lora: VlmLora | None = None) -> VlmCaptioner:
+def create(spec: str, lora: VlmLora | None = None, prompt: str = IMAGE) -> VlmCaptioner:
     """A captioner from the pretrained VLM `spec` (a local folder or a model id)."""
+    split_prompt(prompt)  # a bad prompt fails before the model loads
     model, tokenizer, processor = _load_parts(spec, torch.float32)
-    return VlmCaptioner(model, tokenizer, processor, lora)
+    return VlmCaptioner(model, tokenizer, processor, lora, prompt)
 
 
 def is_vlm(folder: str | Path) -> bool:
@@ -160,4 +196,5 @@ def load(folder: str | Path, dtype: torch.dtype = torch.float32) -> VlmCaptioner
     if not is_vlm(folder):
         raise CaptionerError(f"{folder} is not a VLM captioner folder: {VLM_CONFIG} is missing")
     model, tokenizer, processor = _load_parts(str(folder), dtype)
-    return VlmCaptioner(model, tokenizer, processor)
+    prompt = json.loads((Path(folder) / VLM_CONFIG).read_text())["prompt"]
+    return VlmCaptioner(model, tokenizer, processor, prompt=prompt)

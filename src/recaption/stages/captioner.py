@@ -105,7 +105,7 @@ def start_vlm(stage: str, params: Params, emb: embed.Embeddings) -> vlm.VlmCapti
             raise UserError(f"{folder(PARENT[stage])} is not a VLM captioner: rerun it")
         model.lora = lora
     else:
-        model = vlm.create(cp.lm, lora)
+        model = vlm.create(cp.lm, lora, cp.prompt)
     if emb.clip != embed.cache_fingerprint(model.tower().fingerprint(), 0):
         raise UserError(
             f"{paths.IMAGE_EMBEDDINGS} was not made by this captioner's vision tower: rerun embed"
@@ -121,7 +121,7 @@ def lineage_params(stage: str, params: Params, sp: CaptionerStageParams) -> dict
     if stage == "pretrain":
         out["captioner"] = cp.model_dump(exclude=set(STAGES) | vlm_only)
     elif cp.kind == "vlm":
-        out["captioner"] = cp.model_dump(include={"kind", "lora"})
+        out["captioner"] = cp.model_dump(include={"kind", "lora"})  # the prompt: the parent's
     return out
 
 
