@@ -225,6 +225,8 @@ def test_a_causal_lm_folder_is_not_a_vlm(tmp_path):
         vision_tower.load(str(tmp_path / "lm"))
     with pytest.raises(UserError, match="not a LLaVA-style"):
         vlm.create(str(tmp_path / "lm"))
+    with pytest.raises(UserError, match="is a config JSON"):
+        vlm.create(TINY_LM)
     with pytest.raises(CaptionerError, match="vlm.json is missing"):
         vlm.load(tmp_path / "lm")
 

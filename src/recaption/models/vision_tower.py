@@ -118,18 +118,25 @@ def image_norm(spec: str) -> tuple[list[float], list[float]]:
     return list(processor.image_mean), list(processor.image_std)
 
 
-def load(spec: str, dtype: torch.dtype = torch.float32) -> VisionTower:
-    """The vision tower of the VLM `spec` (a local `save_pretrained` folder or a model id)."""
+def vlm_config(spec: str):
+    """The config of the LLaVA-style VLM `spec` (a local folder or a model id), or a
+    VisionTowerError saying why it is not one."""
     if Path(spec).suffix == ".json":
         raise VisionTowerError(
             f"captioner.lm: {spec} is a config JSON; kind vlm needs a saved "
-            "vision-language model (a folder or a model id)"
+            "vision-language model (a local save_pretrained folder or a model id)"
         )
     try:
         config = AutoConfig.from_pretrained(spec)
     except (OSError, ValueError) as err:
         raise VisionTowerError(f"captioner.lm: cannot load {spec!r}: {err}") from err
     check_llava(spec, config)
+    return config
+
+
+def load(spec: str, dtype: torch.dtype = torch.float32) -> VisionTower:
+    """The vision tower of the VLM `spec` (a local `save_pretrained` folder or a model id)."""
+    config = vlm_config(spec)
     mean, std = image_norm(spec)
     model = AutoModelForImageTextToText.from_pretrained(
         spec, use_safetensors=True, **precision.load_kwargs(dtype)

@@ -20,12 +20,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModelForImageTextToText,
-    AutoTokenizer,
-)
+from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
 from recaption import io, precision
 from recaption.models import lora as lora_lib
@@ -156,15 +151,9 @@ class VlmCaptioner(Captioner):
 
 
 def _load_parts(spec: str, dtype: torch.dtype):
-    """(model, tokenizer, processor) of a LLaVA-style VLM, or a CaptionerError."""
-    if Path(spec).suffix == ".json":
-        raise CaptionerError(
-            f"captioner.lm: {spec} is a config JSON; kind vlm needs a saved "
-            "vision-language model (a local save_pretrained folder or a model id)"
-        )
+    """(model, tokenizer, processor) of a LLaVA-style VLM, or an error saying why not."""
+    vision_tower.vlm_config(spec)
     try:
-        config = AutoConfig.from_pretrained(spec)
-        vision_tower.check_llava(spec, config)
         tokenizer = AutoTokenizer.from_pretrained(spec)
         processor = AutoImageProcessor.from_pretrained(spec)
         model = AutoModelForImageTextToText.from_pretrained(
