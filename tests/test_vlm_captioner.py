@@ -4,11 +4,14 @@ the frozen tower's features as the embedding cache, three stages, recaption, LoR
 from __future__ import annotations
 
 import json
+import pickle
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from transformers import (
     CLIPImageProcessor,
@@ -246,7 +249,22 @@ def test_a_prefix_captioners_lineage_records_what_it_always_did():
     ]  # fmt: skip
 
 
-def test_kind_vlm_embeds_on_the_local_engine_only():
-    params = Params(engine="ray", captioner={"kind": "vlm", "lm": "some/vlm"})
-    with pytest.raises(UserError, match="engine: local only"):
-        embed_stage.vlm_encoder(params)
+def test_ray_replicas_load_the_tower_and_write_the_local_bytes(embedded, vlm_folder, monkeypatch):
+    from recaption import engine, io
+
+    local = {p.name: p.read_bytes() for p in io.shard_paths(paths.IMAGE_EMBEDDINGS)}
+    shutil.rmtree(paths.IMAGE_EMBEDDINGS)
+    loaded = []
+
+    def replica(worker, kwargs, units, params, desc, unit_name="unit"):
+        kwargs = pickle.loads(pickle.dumps(kwargs))  # they travel to Ray actors
+        instance = worker(**kwargs)
+        loaded.append(type(instance.encoder))
+        for index, unit in enumerate(units):
+            yield index, instance(unit)
+
+    monkeypatch.setattr(engine, "map_units", replica)
+    embedded.write_params(**{**yaml.safe_load(Path("params.yaml").read_text()), "engine": "ray"})
+    embed_stage.main()
+    assert loaded == [vision_tower.VisionTower]
+    assert {p.name: p.read_bytes() for p in io.shard_paths(paths.IMAGE_EMBEDDINGS)} == local

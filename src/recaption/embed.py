@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -331,22 +332,29 @@ class _ShardPlan:
     todo: list[int]  # rows whose pixels have no valid cached vector
 
 
-class Worker:
-    """The CLIP, loaded once; decodes and embeds one batch of a dataset shard per call
-    (the `engine: ray` path; locally a DataLoader overlaps decoding instead)."""
+def clip_encoder(clip_dir: str, grid: int) -> ClipImages:
+    """The CLIP saved in `clip_dir` as an encoder with its `grid` (what a replica loads)."""
+    return ClipImages(clip_lib.load(clip_dir), grid)
 
-    def __init__(self, clip_dir: str, dataset_dir: str, device: str, grid: int):
-        self.clip = clip_lib.load(clip_dir)
+
+class Worker:
+    """The encoder, loaded once by `load_encoder`; decodes and embeds one batch of a
+    dataset shard per call (the `engine: ray` path; locally a DataLoader overlaps
+    decoding instead)."""
+
+    def __init__(self, load_encoder: Callable[[], ImageEncoder], dataset_dir: str, device: str):
+        self.encoder = load_encoder()
         self.shards = io.shard_paths(dataset_dir)
-        self.device, self.grid = torch.device(device), grid
-        _to_device(self.clip, self.device)
+        self.device = torch.device(device)
+        self.encoder.to_device(self.device)
 
     @torch.inference_mode()
     def __call__(self, unit: dict) -> pa.Table:
         rows = unit["rows"]
-        images = ShardImages(self.shards, [(unit["shard"], r) for r in rows], self.clip.image_size)
+        positions = [(unit["shard"], r) for r in rows]
+        images = ShardImages(self.shards, positions, self.encoder.image_size)
         batch = images.__getitems__(list(range(len(rows))))
-        vectors = _forward(self.clip, batch, self.device, self.grid).numpy().astype(np.float16)
+        vectors = self.encoder.encode(batch, self.device).numpy().astype(np.float16)
         return pa.table({"row": pa.array(rows, pa.int64()), "vector": _fixed_list(vectors)})
 
 
@@ -370,15 +378,16 @@ def embed_dataset(
     grid: int = 0,
     params: Params | None = None,
     clip_dir: str | Path | None = None,
+    load_encoder: Callable[[], ImageEncoder] | None = None,
 ) -> EmbedResult:
     """Bring `out_dir` (one embedding shard per dataset shard) up to date with the dataset.
 
     A shard whose keys, pixel hashes and CLIP are unchanged is left alone; other
     shards are rebuilt from vectors already computed for the same pixels and CLIP,
     and only the remaining images go through the model (`clip`: a CLIP, or another
-    `ImageEncoder`, then with `grid` 0). With `params.engine: ray` (a CLIP only; it needs
-    `clip_dir`, where replicas load the CLIP from), the batches run on a Ray cluster and
-    each shard is written as soon as its last batch is back.
+    `ImageEncoder`, then with `grid` 0). With `params.engine: ray` the batches run on a
+    Ray cluster and each shard is written as soon as its last batch is back; replicas
+    load the encoder with `load_encoder` (picklable), by default the CLIP in `clip_dir`.
     """
     out_dir = Path(out_dir)
     shards = io.shard_paths(dataset_dir)
@@ -422,8 +431,10 @@ def embed_dataset(
             )
             write(plan, dict(zip(plan.todo, vectors, strict=True)))
     else:
-        if clip_dir is None or not isinstance(clip, Clip):
-            raise ValueError("engine: ray needs a CLIP and clip_dir, where replicas load it from")
+        if load_encoder is None and clip_dir is not None:
+            load_encoder = partial(clip_encoder, str(clip_dir), grid)
+        if load_encoder is None:
+            raise ValueError("engine: ray needs load_encoder or clip_dir: what replicas load")
         units = _batch_units(plans, batch_size)
         waiting = Counter(unit["shard"] for unit in units)  # batches still out, per shard
         fresh: dict[int, dict[int, np.ndarray]] = {p.index: {} for p in plans}
@@ -438,8 +449,7 @@ def embed_dataset(
                 written += 1
 
         write_ready()  # the leading shards whose every vector is cached
-        kwargs = {"clip_dir": str(clip_dir), "dataset_dir": str(dataset_dir), "device": device,
-                  "grid": grid}  # fmt: skip
+        kwargs = {"load_encoder": load_encoder, "dataset_dir": str(dataset_dir), "device": device}
         for position, table in engine.map_units(Worker, kwargs, units, params, "embed", "batch"):
             shard = units[position]["shard"]
             vectors = _matrix(table.column("vector"), table.num_rows)

@@ -12,16 +12,16 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recaption import devices, embed, io, paths
-from recaption.errors import UserError
 from recaption.models import clip as clip_lib
 from recaption.models import vision_tower
-from recaption.params import Params, load_params
+from recaption.params import load_params
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,11 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     clip = clip_lib.load(paths.CLIP)
     # Shards record the CLIP and the embedding procedure: a change to either recomputes all.
     fingerprint = embed.cache_fingerprint(clip_lib.fingerprint(paths.CLIP), ep.grid)
-    encoder, image_fingerprint, grid = clip, fingerprint, ep.grid
+    encoder, image_fingerprint, grid, load = clip, fingerprint, ep.grid, None
     if params.captioner.kind == "vlm":  # the images go through the VLM's frozen tower
-        encoder, image_fingerprint, grid = vlm_encoder(params)
+        encoder = vision_tower.load(params.captioner.lm)
+        image_fingerprint, grid = embed.cache_fingerprint(encoder.fingerprint(), 0), 0
+        load = partial(vision_tower.load, params.captioner.lm)  # what Ray replicas run
     workers = ep.num_workers
     if workers == "auto":
         workers = 0 if device == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
@@ -50,6 +52,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         grid,
         params,
         paths.CLIP,
+        load,
     )
     io.write_table(paths.PROMPT_EMBEDDINGS, prompt_table(clip, fingerprint, device))
     # The report describes the output, not this run: what was computed or reused depends
@@ -60,16 +63,6 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         report["vision_tower"] = params.captioner.lm
     io.write_json(paths.EMBED_CACHE_REPORT, report)
     return {**report, **asdict(result)}
-
-
-def vlm_encoder(params: Params) -> tuple[vision_tower.VisionTower, str, int]:
-    """(the tower of `captioner.lm`, its cache fingerprint, grid 0) for `captioner.kind: vlm`."""
-    if params.engine != "local":
-        raise UserError(
-            "captioner.kind: vlm embeds with engine: local only (ray replicas load a CLIP)"
-        )
-    tower = vision_tower.load(params.captioner.lm)
-    return tower, embed.cache_fingerprint(tower.fingerprint(), 0), 0
 
 
 def prompt_table(clip: clip_lib.Clip, fingerprint: str, device: str) -> pa.Table:
