@@ -3,16 +3,19 @@
 Images are decoded and preprocessed in DataLoader workers while the main process
 runs the forward pass. Embeddings are keyed by the pixel hash and the CLIP's
 fingerprint: a rerun reuses every vector whose (pixels, CLIP) pair it has seen
-and computes only the rest.
+and computes only the rest. With a vision-language captioner the same cache holds
+its frozen vision tower's features instead (any `ImageEncoder`), keyed the same way.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -161,23 +164,59 @@ def _forward(clip: Clip, batch: torch.Tensor, device: torch.device, grid: int) -
     return clip_lib.features(clip, x, grid).cpu()
 
 
+class ImageEncoder(Protocol):
+    """What the cache runs images through: CLIP (`ClipImages`) or a VLM's frozen vision
+    tower (recaption.models.vision_tower). A row's first `pooled_dim` columns are the
+    `embedding` column; the rest, if any, the `grid` column."""
+
+    image_size: int
+    pooled_dim: int
+
+    def to_device(self, device: torch.device) -> None: ...
+
+    def encode(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> float32 (B, F) on the CPU."""
+        ...
+
+
+class ClipImages:
+    """CLIP as the cache's encoder: the pooled embedding, and the grid cells when `grid`."""
+
+    def __init__(self, clip: Clip, grid: int):
+        self.clip, self.grid = clip, grid
+        self.image_size, self.pooled_dim = clip.image_size, clip.model_cfg["embed_dim"]
+
+    def to_device(self, device: torch.device) -> None:
+        _to_device(self.clip, device)
+
+    def encode(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return _forward(self.clip, batch, device, self.grid)
+
+
+def as_encoder(model: Clip | ImageEncoder, grid: int) -> ImageEncoder:
+    """A CLIP wrapped as an encoder with its `grid`; any other encoder as it is."""
+    return ClipImages(model, grid) if isinstance(model, Clip) else model
+
+
 @torch.inference_mode()
 def embed_images(
-    clip: Clip,
+    clip: Clip | ImageEncoder,
     dataset: Dataset,
     batch_size: int,
     num_workers: int,
     device: str = "cpu",
     grid: int = 0,
 ) -> np.ndarray:
-    """float16 (N, D [+ G*G*C]) embeddings of every item of `dataset`, in order (see `encode`).
+    """float16 (N, D [+ G*G*C]) embeddings of every item of `dataset`, in order (see `encode`);
+    `grid` applies to a CLIP (an `ImageEncoder` has its own layout).
 
     On CUDA the model runs in half precision, channels-last; an out-of-memory
     error halves the batch and retries it (logged), and later batches keep the
     smaller size.
     """
     dev = torch.device(device)
-    _to_device(clip, dev)
+    encoder = as_encoder(clip, grid)
+    encoder.to_device(dev)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -192,7 +231,7 @@ def embed_images(
             start = 0
             while start < len(batch):
                 try:
-                    out.append(_forward(clip, batch[start : start + chunk], dev, grid))
+                    out.append(encoder.encode(batch[start : start + chunk], dev))
                 except torch.cuda.OutOfMemoryError:
                     if chunk == 1:
                         raise
@@ -293,22 +332,29 @@ class _ShardPlan:
     todo: list[int]  # rows whose pixels have no valid cached vector
 
 
-class Worker:
-    """The CLIP, loaded once; decodes and embeds one batch of a dataset shard per call
-    (the `engine: ray` path; locally a DataLoader overlaps decoding instead)."""
+def clip_encoder(clip_dir: str, grid: int) -> ClipImages:
+    """The CLIP saved in `clip_dir` as an encoder with its `grid` (what a replica loads)."""
+    return ClipImages(clip_lib.load(clip_dir), grid)
 
-    def __init__(self, clip_dir: str, dataset_dir: str, device: str, grid: int):
-        self.clip = clip_lib.load(clip_dir)
+
+class Worker:
+    """The encoder, loaded once by `load_encoder`; decodes and embeds one batch of a
+    dataset shard per call (the `engine: ray` path; locally a DataLoader overlaps
+    decoding instead)."""
+
+    def __init__(self, load_encoder: Callable[[], ImageEncoder], dataset_dir: str, device: str):
+        self.encoder = load_encoder()
         self.shards = io.shard_paths(dataset_dir)
-        self.device, self.grid = torch.device(device), grid
-        _to_device(self.clip, self.device)
+        self.device = torch.device(device)
+        self.encoder.to_device(self.device)
 
     @torch.inference_mode()
     def __call__(self, unit: dict) -> pa.Table:
         rows = unit["rows"]
-        images = ShardImages(self.shards, [(unit["shard"], r) for r in rows], self.clip.image_size)
+        positions = [(unit["shard"], r) for r in rows]
+        images = ShardImages(self.shards, positions, self.encoder.image_size)
         batch = images.__getitems__(list(range(len(rows))))
-        vectors = _forward(self.clip, batch, self.device, self.grid).numpy().astype(np.float16)
+        vectors = self.encoder.encode(batch, self.device).numpy().astype(np.float16)
         return pa.table({"row": pa.array(rows, pa.int64()), "vector": _fixed_list(vectors)})
 
 
@@ -322,7 +368,7 @@ def _batch_units(plans: Sequence[_ShardPlan], batch_size: int) -> list[dict]:
 
 
 def embed_dataset(
-    clip: Clip,
+    clip: Clip | ImageEncoder,
     fingerprint: str,
     dataset_dir: str | Path,
     out_dir: str | Path,
@@ -332,14 +378,16 @@ def embed_dataset(
     grid: int = 0,
     params: Params | None = None,
     clip_dir: str | Path | None = None,
+    load_encoder: Callable[[], ImageEncoder] | None = None,
 ) -> EmbedResult:
     """Bring `out_dir` (one embedding shard per dataset shard) up to date with the dataset.
 
     A shard whose keys, pixel hashes and CLIP are unchanged is left alone; other
     shards are rebuilt from vectors already computed for the same pixels and CLIP,
-    and only the remaining images go through the model. With `params.engine: ray`
-    (which needs `clip_dir`, where replicas load the CLIP from), the batches run on
-    a Ray cluster and each shard is written as soon as its last batch is back.
+    and only the remaining images go through the model (`clip`: a CLIP, or another
+    `ImageEncoder`, then with `grid` 0). With `params.engine: ray` the batches run on a
+    Ray cluster and each shard is written as soon as its last batch is back; replicas
+    load the encoder with `load_encoder` (picklable), by default the CLIP in `clip_dir`.
     """
     out_dir = Path(out_dir)
     shards = io.shard_paths(dataset_dir)
@@ -347,7 +395,8 @@ def embed_dataset(
         io.remove_abandoned(out_dir)
     old = _OldVectors(out_dir, fingerprint, grid)
     result = EmbedResult(0, 0, 0, 0)
-    dim = clip.model_cfg["embed_dim"]
+    encoder = as_encoder(clip, grid)
+    dim = encoder.pooled_dim
     plans = []
     for index, shard in enumerate(shards):
         table = pq.read_table(shard, columns=["key", "sha256"])
@@ -373,16 +422,19 @@ def embed_dataset(
 
     if params is None or params.engine == "local":
         for plan in plans:
-            dataset = ShardImages(shards, [(plan.index, row) for row in plan.todo], clip.image_size)
+            positions = [(plan.index, row) for row in plan.todo]
+            dataset = ShardImages(shards, positions, encoder.image_size)
             vectors = (
-                embed_images(clip, dataset, batch_size, num_workers, device, grid)
+                embed_images(encoder, dataset, batch_size, num_workers, device, grid)
                 if plan.todo
                 else []
             )
             write(plan, dict(zip(plan.todo, vectors, strict=True)))
     else:
-        if clip_dir is None:
-            raise ValueError("engine: ray needs clip_dir, where the replicas load the CLIP from")
+        if load_encoder is None and clip_dir is not None:
+            load_encoder = partial(clip_encoder, str(clip_dir), grid)
+        if load_encoder is None:
+            raise ValueError("engine: ray needs load_encoder or clip_dir: what replicas load")
         units = _batch_units(plans, batch_size)
         waiting = Counter(unit["shard"] for unit in units)  # batches still out, per shard
         fresh: dict[int, dict[int, np.ndarray]] = {p.index: {} for p in plans}
@@ -397,8 +449,7 @@ def embed_dataset(
                 written += 1
 
         write_ready()  # the leading shards whose every vector is cached
-        kwargs = {"clip_dir": str(clip_dir), "dataset_dir": str(dataset_dir), "device": device,
-                  "grid": grid}  # fmt: skip
+        kwargs = {"load_encoder": load_encoder, "dataset_dir": str(dataset_dir), "device": device}
         for position, table in engine.map_units(Worker, kwargs, units, params, "embed", "batch"):
             shard = units[position]["shard"]
             vectors = _matrix(table.column("vector"), table.num_rows)

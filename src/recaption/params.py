@@ -361,10 +361,41 @@ _STAGE_DEFAULTS = {
 }
 
 
-class CaptionerParams(Section):
-    """The captioner: an LM conditioned on CLIP embeddings, and its three training stages."""
+class CaptionerLoraParams(Section):
+    """captioner.lora: low-rank adapters on a VLM's language model (recaption.models.lora),
+    merged before each stage saves."""
 
-    lm: ModelRef = "configs/captioner/tiny-gpt2.json"  # GPT-2 config JSON, model id, or folder
+    rank: int = Field(0, ge=0)  # 0: off (train_lm trains the whole language model)
+    alpha: float | None = Field(None, gt=0)  # the update is scaled by alpha / rank; None: rank
+    targets: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]  # Llama-style attention
+
+    @property
+    def scale_alpha(self) -> float:
+        return float(self.alpha if self.alpha is not None else self.rank)
+
+    @model_validator(mode="after")
+    def _targets_when_on(self) -> CaptionerLoraParams:
+        if self.rank and not self.targets:
+            raise ValueError("captioner.lora.targets is empty: name the layers adapters wrap")
+        return self
+
+
+# Keys only `captioner.kind: vlm` reads: a prefix captioner's lineage leaves them out.
+VLM_ONLY_KEYS = frozenset({"kind", "prompt", "lora"})
+
+
+class CaptionerParams(Section):
+    """The captioner: an LM conditioned on CLIP embeddings (kind prefix) or a LLaVA-style
+    vision-language model tuned from its frozen tower's features (kind vlm), and its
+    three training stages."""
+
+    kind: Literal["prefix", "vlm"] = "prefix"
+    # prefix: a GPT-2 config JSON, a causal LM id or folder; vlm: a VLM id or folder
+    lm: ModelRef = "configs/captioner/tiny-gpt2.json"
+    # kind vlm only: the text around the image tokens, e.g. "USER: <image>\nCaption it.
+    # ASSISTANT:" (the caption follows it); "<image>": the image tokens alone
+    prompt: str = "<image>"
+    lora: CaptionerLoraParams = CaptionerLoraParams()  # kind vlm only
     vocab_size: int = Field(1024, ge=64)  # built-in tokenizer (trained on the captions)
     prefix_length: int = Field(4, ge=1, le=64)  # vectors from the pooled embedding
     mapper_hidden: int = Field(512, ge=1)
@@ -377,6 +408,25 @@ class CaptionerParams(Section):
     @classmethod
     def _stage_defaults(cls, data: Any) -> Any:
         return _with_defaults(data, _STAGE_DEFAULTS)
+
+    @model_validator(mode="after")
+    def _kind_fits(self) -> CaptionerParams:
+        if self.kind == "vlm" and Path(self.lm).suffix == ".json":
+            raise ValueError(
+                f"captioner.lm = {self.lm!r} is a config JSON, but captioner.kind: vlm needs "
+                "a saved vision-language model (a local save_pretrained folder or a model id)"
+            )
+        if self.prompt.count("<image>") != 1:
+            raise ValueError(
+                f"captioner.prompt = {self.prompt!r}: it must hold <image> exactly once "
+                "(where the image tokens go)"
+            )
+        if self.kind == "prefix" and self.lora.rank:
+            raise ValueError(
+                f"captioner.lora.rank = {self.lora.rank}: LoRA tunes a VLM's language model "
+                "(captioner.kind: vlm); with kind prefix set it to 0 (train_lm trains the LM)"
+            )
+        return self
 
 
 _DECODING_DEFAULTS = {"short": {"max_new_tokens": 24}, "descriptive": {"max_new_tokens": 80}}

@@ -128,10 +128,15 @@ class Captioner(nn.Module):
         self.lm, self.tokenizer, self.mapper = lm, tokenizer, mapper
 
     @property
+    def prefix_tokens(self) -> int:
+        """Vectors the image puts before the caption."""
+        return self.mapper.config.tokens
+
+    @property
     def max_caption_tokens(self) -> int | None:
         """Caption tokens that fit in the LM's context after the prefix (None: no limit)."""
         limit = getattr(self.lm.config, "max_position_embeddings", None)
-        return None if limit is None else limit - self.mapper.config.tokens
+        return None if limit is None else limit - self.prefix_tokens
 
     def check_length(self, tokens: int, key: str) -> None:
         """Refuse a caption length the LM's position table cannot hold."""
@@ -139,8 +144,15 @@ class Captioner(nn.Module):
         if room is not None and tokens > room:
             raise CaptionerError(
                 f"{key} = {tokens}, but the LM's context holds {room} caption tokens after "
-                f"the {self.mapper.config.tokens} prefix vectors; lower it or use a larger LM"
+                f"the {self.prefix_tokens} prefix vectors; lower it or use a larger LM"
             )
+
+    def trainable(self, train_lm: bool) -> dict[str, nn.Parameter]:
+        """The parameters a training stage updates, by name: the mapper's, and the LM's
+        when `train_lm` (the others are frozen)."""
+        for p in self.lm.parameters():
+            p.requires_grad_(train_lm)
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
     def tokenize(self, captions: Sequence[str], max_tokens: int) -> list[list[int]]:
         """Token ids of each caption, EOS appended (it teaches the model to stop),
@@ -159,9 +171,13 @@ class Captioner(nn.Module):
             mask[row, : len(seq)] = 1
         return ids, mask
 
+    def prefix(self, features: torch.Tensor) -> torch.Tensor:
+        """The vectors before the caption: cached features (B, F) -> (B, P, d)."""
+        return self.mapper(features.float())
+
     def loss(self, features: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean next-token loss over the caption tokens (the prefix is never a target)."""
-        prefix = self.mapper(features.float())  # (B, P, d)
+        prefix = self.prefix(features)  # (B, P, d)
         b, p = prefix.shape[:2]
         embeds = torch.cat([prefix, self.lm.get_input_embeddings()(ids)], dim=1)  # (B, P+T, d)
         ones = torch.ones((b, p), dtype=mask.dtype, device=mask.device)
@@ -180,7 +196,7 @@ class Captioner(nn.Module):
         With sampling, `seed` fixes the draw (the global RNG is left as it was).
         """
         self.check_length(decoding.max_new_tokens, "max_new_tokens")
-        prefix = self.mapper(features.float())  # (B, P, d)
+        prefix = self.prefix(features)  # (B, P, d)
         mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
         config = decoding.generation_config(self.tokenizer)
         with torch.random.fork_rng(devices=[]):

@@ -23,7 +23,7 @@ from recaption.parallel import Parallel
 
 @dataclass(frozen=True)
 class CaptionTrainConfig(OptimConfig):
-    train_lm: bool  # False: only the mapper learns (the LM's own weights stay frozen)
+    train_lm: bool  # False: only the mapper (or projector) learns; the LM stays frozen
     eval_every: int
     patience: int  # evaluations without improvement before stopping
     max_tokens: int
@@ -60,12 +60,6 @@ class _CaptionLoss(torch.nn.Module):
         return self.model.loss(features, tokens, mask)
 
 
-def _trainable(model: Captioner, train_lm: bool) -> dict[str, torch.nn.Parameter]:
-    for p in model.lm.parameters():
-        p.requires_grad_(train_lm)
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
 def train_captioner(
     model: Captioner,
     train: tuple[torch.Tensor, Sequence[str]],
@@ -99,7 +93,7 @@ def train_captioner(
         val_loss = mean_loss(model, val[0], val_ids, config.precision)
         return {"steps": 0, "val_loss": val_loss, "best_step": 0, "train_loss": None,
                 "stopped_early": False}  # fmt: skip
-    named = _trainable(model, config.train_lm)
+    named = model.trainable(config.train_lm)
     step_loss = par.wrap(_CaptionLoss(model))
 
     def loss_at(step: int, gen: torch.Generator, micro: Micro) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """captioner_pretrain, captioner_stage1, captioner_stage2: one routine, three stages.
 
     pretrain  ground-truth captions of every image outside the held-out split,
-              starting from `captioner.lm` (built-in: fresh GPT-2, tokenizer trained here)
+              starting from `captioner.lm` (built-in: fresh GPT-2, tokenizer trained here;
+              `captioner.kind: vlm`: a pretrained VLM, its tower frozen, models/vlm.py)
     stage1    the short caption set (main subject), from the pretrained weights
     stage2    the descriptive caption set, from the stage-1 weights
 
@@ -21,9 +22,10 @@ from recaption import datasets, devices, embed, io, lineage, paths, precision, r
 from recaption.errors import UserError
 from recaption.live import main_live, step_logger
 from recaption.models import captioner as captioner_lib
+from recaption.models import captioners, vlm
 from recaption.models.captioner_train import CaptionTrainConfig, train_captioner
 from recaption.parallel import Parallel
-from recaption.params import CaptionerStageParams, Params, load_params
+from recaption.params import VLM_ONLY_KEYS, CaptionerStageParams, Params, load_params
 
 log = logging.getLogger(__name__)
 STAGES = ("pretrain", "stage1", "stage2")
@@ -73,8 +75,10 @@ def feature_dims(emb: embed.Embeddings, grid: int) -> tuple[int, int, int]:
 
 def start_model(stage: str, params: Params, emb: embed.Embeddings, pairs: list[tuple[str, str]]):
     """The weights a stage starts from: its parent stage's, or a new captioner for pretrain."""
+    if params.captioner.kind == "vlm":
+        return start_vlm(stage, params, emb)
     if stage in PARENT:
-        return captioner_lib.load(folder(PARENT[stage]))
+        return captioners.load(folder(PARENT[stage]))
     cp = params.captioner
     texts = [caption for _, caption in pairs]
     for path in CAPTION_SETS.values():  # the tokenizer must also know the tuning captions
@@ -88,6 +92,37 @@ def start_model(stage: str, params: Params, emb: embed.Embeddings, pairs: list[t
         cp.mapper_hidden,
         params.seed,
     )
+
+
+def start_vlm(stage: str, params: Params, emb: embed.Embeddings) -> vlm.VlmCaptioner:
+    """The VLM a stage tunes (pretrain: `captioner.lm`), its LoRA settings, and a check
+    that the cached features are its tower's."""
+    cp = params.captioner
+    lora = vlm.VlmLora(cp.lora.rank, cp.lora.scale_alpha, tuple(cp.lora.targets), params.seed)
+    if stage in PARENT:
+        model = captioners.load(folder(PARENT[stage]))
+        if not isinstance(model, vlm.VlmCaptioner):
+            raise UserError(f"{folder(PARENT[stage])} is not a VLM captioner: rerun it")
+        model.lora = lora
+    else:
+        model = vlm.create(cp.lm, lora, cp.prompt)
+    if emb.clip != embed.cache_fingerprint(model.tower().fingerprint(), 0):
+        raise UserError(
+            f"{paths.IMAGE_EMBEDDINGS} was not made by this captioner's vision tower: rerun embed"
+        )
+    return model
+
+
+def lineage_params(stage: str, params: Params, sp: CaptionerStageParams) -> dict:
+    """The params a stage's lineage records; a prefix captioner's as they always were."""
+    out = {"seed": params.seed, stage: sp.model_dump(exclude={"device"})}
+    cp = params.captioner
+    vlm_only = set() if cp.kind == "vlm" else set(VLM_ONLY_KEYS)
+    if stage == "pretrain":
+        out["captioner"] = cp.model_dump(exclude=set(STAGES) | vlm_only)
+    elif cp.kind == "vlm":
+        out["captioner"] = cp.model_dump(include={"kind", "lora"})  # the prompt: the parent's
+    return out
 
 
 def train_config(
@@ -141,12 +176,8 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
             inputs.update(captions=CAPTION_SETS[stage], parent=folder(PARENT[stage]))
         else:
             inputs.update(dataset=paths.DATASET, splits=paths.SPLITS)
-        stage_params = {"seed": params.seed, stage: sp.model_dump(exclude={"device"})}
-        if stage == "pretrain":
-            stage_params["captioner"] = params.captioner.model_dump(exclude=set(STAGES))
-        lineage.write_lineage(
-            tmp, f"captioner_{stage}", inputs, stage_params, metrics=metrics, compute=record
-        )
+        lineage.write_lineage(tmp, f"captioner_{stage}", inputs, lineage_params(stage, params, sp),
+                              metrics=metrics, compute=record)  # fmt: skip
     resume.finish(f"captioner_{stage}")
     log.info("captioner %s: %s", stage, metrics)
     return metrics

@@ -1,5 +1,7 @@
 """embed: CLIP embeddings of every dataset image (computed once per pixels and CLIP) and
-of the evaluation prompts.
+of the evaluation prompts. With `captioner.kind: vlm` the images' cache holds the VLM's
+frozen vision-tower features instead (computed once per pixels and tower); the prompts
+are still CLIP's.
 
 data/embeddings/ is a persistent DVC output: its previous shards are the cache,
 so after the dataset grows only the new images go through the model.
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,6 +20,7 @@ import pyarrow.parquet as pq
 
 from recaption import devices, embed, io, paths
 from recaption.models import clip as clip_lib
+from recaption.models import vision_tower
 from recaption.params import load_params
 
 log = logging.getLogger(__name__)
@@ -29,26 +33,34 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     clip = clip_lib.load(paths.CLIP)
     # Shards record the CLIP and the embedding procedure: a change to either recomputes all.
     fingerprint = embed.cache_fingerprint(clip_lib.fingerprint(paths.CLIP), ep.grid)
+    encoder, image_fingerprint, grid, load = clip, fingerprint, ep.grid, None
+    if params.captioner.kind == "vlm":  # the images go through the VLM's frozen tower
+        encoder = vision_tower.load(params.captioner.lm)
+        image_fingerprint, grid = embed.cache_fingerprint(encoder.fingerprint(), 0), 0
+        load = partial(vision_tower.load, params.captioner.lm)  # what Ray replicas run
     workers = ep.num_workers
     if workers == "auto":
         workers = 0 if device == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
     result = embed.embed_dataset(
-        clip,
-        fingerprint,
+        encoder,
+        image_fingerprint,
         paths.DATASET,
         paths.IMAGE_EMBEDDINGS,
         ep.batch_size,
         workers,
         device,
-        ep.grid,
+        grid,
         params,
         paths.CLIP,
+        load,
     )
     io.write_table(paths.PROMPT_EMBEDDINGS, prompt_table(clip, fingerprint, device))
     # The report describes the output, not this run: what was computed or reused depends
     # on what an earlier (perhaps killed) run left, so it goes to the log and the caller.
     report = {"images": result.images, "shards": len(io.shard_paths(paths.IMAGE_EMBEDDINGS)),
-              "clip": fingerprint, "grid": ep.grid}  # fmt: skip
+              "clip": image_fingerprint, "grid": grid}  # fmt: skip
+    if params.captioner.kind == "vlm":
+        report["vision_tower"] = params.captioner.lm
     io.write_json(paths.EMBED_CACHE_REPORT, report)
     return {**report, **asdict(result)}
 

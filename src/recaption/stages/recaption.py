@@ -1,7 +1,8 @@
 """recaption: short and descriptive synthetic captions for every dataset image.
 
-Both tuned captioners decode from the cached embeddings (no pixels needed), in
-batches with the LM's KV cache. Work is done in resumable chunks, so a killed
+Both tuned captioners decode from the cached embeddings (no pixels needed; with
+`captioner.kind: vlm`, from the cached vision-tower features), in batches with the
+LM's KV cache. Work is done in resumable chunks, so a killed
 run restarts where it stopped. Output: data/captions/synthetic.parquet with
 key, the pixel hash, short, descriptive, the content hash of each captioner and
 the recipe (everything else a caption is a function of), and
@@ -26,6 +27,7 @@ import torch
 from recaption import devices, embed, io, paths, precision, runner
 from recaption.metrics import tags
 from recaption.models import captioner as captioner_lib
+from recaption.models import captioners
 from recaption.models.captioner import Captioner, Decoding
 from recaption.params import Params, RecaptionParams, load_params
 
@@ -68,7 +70,7 @@ class Worker:
         self.emb = embed.read_dir(paths.IMAGE_EMBEDDINGS)
         dtype = precision.weights_dtype(self.compute)  # a big LM: half the memory in bf16
         self.models = {
-            kind: captioner_lib.load(paths.CAPTIONER / stage, dtype).to(self.device).eval()
+            kind: captioners.load(paths.CAPTIONER / stage, dtype).to(self.device).eval()
             for kind, stage in KINDS.items()
         }
         self.hashes = captioner_hashes()
