@@ -140,6 +140,10 @@ def test_vlm_captioner_goes_through_three_stages_and_recaption(embedded, vlm_fol
         assert any(not torch.equal(saved[n], original[n]) for n in names), part
     lineage = json.loads((paths.CAPTIONER / "pretrain" / "lineage.json").read_text())
     assert lineage["params"]["captioner"]["kind"] == "vlm"
+    for stage in stages.STAGES:  # each card names the model and the loader it is
+        card = (paths.CAPTIONER / stage / "README.md").read_text()
+        assert "vision-language" in card and "captioners.load" in card
+        assert "prefix mapper" not in card
     summary = recaption.main()
     assert summary["decoded"] == 60
     table = pq.read_table(paths.SYNTHETIC_CAPTIONS).to_pydict()

@@ -74,6 +74,22 @@ _ABOUT: dict[str, tuple[str, str, str, str]] = {
 }  # fmt: skip
 
 
+def _is_vlm(record: dict[str, Any]) -> bool:
+    """Whether a captioner stage's record is a vision-language captioner's."""
+    return (record.get("params", {}).get("captioner") or {}).get("kind") == "vlm"
+
+
+def _vlm_card(about: str) -> tuple[str, str]:
+    """(about, usage) of a vision-language captioner's card: another model, another loader."""
+    prefix = "A causal language model conditioned on CLIP embeddings through a prefix mapper"
+    vlm = ("A LLaVA-style vision-language model (frozen vision tower, projector and language "
+           "model) tuned from its tower's cached features")  # fmt: skip
+    usage = 'from recaption.models import captioners\nmodel = captioners.load("{folder}")'
+    if prefix in about:
+        return about.replace(prefix, vlm), usage
+    return f"{about} {vlm}.", usage
+
+
 def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -118,6 +134,8 @@ def render(record: dict[str, Any]) -> str:
     folder, title, about, usage = _ABOUT.get(
         stage, ("", stage, "A model written by the recaption pipeline.", "")
     )
+    if stage.startswith("captioner_") and _is_vlm(record):
+        about, usage = _vlm_card(about)
     lines = [f"# {title}", "", about, ""]
     if record.get("caption_version"):
         lines += [
