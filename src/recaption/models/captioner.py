@@ -266,11 +266,16 @@ def create_lm(
         lm = AutoModelForCausalLM.from_pretrained(spec, use_safetensors=True)
     except (OSError, ValueError) as err:
         raise CaptionerError(f"captioner.lm: cannot load {spec!r}: {err}") from err
+    return lm, ready_tokenizer(tokenizer, spec)
+
+
+def ready_tokenizer(tokenizer: PreTrainedTokenizerBase, spec: str) -> PreTrainedTokenizerBase:
+    """A pretrained LM's tokenizer, checked to end captions (EOS) and made to pad."""
     if tokenizer.eos_token_id is None:
         raise CaptionerError(f"captioner.lm: the tokenizer of {spec!r} has no EOS token")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of the loss anyway
-    return lm, tokenizer
+    return tokenizer
 
 
 def create(

@@ -25,7 +25,7 @@ from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTo
 from recaption import io, precision
 from recaption.models import lora as lora_lib
 from recaption.models import vision_tower
-from recaption.models.captioner import Captioner, CaptionerError
+from recaption.models.captioner import Captioner, CaptionerError, ready_tokenizer
 
 VLM_CONFIG = "vlm.json"
 IMAGE = "<image>"  # where the image tokens go in `captioner.prompt`
@@ -161,11 +161,7 @@ def _load_parts(spec: str, dtype: torch.dtype):
         )
     except (OSError, ValueError) as err:
         raise CaptionerError(f"captioner.lm: cannot load {spec!r} as a VLM: {err}") from err
-    if tokenizer.eos_token_id is None:
-        raise CaptionerError(f"captioner.lm: the tokenizer of {spec!r} has no EOS token")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of the loss anyway
-    return model, tokenizer, processor
+    return model, ready_tokenizer(tokenizer, spec), processor
 
 
 def create(spec: str, lora: VlmLora | None = None, prompt: str = IMAGE) -> VlmCaptioner:
