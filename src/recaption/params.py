@@ -361,23 +361,30 @@ _STAGE_DEFAULTS = {
 }
 
 
-class CaptionerLoraParams(Section):
-    """captioner.lora: low-rank adapters on a VLM's language model (recaption.models.lora),
-    merged before each stage saves."""
+class LoraParams(Section):
+    """generator.lora: a low-rank adapter on a saved pipeline's UNet (recaption.models.lora),
+    merged into the UNet before it is saved."""
 
-    rank: int = Field(0, ge=0)  # 0: off (train_lm trains the whole language model)
+    rank: int = Field(0, ge=0)  # 0: off, the whole UNet trains
     alpha: float | None = Field(None, gt=0)  # the update is scaled by alpha / rank; None: rank
-    targets: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]  # Llama-style attention
+    targets: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]  # layer names the adapters wrap
 
     @property
     def scale_alpha(self) -> float:
         return float(self.alpha if self.alpha is not None else self.rank)
 
     @model_validator(mode="after")
-    def _targets_when_on(self) -> CaptionerLoraParams:
+    def _targets_when_on(self) -> LoraParams:
         if self.rank and not self.targets:
-            raise ValueError("captioner.lora.targets is empty: name the layers adapters wrap")
+            raise ValueError("lora.targets is empty: name the layers the adapters wrap")
         return self
+
+
+class CaptionerLoraParams(LoraParams):
+    """captioner.lora: low-rank adapters on a VLM's language model (recaption.models.lora),
+    merged before each stage saves; rank 0: off (train_lm trains the whole language model)."""
+
+    targets: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]  # Llama-style attention
 
 
 # Keys only `captioner.kind: vlm` reads: a prefix captioner's lineage leaves them out.
@@ -498,25 +505,6 @@ class BlendParams(Section):
     # (data/captions/upsampled.parquet), both where an image keeps its ground truth and
     # at synthetic_ratio 0.
     use_upsampled: bool = False
-
-
-class LoraParams(Section):
-    """generator.lora: a low-rank adapter on a saved pipeline's UNet (recaption.models.lora),
-    merged into the UNet before it is saved."""
-
-    rank: int = Field(0, ge=0)  # 0: off, the whole UNet trains
-    alpha: float | None = Field(None, gt=0)  # the update is scaled by alpha / rank; None: rank
-    targets: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]  # layer names the adapters wrap
-
-    @property
-    def scale_alpha(self) -> float:
-        return float(self.alpha if self.alpha is not None else self.rank)
-
-    @model_validator(mode="after")
-    def _targets_when_on(self) -> LoraParams:
-        if self.rank and not self.targets:
-            raise ValueError("lora.targets is empty: name the layers the adapters wrap")
-        return self
 
 
 class GeneratorParams(TrainingSection):
