@@ -42,6 +42,7 @@ def text_config(clip: Clip) -> CLIPTextConfig:
     if any(not isinstance(b.ls_1, torch.nn.Identity) for b in blocks):
         raise ClipError("text towers with layer scale do not convert")
     width = model.token_embedding.embedding_dim
+    start, end = SimpleTokenizer().all_special_ids[:2]  # the BPE is read once
     return CLIPTextConfig(
         vocab_size=model.vocab_size,
         hidden_size=width,
@@ -52,9 +53,9 @@ def text_config(clip: Clip) -> CLIPTextConfig:
         max_position_embeddings=model.context_length,
         hidden_act="quick_gelu" if type(act).__name__ == "QuickGELU" else "gelu",
         layer_norm_eps=first.ln_1.eps,
-        pad_token_id=len(SimpleTokenizer().encoder) - 1,
-        bos_token_id=len(SimpleTokenizer().encoder) - 2,
-        eos_token_id=len(SimpleTokenizer().encoder) - 1,
+        pad_token_id=end,
+        bos_token_id=start,
+        eos_token_id=end,
     )
 
 
