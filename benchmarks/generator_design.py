@@ -151,6 +151,23 @@ def score(pipe, oracle, suite, phrasing: str, steps: int, guidance: float) -> di
     }
 
 
+def train_captions(
+    pipe, oracle, scenes: list, captions: list[str], n: int, guidance: float
+) -> dict:
+    """Draw the first `n` training captions and read the drawings against their own scenes:
+    a model that cannot redraw what it trained on underfits (more data will not help), and
+    one that redraws them but not the suite's prompts has not generalised."""
+    images = pipe(captions[:n], 20, guidance, seed=list(range(n)))
+    pixels = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2)
+    pred = oracle_lib.predict(oracle, pixels.contiguous())
+    found = oracle_lib.detections(pred)
+    fact = [facts.fact_accuracy(d, facts.caption_demands(c, s))
+            for d, c, s in zip(found, captions[:n], scenes[:n], strict=True)]  # fmt: skip
+    read = oracle_lib.accuracy(pred, oracle_lib.stack_targets(scenes[:n]))
+    return {"fact": round(float(np.mean([f for f in fact if f is not None])), 3),
+            **{k: round(v, 3) for k, v in read.items()}}  # fmt: skip
+
+
 def caption_gain(pipe, images: torch.Tensor, captions: list[str], n: int = 256) -> dict:
     """The share of the denoising loss the caption removes, at fixed noise on the last `n`
     training images, at t = 200, 500, 800: how much the model listens to the text."""
@@ -200,6 +217,9 @@ def main() -> None:
         action="store_true",
         help="measure the caption's share of the denoising, not the suite",
     )
+    parser.add_argument("--train-captions", type=int, default=0, metavar="N",
+                        help="also draw the first N training captions and read them against "
+                        "their own scenes (does it redraw what it trained on?)")  # fmt: skip
     parser.add_argument("--snr-gamma", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0, help="added to the generator's seed")
     parser.add_argument("--edge-weight", type=float, default=0.0,
@@ -212,7 +232,7 @@ def main() -> None:
     variant = VARIANTS[args.variant]
     params = load_params(ROOT / paths.PARAMS)
     cfg = world_config(params)
-    images, _, captions = world(args.images, params.seed, cfg)
+    images, scenes, captions = world(args.images, params.seed, cfg)
     hwc = images.permute(0, 2, 3, 1).numpy()
     out_rough = round(float(np.median(noise_guard.roughness(hwc))), 2)
     oracle = oracle_lib.load(ROOT / paths.ORACLE)
@@ -293,6 +313,10 @@ def main() -> None:
         print(json.dumps({**out, "caption_gain": caption_gain(pipe, images, captions)}))
         return
     pipe.set_progress_bar_config(disable=True)
+    if args.train_captions:
+        out["train_captions"] = train_captions(pipe, oracle, scenes, captions,
+                                               min(args.train_captions, len(captions)),
+                                               args.guidance)  # fmt: skip
     suite = prompt_suite(params.prompts.seed, args.prompts)
     start = time.perf_counter()
     for phrasing in ("descriptive", "short"):
