@@ -128,14 +128,21 @@ def train_vae(config: Path, images: torch.Tensor, steps: int, seed: int, lr: flo
     return vae, {**metrics, "seconds": round(time.perf_counter() - start, 1)}
 
 
-def score(pipe, oracle, suite, phrasing: str, steps: int, guidance: float) -> dict:
-    prompts = [p.descriptive if phrasing == "descriptive" else p.prompt for p in suite]
+def draw_and_read(pipe, oracle, prompts: list[str], steps: int, guidance: float) -> tuple:
+    """(images drawn for `prompts` with seeds 0.., the oracle's reading of them), drawn in
+    batches of 100."""
     images = []
     for i in range(0, len(prompts), 100):
         batch = prompts[i : i + 100]
         images += pipe(batch, steps, guidance, seed=list(range(i, i + len(batch))))
     pixels = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2)
-    found = oracle_lib.detections(oracle_lib.predict(oracle, pixels.contiguous()))
+    return images, oracle_lib.predict(oracle, pixels.contiguous())
+
+
+def score(pipe, oracle, suite, phrasing: str, steps: int, guidance: float) -> dict:
+    prompts = [p.descriptive if phrasing == "descriptive" else p.prompt for p in suite]
+    images, pred = draw_and_read(pipe, oracle, prompts, steps, guidance)
+    found = oracle_lib.detections(pred)
     fact = [facts.fact_accuracy(d, p.demands) for d, p in zip(found, suite, strict=True)]
     follow = [geneval.follows(d, p.demands, p.category) for d, p in zip(found, suite, strict=True)]
     by_cat: dict[str, list[float]] = {}
@@ -151,15 +158,12 @@ def score(pipe, oracle, suite, phrasing: str, steps: int, guidance: float) -> di
     }
 
 
-def train_captions(
-    pipe, oracle, scenes: list, captions: list[str], n: int, guidance: float
-) -> dict:
+def train_captions(pipe, oracle, scenes: list, captions: list[str], n: int, steps: int,
+                   guidance: float) -> dict:  # fmt: skip
     """Draw the first `n` training captions and read the drawings against their own scenes:
     a model that cannot redraw what it trained on underfits (more data will not help), and
     one that redraws them but not the suite's prompts has not generalised."""
-    images = pipe(captions[:n], 20, guidance, seed=list(range(n)))
-    pixels = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2)
-    pred = oracle_lib.predict(oracle, pixels.contiguous())
+    _, pred = draw_and_read(pipe, oracle, captions[:n], steps, guidance)
     found = oracle_lib.detections(pred)
     fact = [facts.fact_accuracy(d, facts.caption_demands(c, s))
             for d, c, s in zip(found, captions[:n], scenes[:n], strict=True)]  # fmt: skip
@@ -316,7 +320,7 @@ def main() -> None:
     if args.train_captions:
         out["train_captions"] = train_captions(pipe, oracle, scenes, captions,
                                                min(args.train_captions, len(captions)),
-                                               args.guidance)  # fmt: skip
+                                               args.sample_steps, args.guidance)  # fmt: skip
     suite = prompt_suite(params.prompts.seed, args.prompts)
     start = time.perf_counter()
     for phrasing in ("descriptive", "short"):
