@@ -9,7 +9,7 @@ from PIL import Image
 from recaption import compare, ladder
 from recaption.params import COMPARE_VARIANTS, Params, ParamsError, parse_params
 
-from tiny_repo import finished_copy, run
+from tiny_repo import finished_copy, run, stale
 
 
 def params_with(**compare_section) -> Params:
@@ -142,6 +142,15 @@ def test_compare_runs_each_experiment_below_the_changed_params_only(tiny_repro, 
     run(["recap", "compare"], repo)
     again = json.loads((repo / "reports" / "compare.json").read_text())
     assert again["queued"] == 0  # both experiments are reused
+    # So does a change to an upstream stage's code that leaves its outputs' bytes as they
+    # were (a refactoring): dvc.lock's entry for the stage moves, the inputs below do not.
+    code = repo / "src" / "recaption" / "stages" / "prompts.py"
+    code.write_text(code.read_text() + "# a refactoring\n")
+    assert stale(repo) == {"prompts"}
+    run(["dvc", "repro"], repo)
+    run(["git", "commit", "-qam", "refactor the prompts stage"], repo)
+    run(["recap", "compare"], repo)
+    assert json.loads((repo / "reports" / "compare.json").read_text())["queued"] == 0
     # The two differ only in blend.synthetic_ratio: two caption versions, one captioner.
     rows = {r["ref"]: r for r in json.loads(run(["recap", "lineage", "--all", "--json"], repo))}
     gt, d95 = rows["exp ground-truth-s0"], rows["exp descriptive-95-s0"]

@@ -95,6 +95,53 @@ def test_a_sweep_that_dvc_lists_no_experiments_for_is_a_user_error(tmp_path, mon
         experiments.run_all(tmp_path, [Experiment("ground-truth-s0", "ground-truth", 0, {})], {})
 
 
+def entry(path: str, md5: str) -> dict:
+    return {"path": path, "hash": "md5", "md5": md5, "size": 1}
+
+
+def lock_of(ingest_code="c1", dataset="d1", blend_code="b1", relabeled="r1") -> dict:
+    """A two-stage dvc.lock: ingest above the blend, the blend a stage variants rerun."""
+    return {"schema": "2.0", "stages": {
+        "ingest": {"cmd": "recap ingest", "deps": [entry("src/ingest.py", ingest_code)],
+                   "params": {"params.yaml": {"data": {"n": 1}}},
+                   "outs": [entry("data/dataset", dataset)]},
+        "blend": {"cmd": "recap blend",
+                  "deps": [entry("data/dataset/shard-0.parquet", dataset),
+                           entry("src/blend.py", blend_code)],
+                  "params": {"params.yaml": {"blend": {"synthetic_ratio": 0.95}}},
+                  "outs": [entry("data/relabeled", relabeled)]},
+    }}  # fmt: skip
+
+
+def test_reuse_survives_a_change_upstream_that_keeps_its_outputs_bytes():
+    key = experiments.reuse_key(lock_of())
+    # Upstream code edited, its output the same bytes (a refactoring): the same inputs.
+    assert experiments.reuse_key(lock_of(ingest_code="c2")) == key
+    # What the variant's own stages wrote, and their params, are the experiment's business.
+    assert experiments.reuse_key(lock_of(relabeled="r2")) == key
+    # Other upstream bytes, or other code below the blend: other inputs.
+    assert experiments.reuse_key(lock_of(dataset="d2")) != key
+    assert experiments.reuse_key(lock_of(blend_code="b2")) != key
+    # An upstream file read below, but written by a stage, counts through that stage only.
+    assert "data/dataset/shard-0.parquet" not in key["blend"]
+
+
+def test_an_earlier_experiment_is_reused_only_on_the_same_params_and_inputs():
+    exp = Experiment("ground-truth-s0", "ground-truth", 0, {"blend.synthetic_ratio": 0.0})
+    raw = {"blend": {"synthetic_ratio": 0.95}, "compare": {"seeds": 1}}
+    want = {"blend.synthetic_ratio": 0.0}
+
+    def done(params=want, metrics=METRICS, **lock) -> Done:
+        return Done("e1", "b0", params, metrics, lock_of(**lock))
+
+    refactored = done(ingest_code="c0", relabeled="r9")
+    assert experiments.reusable(exp, raw, lock_of(), {exp.name: [refactored]}) is refactored
+    for stale in (done(dataset="d0"), done(blend_code="b0"), done(metrics=None),
+                  done(params={"blend.synthetic_ratio": 0.5})):  # fmt: skip
+        assert experiments.reusable(exp, raw, lock_of(), {exp.name: [stale]}) is None
+    assert experiments.reusable(exp, raw, lock_of(), {"other-s0": [refactored]}) is None
+
+
 STAGE = """stages:
   m:
     cmd: python m.py

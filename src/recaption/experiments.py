@@ -8,10 +8,11 @@ What `recap compare` and `recap ladder` share:
 Experiments are listed through DVC's public interface, `dvc exp show --json`, never
 from the git refs DVC keeps them under (a layout DVC may change).
 
-An experiment that already ran with the same name and params from the same pipeline
-above the blend (identical dvc.lock entries, in any commit) is reused, so an
-interrupted sweep picks up where it stopped, and one rerun after a commit that
-changed nothing upstream (the README, a report) costs nothing. Experiments start
+An experiment that already ran with the same name and params on the same inputs is
+reused (see `reuse_key`): the bytes every stage above the blend wrote, and the code the
+blend and the stages below it read. So an interrupted sweep picks up where it stopped,
+and a rerun after a commit that left those inputs as they were (the README, a report, a
+refactoring upstream that keeps its outputs' bytes) costs nothing. Experiments start
 from the last commit, so the workspace pipeline must be up to date and committed.
 """
 
@@ -181,8 +182,38 @@ def read_file(root: Path, ref: str, path: str) -> bytes | None:
 
 
 def _upstream(lock: dict) -> dict:
-    """The dvc.lock entries of every stage a variant does not rerun."""
+    """The dvc.lock entries of every stage a variant does not rerun, whole."""
     return {k: v for k, v in (lock.get("stages") or {}).items() if k not in VARIANT_STAGES}
+
+
+def _bytes(entry: dict) -> dict:
+    """A dvc.lock dep or out without its path: its hash, size and file count."""
+    return {k: v for k, v in entry.items() if k != "path"}
+
+
+def reuse_key(lock: dict) -> dict[str, dict[str, dict]]:
+    """What an experiment's metrics depend on besides its params, from its dvc.lock.
+
+    For each stage a variant does not rerun, the outputs it wrote (path -> hash), not its
+    whole entry: a change to its code that leaves the bytes it writes as they were
+    reruns it in the workspace, but changes nothing below it. For each stage a variant
+    reruns, the files it reads that no stage writes (its code, configs); what it reads
+    from the stages above is in their outputs. Params are compared apart.
+    """
+    stages = lock.get("stages") or {}
+    written = [out["path"] for stage in stages.values() for out in stage.get("outs") or []]
+
+    def is_written(path: str) -> bool:
+        return any(path == out or path.startswith(f"{out}/") for out in written)
+
+    key = {}
+    for name, stage in stages.items():
+        if name in VARIANT_STAGES:
+            read = [d for d in stage.get("deps") or [] if not is_written(d["path"])]
+            key[name] = {d["path"]: _bytes(d) for d in read}
+        else:
+            key[name] = {out["path"]: _bytes(out) for out in stage.get("outs") or []}
+    return key
 
 
 def _expected(raw: dict, exp: Experiment) -> dict[str, Any]:
@@ -225,11 +256,11 @@ def finished(root: Path) -> dict[str, list[Done]]:
 
 
 def reusable(exp: Experiment, raw: dict, lock: dict, found: dict[str, list[Done]]) -> Done | None:
-    """An earlier run of `exp`: same name, same params, the same pipeline above the
-    blend (any commit: a change elsewhere, say to the README, keeps it), with metrics."""
-    want, upstream = _expected(raw, exp), _upstream(lock)
+    """An earlier run of `exp`, from any commit: same name, same params, the same
+    `reuse_key` (what the stages above wrote, the code of those below), with metrics."""
+    want, inputs = _expected(raw, exp), reuse_key(lock)
     for done in found.get(exp.name, []):
-        if done.metrics and done.params == want and _upstream(done.lock) == upstream:
+        if done.metrics and done.params == want and reuse_key(done.lock) == inputs:
             return done
     return None
 
