@@ -126,6 +126,15 @@ def test_reuse_survives_a_change_upstream_that_keeps_its_outputs_bytes():
     assert "data/dataset/shard-0.parquet" not in key["blend"]
 
 
+def test_a_path_is_within_an_output_when_it_is_one_or_lies_inside_one():
+    outs = {"data/dataset", "models/clip/"}  # `dvc status` may end a folder with "/"
+    assert experiments.within("data/dataset", outs)
+    assert experiments.within("data/dataset/shard-0.parquet", outs)
+    assert experiments.within("models/clip/model.safetensors", outs)
+    assert not experiments.within("data/dataset2/shard-0.parquet", outs)  # a prefix only
+    assert not experiments.within("data", outs)
+
+
 def test_an_earlier_experiment_is_reused_only_on_the_same_params_and_inputs():
     exp = Experiment("ground-truth-s0", "ground-truth", 0, {"blend.synthetic_ratio": 0.0})
     raw = {"blend": {"synthetic_ratio": 0.95}, "compare": {"seeds": 1}}

@@ -120,9 +120,7 @@ def chain(generator: str | Path, root: str | Path = ".") -> list[Link]:
         links.append(_link(name, root, rel, recorded))
     modified = dvc_modified_outputs(root)
     for link in links:
-        link.dvc_modified = any(
-            link.path == out or link.path.startswith(out.rstrip("/") + "/") for out in modified
-        )
+        link.dvc_modified = experiments.within(link.path, modified)
     return links
 
 

@@ -23,7 +23,7 @@ import logging
 import re
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,6 +186,12 @@ def _upstream(lock: dict) -> dict:
     return {k: v for k, v in (lock.get("stages") or {}).items() if k not in VARIANT_STAGES}
 
 
+def within(path: str, outs: Collection[str]) -> bool:
+    """Whether `path` is one of the DVC outputs `outs` or lies inside one (paths relative
+    to the repository, as dvc.lock and `dvc status` give them)."""
+    return any(path == out or path.startswith(out.rstrip("/") + "/") for out in outs)
+
+
 def _bytes(entry: dict) -> dict:
     """A dvc.lock dep or out without its path: its hash, size and file count."""
     return {k: v for k, v in entry.items() if k != "path"}
@@ -202,14 +208,10 @@ def reuse_key(lock: dict) -> dict[str, dict[str, dict]]:
     """
     stages = lock.get("stages") or {}
     written = [out["path"] for stage in stages.values() for out in stage.get("outs") or []]
-
-    def is_written(path: str) -> bool:
-        return any(path == out or path.startswith(f"{out}/") for out in written)
-
     key = {}
     for name, stage in stages.items():
         if name in VARIANT_STAGES:
-            read = [d for d in stage.get("deps") or [] if not is_written(d["path"])]
+            read = [d for d in stage.get("deps") or [] if not within(d["path"], written)]
             key[name] = {d["path"]: _bytes(d) for d in read}
         else:
             key[name] = {out["path"]: _bytes(out) for out in stage.get("outs") or []}
