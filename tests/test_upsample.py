@@ -197,21 +197,21 @@ def test_upsample_captions_rewrites_every_ground_truth_and_resumes(project, monk
     stage.main()
     project.write_params(upsample={**TINY_UPSAMPLE, "chunk_size": 16, "generate_batch_size": 8},
                          blend={"use_upsampled": True})  # fmt: skip
-    real, calls = up_lib.Upsampler.rewrite, {"n": 0}
+    real, calls = captions_stage.rewrite_each, {"n": 0}
 
-    def dying(self, *args, **kwargs):
+    def dying(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:  # dies in the third of four chunks
             raise Killed
-        return real(self, *args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(up_lib.Upsampler, "rewrite", dying)
+    monkeypatch.setattr(captions_stage, "rewrite_each", dying)
     with pytest.raises(Killed):
         captions_stage.main()
     summary = captions_stage.main()
     assert (summary["chunks_reused"], summary["chunks_computed"]) == (2, 2)
     resumed = paths.UPSAMPLED_CAPTIONS.read_bytes()
-    monkeypatch.setattr(up_lib.Upsampler, "rewrite", real)
+    monkeypatch.setattr(captions_stage, "rewrite_each", real)
     paths.UPSAMPLED_CAPTIONS.unlink()
     captions_stage.main()
     assert paths.UPSAMPLED_CAPTIONS.read_bytes() == resumed
@@ -221,3 +221,81 @@ def test_upsample_captions_rewrites_every_ground_truth_and_resumes(project, monk
     assert [r["ground_truth"] for r in table] == [r["caption"] for r in rows]
     assert all(isinstance(r["upsampled"], str) for r in table)
     assert {r["upsampler"] for r in table} == {lineage.tree_hash(paths.UPSAMPLER)}
+
+
+def test_a_rewrite_does_not_depend_on_the_texts_beside_it():
+    """The recipe leaves the batch out: `rewrite_each` batches only prompts of one length."""
+    texts = [
+        "a red circle", "two blue squares on a white background", "a star",
+        "three green crosses at the top left", "a red circle", "text K on stripes",
+    ]  # fmt: skip
+    model = up_lib.create(TINY_LM, texts, 300, 0, 20, Decoding(max_new_tokens=12))
+    whole = captions_stage.rewrite_each(model, texts, 64, 0)
+    assert captions_stage.rewrite_each(model, texts, 2, 0) == whole
+    assert [captions_stage.rewrite_each(model, [t], 64, 0)[0] for t in texts] == whole
+    assert whole[0] == whole[4] and len(set(whole)) > 1  # the same text, the same rewrite
+
+
+class CountingRewrites:
+    """Counts the texts the upsampler rewrites."""
+
+    def __init__(self, monkeypatch):
+        self.texts, real = 0, up_lib.Upsampler.rewrite
+
+        def counting(model, texts, *args, **kwargs):
+            self.texts += len(texts)
+            return real(model, texts, *args, **kwargs)
+
+        monkeypatch.setattr(up_lib.Upsampler, "rewrite", counting)
+
+
+def test_upsample_captions_rewrites_only_new_ground_truths_and_writes_a_full_runs_bytes(
+    project, monkeypatch
+):
+    tiny_project(project)
+    stage.main()
+    params = {"upsample": {**TINY_UPSAMPLE, "chunk_size": 16, "generate_batch_size": 8},
+              "blend": {"use_upsampled": True}}  # fmt: skip
+    project.write_params(**params)
+    counter = CountingRewrites(monkeypatch)
+    first = captions_stage.main()
+    distinct = len(set(captions_stage.ground_truth().values()))
+    assert (first["rewritten"], first["reused"]) == (60, 0) and counter.texts >= distinct
+    old = pq.read_table(paths.UPSAMPLED_CAPTIONS)
+
+    counter.texts = 0
+    assert captions_stage.main()["rewritten"] == 0 and counter.texts == 0  # nothing changed
+
+    # The dataset grows by 12 images: only their ground truths are rewritten.
+    project.write_params(**params, data={"synthetic": {"num_images": 72}})
+    ingest.main()
+    truth = captions_stage.ground_truth()
+    new = {truth[k] for k in list(truth)[60:]} - {truth[k] for k in list(truth)[:60]}
+    summary = captions_stage.main()
+    assert counter.texts == len(new) and summary["rewritten"] == sum(truth[k] in new for k in truth)
+    incremental = paths.UPSAMPLED_CAPTIONS.read_bytes()
+    assert pq.read_table(paths.UPSAMPLED_CAPTIONS).slice(0, 60).equals(old)
+
+    # From scratch on the grown dataset: the same bytes.
+    paths.UPSAMPLED_CAPTIONS.unlink()
+    assert captions_stage.main()["rewritten"] == 72
+    assert paths.UPSAMPLED_CAPTIONS.read_bytes() == incremental
+
+
+def test_a_new_upsampler_or_sampling_rewrites_every_ground_truth(project):
+    tiny_project(project)
+    stage.main()
+    project.write_params(upsample={**TINY_UPSAMPLE, "chunk_size": 16},
+                         blend={"use_upsampled": True})  # fmt: skip
+    captions_stage.main()
+    project.write_params(upsample={**TINY_UPSAMPLE, "chunk_size": 16, "steps": 5},
+                         blend={"use_upsampled": True})  # fmt: skip
+    stage.main()  # retrained: another upsampler
+    assert captions_stage.main()["reused"] == 0
+    assert captions_stage.main()["reused"] == 60
+    sampling = {**TINY_UPSAMPLE, "chunk_size": 16, "decoding": {"strategy": "sample",
+                                                                "max_new_tokens": 12}}  # fmt: skip
+    project.write_params(upsample=sampling, blend={"use_upsampled": True})
+    stage.main()
+    captions_stage.main()
+    assert captions_stage.main()["reused"] == 0  # a drawn rewrite depends on its batch
