@@ -16,7 +16,7 @@ import torch
 from open_clip import ClipLoss
 from safetensors.torch import save_file
 
-from recaption import embed, paths
+from recaption import embed, io, paths
 from recaption.datasets import load_rows
 from recaption.models import captioner
 from recaption.models import clip as clip_lib
@@ -315,12 +315,35 @@ def test_probe_reads_what_the_features_carry_and_nothing_from_shuffled_ones(proj
     shuffled = np.concatenate([carrying[rng.permutation(len(keys))], noise], axis=1)
     reports = {}
     for name, vectors in (("carrying", carrying), ("shuffled", shuffled)):
-        fake = embed.Embeddings(keys, [""] * len(keys), "fake", vectors)
-        monkeypatch.setattr(embed, "read_dir", lambda folder, fake=fake: fake)
+        shutil.rmtree(paths.IMAGE_EMBEDDINGS, ignore_errors=True)
+        paths.IMAGE_EMBEDDINGS.mkdir(parents=True)
+        for shard, rows in enumerate((slice(0, 250), slice(250, None))):  # the probe's keys
+            fake = embed.Embeddings(keys[rows], [""] * len(keys[rows]), "fake", vectors[rows])
+            io.write_shard(paths.IMAGE_EMBEDDINGS, shard, embed.to_table(fake))  # span both
         reports[name] = embed_probe.main()["probe"]
     assert reports["carrying"] == dict.fromkeys(reports["carrying"], 1.0)
     # At chance: 6 to 9 values each, so about 0.1 to 0.2 on 100 held-out images.
     assert all(acc < 0.4 for acc in reports["shuffled"].values()), reports["shuffled"]
+
+
+def test_an_embedding_folder_reads_on_demand_what_read_dir_holds(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    keys = [f"{i:04d}" for i in range(30)]
+    whole = embed.Embeddings(keys, keys, "fp", rng.standard_normal((30, 4)).astype(np.float16),
+                             rng.standard_normal((30, 6)).astype(np.float16))  # fmt: skip
+    for shard, rows in enumerate((slice(0, 12), slice(12, 24), slice(24, 30))):
+        part = embed.Embeddings(keys[rows], keys[rows], "fp", whole.vectors[rows], whole.grid[rows])
+        io.write_shard(tmp_path, shard, embed.to_table(part))
+    reads, real = [], embed.read
+    monkeypatch.setattr(embed, "read", lambda path: reads.append(path) or real(path))
+    folder = embed.EmbeddingFolder(tmp_path)
+    assert (folder.keys, folder.clip, folder.widths()) == (keys, "fp", (4, 6))
+    wanted = ["0025", "0003", "0013", "0004", "0029"]  # shards 2, 0, 1, 0, 2
+    assert np.array_equal(folder.features_of(wanted), whole.features_of(wanted))
+    assert np.array_equal(folder.vectors_of(wanted), whole.vectors[[25, 3, 13, 4, 29]])
+    assert len(reads) == 3 + 3  # each shard once per call, whatever the keys' order
+    with pytest.raises(KeyError, match="1 keys have no cached embedding"):
+        folder.features_of(["0001", "9999"])
 
 
 def test_prompt_embeddings_cover_both_phrasings(project, arch):

@@ -69,7 +69,10 @@ class Embeddings:
         missing = [k for k in keys if k not in index]
         if missing:
             raise KeyError(f"{len(missing)} keys have no cached embedding (first: {missing[0]})")
-        rows = [index[k] for k in keys]
+        return self.rows_features([index[k] for k in keys])
+
+    def rows_features(self, rows: Sequence[int]) -> np.ndarray:
+        """(len(rows), D [+ G*G*C]) float32: `features()` of the given row numbers."""
         parts = [self.vectors[rows]] + ([] if self.grid is None else [self.grid[rows]])
         return np.concatenate(parts, axis=1).astype(np.float32)
 
@@ -291,6 +294,64 @@ def read_keys(folder: str | Path) -> tuple[list[str], list[str], str]:
     if len(clips) > 1:
         raise ValueError(f"{folder}: shards made by {len(clips)} different CLIPs")
     return keys, shas, clips.pop() if clips else ""
+
+
+class EmbeddingFolder:
+    """An embeddings folder read on demand, for datasets too large to hold.
+
+    Only the keys and fingerprints are read up front (`keys` and `clip`, as
+    `read_keys`); `features_of` and `vectors_of` read the rows they are asked for from
+    the shards that hold them, one shard in memory at a time, and give what
+    `read_dir(folder)`'s methods would give.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.paths = io.shard_paths(folder)
+        self.keys, _, self.clip = read_keys(folder)
+        self.where: dict[str, tuple[int, int]] = {}  # key -> (shard, row)
+        for s, path in enumerate(self.paths):
+            shard_keys = pq.read_table(path, columns=["key"]).column("key").to_pylist()
+            self.where.update((k, (s, row)) for row, k in enumerate(shard_keys))
+        self._held: tuple[int, Embeddings] | None = None
+
+    def widths(self) -> tuple[int, int]:
+        """(pooled dim D, grid width G*G*C, 0 without a grid) of the rows."""
+        if not self.paths:
+            return 0, 0
+        schema = pq.read_schema(self.paths[0])
+        grid = schema.field("grid").type.list_size if "grid" in schema.names else 0
+        return schema.field("embedding").type.list_size, grid
+
+    def _shard(self, s: int) -> Embeddings:
+        if self._held is None or self._held[0] != s:
+            self._held = (s, read(self.paths[s]))
+        return self._held[1]
+
+    def _rows(self, keys: Sequence[str], part) -> np.ndarray:
+        missing = [k for k in keys if k not in self.where]
+        if missing:
+            raise KeyError(f"{len(missing)} keys have no cached embedding (first: {missing[0]})")
+        by_shard: dict[int, tuple[list[int], list[int]]] = {}  # shard -> (positions, rows)
+        for i, k in enumerate(keys):
+            s, row = self.where[k]
+            positions, rows = by_shard.setdefault(s, ([], []))
+            positions.append(i)
+            rows.append(row)
+        out: np.ndarray | None = None
+        for s, (positions, rows) in by_shard.items():  # each shard once, in first-use order
+            values = part(self._shard(s), rows)
+            if out is None:
+                out = np.empty((len(keys), values.shape[1]), values.dtype)
+            out[positions] = values
+        return out if out is not None else np.zeros((0, 0), np.float32)
+
+    def features_of(self, keys: Sequence[str]) -> np.ndarray:
+        """(len(keys), D [+ G*G*C]) float32, as `Embeddings.features_of`."""
+        return self._rows(keys, lambda emb, rows: emb.rows_features(rows))
+
+    def vectors_of(self, keys: Sequence[str]) -> np.ndarray:
+        """(len(keys), D) float16: the pooled vectors alone."""
+        return self._rows(keys, lambda emb, rows: emb.vectors[rows])
 
 
 class _OldVectors:

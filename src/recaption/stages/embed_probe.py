@@ -22,11 +22,12 @@ log = logging.getLogger(__name__)
 
 def main(params_path: Path = paths.PARAMS) -> dict:
     params = load_params(params_path)
-    emb = embed.read_dir(paths.IMAGE_EMBEDDINGS)
+    emb = embed.EmbeddingFolder(paths.IMAGE_EMBEDDINGS)  # the probe's rows alone are read
+    dim, grid_dim = emb.widths()
     report = {
         "images": len(emb.keys),
-        "dim": int(emb.vectors.shape[1]),
-        "grid_dim": 0 if emb.grid is None else int(emb.grid.shape[1]),
+        "dim": dim,
+        "grid_dim": grid_dim,
         "clip": emb.clip,
         "probe": None,
         "probe_pooled_only": None,
@@ -39,17 +40,17 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         test = sorted(heldout)
         rows = datasets.load_rows(paths.DATASET, ["meta"], set(train) | heldout)
         labels = {r["key"]: probe.scene_labels(r["meta"]) for r in rows}
-        index = {k: i for i, k in enumerate(emb.keys)}
-        for name, features in (
-            ("probe", emb.features()),
-            ("probe_pooled_only", emb.vectors.astype(np.float32)),
+        for name, read in (
+            ("probe", emb.features_of),
+            ("probe_pooled_only", lambda keys: emb.vectors_of(keys).astype(np.float32)),
         ):
+            train_x, test_x = read(train), read(test)
             report[name] = {
                 attr: round(
                     probe.probe_accuracy(
-                        features[[index[k] for k in train]],
+                        train_x,
                         [labels[k][attr] for k in train],
-                        features[[index[k] for k in test]],
+                        test_x,
                         [labels[k][attr] for k in test],
                     ),
                     4,

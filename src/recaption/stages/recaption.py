@@ -67,7 +67,7 @@ class Worker:
         self.rp, self.seed = params.recaption, params.seed
         self.device = torch.device(devices.resolve(self.rp.device, "recaption.device"))
         self.compute, _ = compute_of(params)
-        self.emb = embed.read_dir(paths.IMAGE_EMBEDDINGS)
+        self.emb = embed.EmbeddingFolder(paths.IMAGE_EMBEDDINGS)  # a chunk's rows, read as needed
         dtype = precision.weights_dtype(self.compute)  # a big LM: half the memory in bf16
         self.models = {
             kind: captioners.load(paths.CAPTIONER / stage, dtype).to(self.device).eval()
