@@ -270,6 +270,30 @@ def test_overall_prompt_following_is_the_mean_over_categories():
     assert summary["images"] == 5
 
 
+def test_a_prompt_files_clip_scores_are_kept_apart_per_phrasing_and_category():
+    def user(phrasing, category, cos):
+        return {"set": "prompts", "phrasing": phrasing, "category": category, "follows": None,
+                "cos": cos}  # fmt: skip
+
+    rows = [user("as_written", "animals", 0.2), user("as_written", "animals", 0.4),
+            user("upsampled", "animals", 0.3), user("as_written", "food", -0.1),
+            user("upsampled", "food", 0.1)]  # fmt: skip
+    summary = evaluation_summary.summarise(pa.Table.from_pylist(rows))
+    assert summary["clip_score_by_category"] == {
+        "as_written": {"animals": {"clipscore": 0.75, "cos100": 30.0},
+                       "food": {"clipscore": 0.0, "cos100": -10.0}},
+        "upsampled": {"animals": {"clipscore": 0.75, "cos100": 30.0},
+                      "food": {"clipscore": 0.25, "cos100": 10.0}},
+    }  # fmt: skip
+    metrics = {"generator": {"sha256": "g", "caption_version": "v"}, **summary}
+    html = evaluation_page.render_index(metrics, {}, "grids")
+    table = html[html.index("Your prompts, by category") :]
+    assert ("<th>as_written clipscore</th><th>as_written cos100</th>"
+            "<th>upsampled clipscore</th><th>upsampled cos100</th>") in table  # fmt: skip
+    cells = "".join(f'<td class="num">{v}</td>' for v in ("0.000", "-10.000", "0.250", "10.000"))
+    assert f"<tr><th>food</th>{cells}</tr>" in table  # each phrasing's figures on one row
+
+
 def red_circle(colour="red"):
     """A detection of one circle of `colour` at the top left on white."""
     objects = [{"shape": "circle", "colour": colour, "row": 0, "col": 0}]

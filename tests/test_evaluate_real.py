@@ -1,18 +1,25 @@
 """The evaluation on a real source: no world work, a pretrained evaluation CLIP, a prompt
-file of one's own, FID/KID on CLIP features, and reports that say what was left out."""
+file of one's own (drawn as written and upsampled), FID/KID on CLIP features, and reports
+that say what was left out."""
 
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from recaption import paths, prompt_file
+from recaption import lineage, paths, prompt_file
+from recaption.errors import UserError
 from recaption.models import clip as clip_lib
 from recaption.models import generator as gen_lib
+from recaption.models import upsampler as up_lib
+from recaption.models.captioner import Decoding
 from recaption.models.tokenizer import train_tokenizer
+from recaption.params import load_params
 from recaption.stages import eval_models, evaluate, ingest, sample
+from test_devices import with_cuda
 
 from conftest import distinct_png
 
@@ -23,6 +30,7 @@ PROMPTS_CSV = (
     "a bowl of soup,Food & Beverage\n"
     "a dog in the park,Animals\n"
 )
+PROMPTS = ["a red apple on a table", "a bowl of soup", "a dog in the park"]
 EVALUATE = {
     "images_per_prompt": 2, "heldout_prompts": 3, "steps": 2, "batch_size": 8,
     "chunk_size": 16, "grid_prompts": 2, "noise_guard": False,
@@ -30,7 +38,7 @@ EVALUATE = {
 }  # fmt: skip
 
 
-def write_real(project, **evaluate_overrides) -> None:
+def write_real(project, upsample: dict | None = None, **evaluate_overrides) -> None:
     """A folder source of 24 images with captions; evaluate set up for a real source."""
     raw = project.root / "raw"
     raw.mkdir(exist_ok=True)
@@ -43,6 +51,7 @@ def write_real(project, **evaluate_overrides) -> None:
         data={"source": "folder", "path": "raw"},
         sample={"size": 8, "heldout_size": 10},
         evaluate={**EVALUATE, **evaluate_overrides},
+        upsample=upsample or {},
     )
 
 
@@ -91,28 +100,91 @@ def tiny_generator() -> None:
     )
 
 
-def test_evaluate_on_a_real_source_with_a_prompt_file(real):
+def tiny_upsampler() -> None:
+    """A built-in upsampler in models/upsampler, trained a few steps to add ", in soft
+    light" to each prompt (untrained, it writes bytes that decode to nothing readable)."""
+    pairs = [(p, f"{p}, in soft light") for p in PROMPTS]
+    texts = sorted({t for pair in pairs for t in pair})
+    decoding = Decoding(max_new_tokens=12)
+    model = up_lib.create(str(DATA / "tiny-gpt2.json"), texts, 300, 0, 20, decoding)
+    config = up_lib.UpsampleTrainConfig(steps=100, batch_size=3, lr=3e-3, warmup_steps=2,
+                                        weight_decay=0.0, grad_clip=1.0, max_tokens=16,
+                                        precision="fp32", seed=0)  # fmt: skip
+    up_lib.train(model, pairs, config)
+    model.save(paths.UPSAMPLER)
+
+
+@pytest.fixture
+def with_prompt_file(real):
+    """The real project with a prompt file, the evaluation models, a generator and an
+    upsampler that rewrites in batches of two."""
     (real.root / "prompts.csv").write_text(PROMPTS_CSV)
-    write_real(real, prompts_file="prompts.csv")
+    write_real(real, {"generate_batch_size": 2, "device": "cpu"}, prompts_file="prompts.csv")
     eval_models.oracle_main()
     eval_models.eval_clip_main()
     tiny_generator()
+    tiny_upsampler()
+    return real
+
+
+def test_evaluate_on_a_real_source_with_a_prompt_file(with_prompt_file):
+    params = load_params()
+    model = up_lib.load(paths.UPSAMPLER)
+    rewrites = model.rewrite(PROMPTS, None, params.upsample.generate_batch_size, params.seed)
+    assert all(rewrites) and not set(rewrites) & set(PROMPTS)  # the phrasings differ
     metrics = evaluate.main()
-    assert metrics["images"] == 3 * 2 + 3  # 3 prompts x 2 images, 3 held-out ground truths
-    assert set(metrics["clip_score_by_category"]) == {"Food & Beverage", "Animals"}
+    # 3 prompts x 2 phrasings x 2 images, and 3 held-out ground truths
+    assert metrics["images"] == 3 * 2 * 2 + 3
+    by_category = metrics["clip_score_by_category"]
+    assert set(by_category) == {"as_written", "upsampled"}
+    assert all(set(v) == {"Food & Beverage", "Animals"} for v in by_category.values())
     assert set(metrics["clip_score"]) == {"prompts", "heldout"}
+    assert set(metrics["clip_score"]["prompts"]) == {"as_written", "upsampled"}
     for key in evaluate.WORLD_ONLY:
         assert key not in metrics
     assert set(metrics["not_measured"]) == {"prompt_following (GenEval)", "fact_accuracy"}
     distance = metrics["image_distance"]
     assert set(distance) == {"prompts", "heldout"}
-    assert distance["prompts"]["as_written"]["reference_images"] == 10  # the held-out split
-    assert distance["prompts"]["as_written"]["fid_clip"] >= 0
+    for phrasing in ("as_written", "upsampled"):
+        assert distance["prompts"][phrasing]["reference_images"] == 10  # the held-out split
+        assert distance["prompts"][phrasing]["images"] == 3 * 2
+        assert distance["prompts"][phrasing]["fid_clip"] >= 0
     assert metrics["prompts_file"]["path"] == "prompts.csv"
+    assert metrics["prompts_file"]["upsampler"] == lineage.tree_hash(paths.UPSAMPLER)
     page = paths.INDEX_HTML.read_text()
     assert "Not measured" in page and "Food &amp; Beverage" in page and "fid_clip" in page
+    assert "upsampled clipscore" in page and "prompts: upsampled" in page
     assert (paths.GRIDS / "Food_Beverage.png").is_file()
+    plot = (paths.EVAL_PLOTS / "clip_score.csv").read_text()
+    assert "prompts as_written," in plot and "prompts upsampled," in plot
     assert metrics == json.loads(paths.METRICS.read_text())
+    # What was drawn: each prompt as written and as the upsampler rewrote it, on one noise.
+    rows = [r for r in pq.read_table(paths.EVAL_SAMPLES).to_pylist() if r["set"] == "prompts"]
+    drawn = {r["key"]: r for r in rows}
+    for n, (prompt, rewrite) in enumerate(zip(PROMPTS, rewrites, strict=True)):
+        for i in range(2):
+            written = drawn[f"prompts/{n:05d}/as_written/{i}"]
+            upsampled = drawn[f"prompts/{n:05d}/upsampled/{i}"]
+            assert (written["prompt"], upsampled["prompt"]) == (prompt, rewrite)
+            assert written["seed"] == upsampled["seed"]
+            assert written["category"] == upsampled["category"]
+
+
+def test_without_a_prompt_file_evaluate_never_loads_the_upsampler(real, monkeypatch):
+    def refuse(folder):
+        raise AssertionError("the upsampler was loaded")
+
+    monkeypatch.setattr(up_lib, "load", refuse)
+    jobs = evaluate.make_jobs(load_params())
+    assert jobs and {j.set for j in jobs} == {"heldout"}  # a real source: no suite either
+
+
+def test_a_prompt_file_is_upsampled_on_upsample_device(real, monkeypatch):
+    (real.root / "prompts.csv").write_text(PROMPTS_CSV)
+    write_real(real, {"device": "cuda"}, prompts_file="prompts.csv")
+    with_cuda(monkeypatch, False)
+    with pytest.raises(UserError, match="upsample.device is 'cuda' but no CUDA device"):
+        evaluate.make_jobs(load_params())
 
 
 def test_a_prompt_file_reads_partiprompts_and_jsonl(tmp_path):

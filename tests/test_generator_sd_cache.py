@@ -12,14 +12,15 @@ import yaml
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from transformers import CLIPTextModel
 
-from recaption import io, latents, paths, text_states
+from recaption import devices, io, latents, paths, text_states
 from recaption.errors import UserError
 from recaption.models import generator as gen_lib
 from recaption.models import lora
 from recaption.models.generator_train import to_model_space
-from recaption.params import load_params
+from recaption.params import ParamsError, load_params
 from recaption.stages import train_autoencoder as encode_stage
 from recaption.stages import train_generator as stage
+from test_devices import with_cuda
 from test_generator import dataset
 from test_generator_sd import weights, write_stage_inputs
 
@@ -75,6 +76,56 @@ def test_encode_latents_caches_the_folders_vae_and_a_rerun_encodes_nothing(sd_pr
 
     again = encode_stage.encode_main()
     assert (again["encoded"], again["reused"]) == (0, 8)
+
+
+class Started(Exception):
+    """Raised in place of latents.update, once the VAE it was handed is known."""
+
+
+def test_encode_latents_encodes_where_autoencoder_device_resolves(project, sd_project, monkeypatch):
+    """The VAE goes to the device `autoencoder.device` resolves to (the meta device stands
+    in for a GPU here), and `cpu` writes the bytes `auto` writes on a machine without one."""
+    with_cuda(monkeypatch, False)
+    first = encode_stage.encode_main()
+    written = {p.name: p.read_bytes() for p in paths.LATENTS.glob(io.SHARD_GLOB)}
+    assert first["encoded"] == 8 and written
+    project.write_params(generator=sd_params(sd_project[0]), autoencoder={"device": "cpu"})
+    for shard in paths.LATENTS.glob(io.SHARD_GLOB):
+        shard.unlink()
+    again = encode_stage.encode_main()
+    assert again["encoded"] == 8  # encoded anew on the CPU, to the same bytes
+    assert {p.name: p.read_bytes() for p in paths.LATENTS.glob(io.SHARD_GLOB)} == written
+
+    resolved: list[tuple[str, str]] = []
+
+    def resolve(device: str, key: str) -> str:
+        resolved.append((key, device))
+        return "meta"
+
+    def update(vae, *args, **kwargs):
+        raise Started(next(vae.parameters()).device)
+
+    monkeypatch.setattr(devices, "resolve", resolve)
+    monkeypatch.setattr(latents, "update", update)
+    with pytest.raises(Started) as started:
+        encode_stage.encode_main()
+    assert resolved == [("autoencoder.device", "cpu")]
+    assert started.value.args == (torch.device("meta"),)
+
+
+@pytest.mark.parametrize(
+    ("device", "error", "message"),
+    [("cuda", UserError, "autoencoder.device is 'cuda' but no CUDA device"),
+     ("gpu", ParamsError, "autoencoder.device")],
+)  # fmt: skip
+def test_encode_latents_refuses_a_device_it_cannot_use_before_any_work(
+    project, sd_project, monkeypatch, device, error, message
+):
+    with_cuda(monkeypatch, False)
+    project.write_params(generator=sd_params(sd_project[0]), autoencoder={"device": device})
+    with pytest.raises(error, match=message):
+        encode_stage.encode_main()
+    assert not paths.LATENTS.exists() and not paths.LATENTS_REPORT.exists()
 
 
 def test_the_folders_vae_identity_is_its_weights_config_and_size(tmp_path):

@@ -101,7 +101,8 @@ def update(
     batch_size: int = 256,
 ) -> CacheResult:  # fmt: skip
     """Bring `out_dir` (one latent shard per dataset shard) up to date with the dataset,
-    encoding with `vae` only the images whose (pixels, autoencoder) have no latent yet."""
+    encoding with `vae`, on the device it is on, only the images whose (pixels,
+    autoencoder) have no latent yet; latents are stored as float32 whatever the device."""
     out_dir, fingerprint = Path(out_dir), cache_fingerprint(fingerprint)
     if out_dir.is_dir():  # persistent: a killed run's temporaries may be here
         io.remove_abandoned(out_dir)
@@ -125,7 +126,7 @@ def update(
             for start in range(0, len(rows), batch_size):
                 part = rows[start : start + batch_size]
                 images = datasets.images_tensor([r["image"] for r in part], image_size)
-                encoded = ae_lib.encode(vae, images).numpy()
+                encoded = ae_lib.encode(vae, images.to(vae.device)).float().cpu().numpy()
                 fresh.update(zip([r["sha256"] for r in part], encoded, strict=True))
                 bar.update(len(part))
         latents = np.stack([fresh[s] if s in fresh else old.by_sha[s] for s in shas])

@@ -3,10 +3,11 @@
 One page with the generator's caption version, prompt following per category
 and phrasing (GenEval's all-or-nothing rules, and fact accuracy, graded with a 95 %
 interval) or, with a real source, a line saying why they are not measured, CLIP
-scores (per category for a prompts file of one's own), the distance of the generated
-images to real held-out ones (FID and KID on CLIP features), the evaluation models'
-own accuracy, and a sample grid per category with the prompts of its rows. Grids are
-linked PNGs beside the page (reports/grids/); all text is HTML-escaped.
+scores (per phrasing and category for a prompts file of one's own), the distance of
+the generated images to real held-out ones (FID and KID on CLIP features), the
+evaluation models' own accuracy, and a sample grid per category with the prompts of
+its rows. Grids are linked PNGs beside the page (reports/grids/); all text is
+HTML-escaped.
 """
 
 from __future__ import annotations
@@ -98,6 +99,16 @@ def _by_set_table(figures: Mapping[str, Mapping[str, Mapping[str, float]]]) -> s
     )
 
 
+def _by_category_table(figures: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """Categories as rows; each phrasing's figures as columns ("as_written clipscore")."""
+    pivot: dict[str, dict[str, float]] = {}
+    for phrasing, by_category in figures.items():
+        for category, values in by_category.items():
+            row = pivot.setdefault(category, {})
+            row.update({f"{phrasing} {name}": value for name, value in values.items()})
+    return summary_table(pivot)
+
+
 def _not_measured(reasons: Mapping[str, str]) -> str:
     items = "".join(f"<li>{escape(what)}: {escape(why)}</li>" for what, why in reasons.items())
     return f"<ul>{items}</ul>"
@@ -159,7 +170,7 @@ def render_index(metrics: Mapping[str, Any], grids: Mapping[str, Mapping], folde
     parts += ["<h2>CLIP score (evaluation CLIP)</h2>", _by_set_table(metrics["clip_score"])]
     if metrics.get("clip_score_by_category"):
         parts += ["<h3>Your prompts, by category</h3>",
-                  summary_table(metrics["clip_score_by_category"])]  # fmt: skip
+                  _by_category_table(metrics["clip_score_by_category"])]  # fmt: skip
     if metrics.get("image_distance"):
         parts += ["<h2>Distance to real held-out images (CLIP features)</h2>",
                   _by_set_table(metrics["image_distance"]),

@@ -1,6 +1,6 @@
 """The evaluation's summaries of its samples table, in plain values: CLIP scores per
-prompt set and phrasing (and per category of a user's prompts), prompt following per
-phrasing and category, the plots' CSVs and the sample grids.
+prompt set and phrasing (and per phrasing and category of a user's prompts), prompt
+following per phrasing and category, the plots' CSVs and the sample grids.
 
 Every image carries its CLIP cosine under the evaluation CLIP, read in both conventions
 in use (`recaption.metrics.clip_score`). Prompt following is GenEval's: a mean over
@@ -27,15 +27,16 @@ USER_SET = "prompts"
 
 def summarise(samples: pa.Table) -> dict:
     """Prompt following per phrasing and category, CLIP scores per set and phrasing, and
-    (with a prompts file) CLIP scores per category of the user's prompts."""
+    (with a prompts file) CLIP scores per phrasing and category of the user's prompts."""
     rows = samples.select(["set", "phrasing", "category", "cos", "follows"]).to_pylist()
     follows: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     cosines: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    user: dict[str, list[float]] = defaultdict(list)  # category -> cosines of the user's prompts
+    # phrasing -> category -> cosines of the user's prompts
+    user: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         cosines[r["set"]][r["phrasing"]].append(r["cos"])
         if r["set"] == USER_SET:
-            user[r["category"]].append(r["cos"])
+            user[r["phrasing"]][r["category"]].append(r["cos"])
         if r["follows"] is not None:
             follows[r["phrasing"]][r["category"]].append(r["follows"])
     following = {}
@@ -49,7 +50,10 @@ def summarise(samples: pa.Table) -> dict:
     }
     out = {"prompt_following": following, "clip_score": clip, "images": len(rows)}
     if user:
-        out["clip_score_by_category"] = {c: clip_scores(np.asarray(v)) for c, v in user.items()}
+        out["clip_score_by_category"] = {
+            p: {c: clip_scores(np.asarray(v)) for c, v in by_category.items()}
+            for p, by_category in user.items()
+        }
     return out
 
 

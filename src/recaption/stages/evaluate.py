@@ -10,8 +10,10 @@ Two prompt sets, each in several phrasings of the same content:
   fact by fact, giving graded fact accuracy with a bootstrap interval
   (`recaption.metrics.fact_scores`, which also refuses images that look like noise);
 - or, with `evaluate.prompts_file`, the user's own suite (PartiPrompts, DrawBench style)
-  in its place, as written, scored by CLIP score per category (no oracle reads real
-  pictures; the upsampled phrasing is the built-in suite's only);
+  in its place, as written and as the upsampler (models/upsampler) rewrites it here, on
+  `upsample.device`, scored by CLIP score per phrasing and category (no oracle reads real
+  pictures). The rewrites are made here rather than in the upsample stage, which trains
+  the upsampler and so must not rerun when only the prompt file changes;
 - held-out captions: the first `evaluate.heldout_prompts` held-out images' ground
   truth (alt-text style), short and descriptive captions, one image each.
 
@@ -57,6 +59,7 @@ from recaption.metrics.evaluation_summary import USER_SET
 from recaption.models import clip as clip_lib
 from recaption.models import generator as gen_lib
 from recaption.models import oracle as oracle_lib
+from recaption.models import upsampler as up_lib
 from recaption.params import Params, load_params
 
 log = logging.getLogger(__name__)
@@ -64,7 +67,8 @@ WORK_DIR = paths.WORK / "evaluate"
 # phrasing -> suite column ("upsampled" joined from the upsample stage's rewrites)
 SUITE_PHRASINGS = {"short": "prompt", "descriptive": "descriptive", "upsampled": "upsampled"}
 HELDOUT_PHRASINGS = {"ground_truth": "caption", "short": "short", "descriptive": "descriptive"}
-USER_PHRASING = "as_written"  # of the prompts of `evaluate.prompts_file`
+# The phrasings of the prompts of `evaluate.prompts_file`, drawn on the same seeds.
+USER_PHRASINGS = ("as_written", "upsampled")
 # metrics.json keys that only the oracle (the built-in world) can give.
 WORLD_ONLY = ("prompt_following", "fact_accuracy", "fact_accuracy_heldout", "fact_accuracy_by_kind")
 # Render indices of the scenes behind the chance baseline (apart from the oracle's and CLIP's).
@@ -104,17 +108,41 @@ def make_jobs(params: Params) -> list[Job]:
 
 
 def prompt_file_jobs(params: Params) -> list[Job]:
-    """Every prompt of `evaluate.prompts_file`, as written, `images_per_prompt` images each."""
+    """Every prompt of `evaluate.prompts_file`, as written and upsampled, `images_per_prompt`
+    images each; image i of both phrasings of a prompt is drawn from the same seed."""
     ep = params.evaluate
+    rows = prompt_file.read_prompts(ep.prompts_file)
+    rewrites = upsample_user_prompts(params, [row.prompt for row in rows])
     jobs = []
-    for n, row in enumerate(prompt_file.read_prompts(ep.prompts_file)):
+    for n, (row, rewrite) in enumerate(zip(rows, rewrites, strict=True)):
         item = f"{n:05d}"  # file order: the same prompt twice is two items
-        jobs += [
-            Job(f"{USER_SET}/{item}/{USER_PHRASING}/{i}", USER_SET, item, row.category,
-                USER_PHRASING, row.prompt, item_seed(ep.seed, f"{USER_SET}/{item}", i), "")
-            for i in range(ep.images_per_prompt)
-        ]  # fmt: skip
+        for phrasing, text in zip(USER_PHRASINGS, (row.prompt, rewrite), strict=True):
+            jobs += [
+                Job(f"{USER_SET}/{item}/{phrasing}/{i}", USER_SET, item, row.category,
+                    phrasing, text, item_seed(ep.seed, f"{USER_SET}/{item}", i), "")
+                for i in range(ep.images_per_prompt)
+            ]  # fmt: skip
     return jobs
+
+
+def upsample_user_prompts(params: Params, prompts: list[str]) -> list[str]:
+    """The upsampler's rewrite of each prompt, made as the upsample stage rewrites the
+    suite (its saved decoding, `upsample.generate_batch_size`, the global seed), on
+    `upsample.device`. An empty rewrite is drawn as it is: it is what the upsampler wrote."""
+    us = params.upsample
+    device = devices.resolve(us.device, "upsample.device")
+    model = up_lib.load(paths.UPSAMPLER)
+    model.lm.to(device)
+    rewrites = model.rewrite(
+        prompts, None, us.generate_batch_size, params.seed, desc="upsample prompts file"
+    )
+    del model
+    if device == "cuda":  # the generator may load in other processes (engine: ray)
+        torch.cuda.empty_cache()
+    empty = sum(not r for r in rewrites)
+    if empty:
+        log.warning("the upsampler wrote nothing for %d of %d prompts", empty, len(prompts))
+    return rewrites
 
 
 def suite_jobs(params: Params) -> list[Job]:
@@ -359,6 +387,7 @@ def score(params: Params, samples: pa.Table, models: dict[str, str], record: dic
         metrics["prompts_file"] = {
             "path": params.evaluate.prompts_file,
             "sha256": io.sha256_file(params.evaluate.prompts_file),
+            "upsampler": lineage.tree_hash(paths.UPSAMPLER),  # wrote the upsampled phrasing
         }
     metrics["generator"] = {
         "sha256": models["generator"],

@@ -12,7 +12,8 @@ reconstructions). With `autoencoder.model: none` the generator works in pixel sp
 
 encode_latents brings data/latents/ up to date: see `recaption.latents`. Its VAE is the
 trained autoencoder, or, with `autoencoder.model: none` and a saved pipeline folder as
-`generator.model` (Stable Diffusion), that folder's frozen VAE.
+`generator.model` (Stable Diffusion), that folder's frozen VAE; it encodes on
+`autoencoder.device`, in float32 (the latents are stored as float32 either way).
 """
 
 from __future__ import annotations
@@ -187,6 +188,7 @@ def encode_main(params_path: Path = paths.PARAMS) -> dict:
     reused depends on what an earlier (perhaps killed) run left, so that goes to the log.
     """
     params = load_params(params_path)
+    device = devices.resolve(params.autoencoder.device, "autoencoder.device")
     result = latents.CacheResult()
     source = latent_space.latent_source(params)
     if source is None:
@@ -196,7 +198,7 @@ def encode_main(params_path: Path = paths.PARAMS) -> dict:
         report = {"images": 0, "shards": 0, "autoencoder": None}
     else:
         vae_dir, identity, size = source
-        vae = ae_lib.load(vae_dir)
+        vae = ae_lib.load(vae_dir).to(device)
         # The built-in autoencoder's batches as they were; a saved pipeline's VAE is bigger.
         batch = 256 if vae_dir == paths.AUTOENCODER else latents.batch_for(size)
         result = latents.update(vae, identity, paths.DATASET, paths.LATENTS, size, batch)
