@@ -102,3 +102,27 @@ def write_params(repo: Path, overrides: dict) -> None:
         else:
             target[last] = values
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def incremental_figures(
+    images: int, added: int, runs: dict[str, tuple[float, float, dict]], done: str
+) -> dict:
+    """An incremental benchmark's figures from its three runs, each (seconds, peak MiB,
+    the stage's counts): "full" on `images`, "unchanged" (nothing new: the fixed cost)
+    and "more" after `added` images; `done` names the count ("decoded", "rewritten")."""
+    (full_s, full_mib, full), (noop_s, _, noop), (more_s, _, more) = (
+        runs[k] for k in ("full", "unchanged", "more")
+    )
+    return {
+        "full_images": images,
+        "full_s": round(full_s, 1),
+        "full_peak_rss_mib": round(full_mib),
+        f"full_{done}": full[done],
+        "unchanged_s": round(noop_s, 1),
+        f"unchanged_{done}": noop[done],
+        "plus_1pct_images": added,
+        "plus_1pct_s": round(more_s, 1),
+        f"plus_1pct_{done}": more[done],
+        "plus_1pct_over_full": round(more_s / full_s, 4),
+        "plus_1pct_minus_fixed_over_full": round((more_s - noop_s) / full_s, 4),
+    }

@@ -34,7 +34,7 @@ from recaption import embed, io, paths
 from recaption.models import captioner as captioner_lib
 from recaption.models import clip as clip_lib
 
-from common import ROOT, timed
+from common import ROOT, incremental_figures, timed
 
 SHARD = 10_000  # embedding rows per shard, as embed writes one per dataset shard
 TEXTS = ["a red circle on a gray background", "two blue squares", 'the letter "K" in green']
@@ -91,10 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
         setup = prepare(folder, args.images)
         emb_dir, shards = folder / paths.IMAGE_EMBEDDINGS, -(-args.images // SHARD)
         write_embeddings(emb_dir, 0, args.images, 0, setup["layout"])
-        full_s, full_mib, full = recaption(folder)
-        noop_s, _, noop = recaption(folder)
+        runs = {"full": recaption(folder), "unchanged": recaption(folder)}
         write_embeddings(emb_dir, args.images, added, shards, setup["layout"])
-        more_s, _, more = recaption(folder)
+        runs["more"] = recaption(folder)
         same = None
         if args.verify:
             outputs = [folder / paths.SYNTHETIC_CAPTIONS, folder / paths.CAPTION_TAGS]
@@ -110,17 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         "feature_layout": setup["layout"],
         "batch_size": rp["batch_size"],
         "max_new_tokens": [rp["short"]["max_new_tokens"], rp["descriptive"]["max_new_tokens"]],
-        "full_images": args.images,
-        "full_s": round(full_s, 1),
-        "full_peak_rss_mib": round(full_mib),
-        "full_decoded": full["decoded"],
-        "unchanged_s": round(noop_s, 1),
-        "unchanged_decoded": noop["decoded"],
-        "plus_1pct_images": added,
-        "plus_1pct_s": round(more_s, 1),
-        "plus_1pct_decoded": more["decoded"],
-        "plus_1pct_over_full": round(more_s / full_s, 4),
-        "plus_1pct_minus_fixed_over_full": round((more_s - noop_s) / full_s, 4),
+        **incremental_figures(args.images, added, runs, "decoded"),
         "incremental_bytes_equal_full_run": same,
     }
     print(json.dumps(result, indent=2))

@@ -29,7 +29,7 @@ import yaml
 
 from recaption import paths
 
-from common import ENV, ROOT, timed
+from common import ENV, ROOT, incremental_figures, timed
 
 
 def write_params(folder: Path, images: int) -> dict:
@@ -68,10 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
         folder = Path(tmp)
         shutil.copytree(ROOT / paths.UPSAMPLER, folder / paths.UPSAMPLER)
         params = ingest(folder, args.images)
-        full_s, full_mib, full = upsample(folder)
-        noop_s, _, noop = upsample(folder)
+        runs = {"full": upsample(folder), "unchanged": upsample(folder)}
         ingest(folder, args.images + added)
-        more_s, _, more = upsample(folder)
+        runs["more"] = upsample(folder)
         same = None
         if args.verify:
             output = folder / paths.UPSAMPLED_CAPTIONS
@@ -86,17 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "generate_batch_size": us["generate_batch_size"],
         "max_new_tokens": us["decoding"]["max_new_tokens"],
-        "full_images": args.images,
-        "full_s": round(full_s, 1),
-        "full_peak_rss_mib": round(full_mib),
-        "full_rewritten": full["rewritten"],
-        "unchanged_s": round(noop_s, 1),
-        "unchanged_rewritten": noop["rewritten"],
-        "plus_1pct_images": added,
-        "plus_1pct_s": round(more_s, 1),
-        "plus_1pct_rewritten": more["rewritten"],
-        "plus_1pct_over_full": round(more_s / full_s, 4),
-        "plus_1pct_minus_fixed_over_full": round((more_s - noop_s) / full_s, 4),
+        **incremental_figures(args.images, added, runs, "rewritten"),
         "incremental_bytes_equal_full_run": same,
     }
     print(json.dumps(result, indent=2))
