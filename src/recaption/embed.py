@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -66,15 +66,20 @@ class Embeddings:
     def features_of(self, keys: Sequence[str]) -> np.ndarray:
         """(len(keys), D [+ G*G*C]) float32: `features()` of the given keys, in their order."""
         index = {k: i for i, k in enumerate(self.keys)}
-        missing = [k for k in keys if k not in index]
-        if missing:
-            raise KeyError(f"{len(missing)} keys have no cached embedding (first: {missing[0]})")
+        _require(keys, index)
         return self.rows_features([index[k] for k in keys])
 
     def rows_features(self, rows: Sequence[int]) -> np.ndarray:
         """(len(rows), D [+ G*G*C]) float32: `features()` of the given row numbers."""
         parts = [self.vectors[rows]] + ([] if self.grid is None else [self.grid[rows]])
         return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def _require(keys: Sequence[str], known: Mapping[str, object]) -> None:
+    """A KeyError naming how many of `keys` have no cached embedding, and the first."""
+    missing = [k for k in keys if k not in known]
+    if missing:
+        raise KeyError(f"{len(missing)} keys have no cached embedding (first: {missing[0]})")
 
 
 def _fixed_list(array: np.ndarray) -> pa.FixedSizeListArray:
@@ -308,10 +313,9 @@ class EmbeddingFolder:
     def __init__(self, folder: str | Path):
         self.paths = io.shard_paths(folder)
         self.keys, _, self.clip = read_keys(folder)
-        self.where: dict[str, tuple[int, int]] = {}  # key -> (shard, row)
-        for s, path in enumerate(self.paths):
-            shard_keys = pq.read_table(path, columns=["key"]).column("key").to_pylist()
-            self.where.update((k, (s, row)) for row, k in enumerate(shard_keys))
+        places = [(s, row) for s, path in enumerate(self.paths)
+                  for row in range(pq.read_metadata(path).num_rows)]  # fmt: skip
+        self.where = dict(zip(self.keys, places, strict=True))  # key -> (shard, row)
         self._held: tuple[int, Embeddings] | None = None
 
     def widths(self) -> tuple[int, int]:
@@ -328,9 +332,7 @@ class EmbeddingFolder:
         return self._held[1]
 
     def _rows(self, keys: Sequence[str], part) -> np.ndarray:
-        missing = [k for k in keys if k not in self.where]
-        if missing:
-            raise KeyError(f"{len(missing)} keys have no cached embedding (first: {missing[0]})")
+        _require(keys, self.where)
         by_shard: dict[int, tuple[list[int], list[int]]] = {}  # shard -> (positions, rows)
         for i, k in enumerate(keys):
             s, row = self.where[k]

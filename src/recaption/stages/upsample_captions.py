@@ -51,10 +51,11 @@ def rewrite_each(
     only with texts whose prompts have as many tokens (a left-padded row's numbers, and
     so its greedy rewrite, can depend on the longer rows beside it). With sampling, the
     batches of prompt length n draw from seed + 1,000 x n."""
-    lengths = [len(model.prompt_ids(t)) for t in texts]
+    by_length: dict[int, list[int]] = {}  # prompt tokens -> the texts' positions
+    for i, text in enumerate(texts):
+        by_length.setdefault(len(model.prompt_ids(text)), []).append(i)
     out: list[str] = [""] * len(texts)
-    for length in sorted(set(lengths)):
-        rows = [i for i, n in enumerate(lengths) if n == length]
+    for length, rows in sorted(by_length.items()):
         rewrites = model.rewrite([texts[i] for i in rows], None, batch_size, seed + 1000 * length)
         for i, rewrite in zip(rows, rewrites, strict=True):
             out[i] = rewrite
