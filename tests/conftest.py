@@ -26,6 +26,10 @@ TINY = {
     "prompts": {"per_category": 3},
     "sample": {"size": 10, "overlap": 0.5, "heldout_size": 8},
     "clip": {"train": {"corpus": 40}},  # the default's 40,000 renders take seconds
+    # Unit tests draw in pixel space, as a saved pipeline folder does in its own VAE's
+    # (tests/tiny_repo.py runs the default's latent route end to end).
+    "autoencoder": {"model": "none"},
+    "generator": {"model": "configs/generator/tiny-unet-32.json", "edge_weight": 0.0},
 }
 
 
