@@ -11,6 +11,8 @@ annotations (`dvc repro annotate`).
     .venv/bin/python benchmarks/clip_tower.py configs/clip/tiny-rn-32.json [--caption-loss 1]
     .venv/bin/python benchmarks/clip_tower.py configs/clip/tiny-rn-32.json --corpus 40000 \
         --twins 0.5
+    .venv/bin/python benchmarks/clip_tower.py configs/clip/tiny-cnn-32.json --corpus 40000 \
+        --scene-loss 10
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ from recaption.metrics import probe
 from recaption.models import clip as clip_lib
 from recaption.models.clip_train import ClipTrainConfig, train_clip
 from recaption.params import load_params
-from recaption.stages.clip_pretrain import caption_loss, corpus_pairs, heldout_set, training_pairs
+from recaption.stages.clip_pretrain import (
+    caption_loss,
+    corpus_pairs,
+    heldout_set,
+    scene_loss,
+    training_pairs,
+)
 from recaption.synthetic import world_config
 from recaption.world.negatives import swap_word
 
@@ -94,6 +102,13 @@ def main() -> None:
         "--caption-lm",
         help="the captioning loss's decoder, a GPT-2 JSON (default: clip.train.caption_decoder)",
     )
+    ap.add_argument(
+        "--scene-loss",
+        type=float,
+        default=0.0,
+        help="weight of a supervised loss on the corpus renders' scenes (each grid cell's "
+        "content and colour, the background), read linearly from the features (needs --corpus)",
+    )
     ap.add_argument("--out", help="append the result row (JSON) to this file")
     args = ap.parse_args()
     params = load_params(paths.PARAMS)
@@ -104,34 +119,36 @@ def main() -> None:
     grid = params.embed.grid if args.grid is None else args.grid
     clip = clip_lib.create(args.model, None, seed=params.seed)
     n_params = sum(p.numel() for p in clip.model.visual.parameters())
-    if args.twins and not args.corpus:
-        ap.error("--twins pairs corpus renders: give --corpus too")
+    if (args.twins or args.scene_loss) and not args.corpus:
+        ap.error("--twins and --scene-loss need corpus renders: give --corpus too")
     _, pngs, captions = training_pairs(params)
     images = datasets.images_tensor(pngs, clip.image_size)
-    twins = []
+    twins, scenes = [], [None] * len(images)
     if args.corpus:
-        extra, extra_captions, extra_twins = corpus_pairs(
+        extra, extra_captions, extra_twins, extra_scenes = corpus_pairs(
             world_config(params), args.corpus, args.corpus_seed, clip.image_size, args.twins
         )
         twins = [(len(images) + o, len(images) + t) for o, t in extra_twins]
         images = torch.cat([images, extra])
-        captions = [*captions, *extra_captions]
+        captions, scenes = [*captions, *extra_captions], [*scenes, *extra_scenes]
     config = ClipTrainConfig.of(train_cfg, seed=params.seed, precision=compute)
     start = time.perf_counter()
     negative = swap_word if args.hard_negatives else None
-    if args.caption_loss:
-        train = params.clip.train.model_copy(
-            update={
-                "caption_loss": args.caption_loss,
-                "caption_decoder": args.caption_lm or params.clip.train.caption_decoder,
-            }
-        )
-        clip_params = params.clip.model_copy(update={"train": train})
-        embed_params = params.embed.model_copy(update={"grid": grid})
-        params = params.model_copy(update={"clip": clip_params, "embed": embed_params})
+    train = params.clip.train.model_copy(
+        update={
+            "caption_loss": args.caption_loss,
+            "caption_decoder": args.caption_lm or params.clip.train.caption_decoder,
+            "scene_loss": args.scene_loss,
+        }
+    )
+    clip_params = params.clip.model_copy(update={"train": train})
+    embed_params = params.embed.model_copy(update={"grid": grid})
+    params = params.model_copy(update={"clip": clip_params, "embed": embed_params})
     captioning = caption_loss(params, clip, captions)
+    scene = scene_loss(params, clip, scenes)
     metrics = train_clip(clip, images, captions, config, heldout_set(clip.image_size),
-                         negative=negative, captioning=captioning, twins=twins)  # fmt: skip
+                         negative=negative, captioning=captioning, twins=twins,
+                         scene=scene)  # fmt: skip
     train_s = time.perf_counter() - start
     train, test, pngs_by_key, labels = probe_rows(params, params.embed.probe_train_size)
     start = time.perf_counter()
@@ -150,6 +167,7 @@ def main() -> None:
         "corpus": args.corpus,
         "twins": len(twins),
         "caption_loss": args.caption_loss,
+        "scene_loss": args.scene_loss,
         "caption_lm": Path(params.clip.train.caption_decoder).stem if args.caption_loss else None,
         "cpu": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),

@@ -53,9 +53,12 @@ def test_a_clip_card_names_its_pretraining_corpus_when_it_had_one():
         "a pretraining corpus of 40,000 fresh renders of the built-in world (seed 2000003" in card
     )
     assert 'create_model_and_transforms(\n    "local-dir:models/clip")' in card
-    assert "twin" not in card
+    assert "twin" not in card and "scene loss" not in card
     record["params"]["clip"]["train"]["twins"] = 0.5
     assert "A share of 0.5 of them also has a twin" in cards.render(record)
+    record["params"]["clip"]["train"]["scene_loss"] = 10.0
+    assert "(scene loss, weight 10)" in cards.render(record)
+    assert "The dataset's own scenes were never shown." in cards.render(record)
     record["params"]["data.source"] = "parquet"  # real data renders no corpus
     assert "pretraining corpus" not in cards.render(record)
     record["params"]["data.source"] = "synthetic"

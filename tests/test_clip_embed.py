@@ -18,13 +18,14 @@ from safetensors.torch import save_file
 
 from recaption import embed, io, paths
 from recaption.datasets import load_rows
-from recaption.models import captioner
+from recaption.models import captioner, oracle
 from recaption.models import clip as clip_lib
-from recaption.models.clip_train import CaptionLoss, ClipTrainConfig, train_clip
+from recaption.models.clip_train import CaptionLoss, ClipTrainConfig, SceneLoss, train_clip
 from recaption.models.training import Checkpoints
 from recaption.params import load_params
 from recaption.stages import annotate, clip_pretrain, embed_probe, ingest, prompts, sample
 from recaption.stages import embed as embed_stage
+from recaption.synthetic import world_config
 from recaption.world.negatives import swap_word
 
 TINY_ARCH = {
@@ -122,6 +123,65 @@ def test_the_captioning_loss_trains_the_decoder_and_the_tower_under_it(arch):
     assert any(not torch.allclose(v, theirs[k]) for k, v in ours.model.visual.state_dict().items())
 
 
+def world_renders(n: int, size: int = 16, seed: int = 11):
+    """`n` renders of the default world at `size` px, their captions and scenes."""
+    cfg = world_config(load_params())
+    pixels, captions, _, scenes = clip_pretrain.corpus_pairs(cfg, n, seed=seed, size=size)
+    return pixels, captions, scenes
+
+
+def scene_loss_of(clip, scenes, weight=1.0, seed=0) -> SceneLoss:
+    """A fresh scene head over the tiny CLIP's pooled vector and 2x2 cells."""
+    pooled, cells, cell_dim = clip_lib.feature_layout(clip, 2)
+    return SceneLoss.create(pooled + cells * cell_dim, scenes, weight, grid=2, seed=seed)
+
+
+def scene_loss_value(clip, scene: SceneLoss, images, rows) -> torch.Tensor:
+    feats = clip_lib.features(clip, clip.normalise(images[rows]), scene.grid)
+    return scene.loss(feats, rows)
+
+
+def test_the_scene_loss_reads_only_the_scenes_it_is_given(project, arch):
+    pixels, _, scenes = world_renders(4)
+    clip = clip_lib.create(str(arch), None, seed=0)
+    scene = scene_loss_of(clip, [None, *scenes[1:]])
+    assert (scene.targets["content"][0] == -100).all() and scene.targets["background"][0] == -100
+    told = oracle.scene_targets(scenes[2])
+    assert scene.targets["content"][2].tolist() == told["content"].tolist()
+    assert scene.targets["colour"][2].tolist() == told["colour"].tolist()
+    assert scene.targets["background"][2] == told["background"]
+    # A batch of images with no scene gives nothing to learn; one that holds some, their mean.
+    untold = scene_loss_value(clip, scene, pixels, [0])
+    untold.backward()
+    assert untold.item() == 0 and all(not p.grad.any() for p in scene.head.parameters())
+    with torch.no_grad():
+        feats = clip_lib.features(clip, clip.normalise(pixels), 2)
+        assert torch.allclose(scene.loss(feats[:2], [0, 1]), scene.loss(feats[1:2], [1]))
+        assert scene.loss(feats[1:2], [1]) > 1.0  # an untrained head: far from the scene
+
+
+def test_the_scene_loss_teaches_the_tower_what_each_cell_holds(project, arch):
+    pixels, captions, scenes = world_renders(32)
+    clip = clip_lib.create(str(arch), None, seed=0)
+    scene = scene_loss_of(clip, scenes)
+    rows = list(range(32))
+    with torch.no_grad():
+        before = scene_loss_value(clip, scene, pixels, rows).item()
+    train_clip(clip, pixels, captions, clip_config(steps=60, lr=4e-3), scene=scene)
+    with torch.no_grad():
+        after = scene_loss_value(clip, scene, pixels, rows).item()
+    assert after < 0.5 * before
+    # Against contrastive training alone from the same start, unclipped: the scene's
+    # gradient reaches the tower, not only the head.
+    unclipped = clip_config(grad_clip=1e9)
+    ours = clip_lib.create(str(arch), None, seed=0)
+    train_clip(ours, pixels, captions, unclipped, scene=scene_loss_of(ours, scenes))
+    alone = clip_lib.create(str(arch), None, seed=0)
+    train_clip(alone, pixels, captions, unclipped)
+    theirs = alone.model.visual.state_dict()
+    assert any(not torch.allclose(v, theirs[k]) for k, v in ours.model.visual.state_dict().items())
+
+
 def test_features_are_the_pooled_embedding_then_normalised_cells(arch):
     clip = clip_lib.create(str(arch), None, seed=0)
     pooled_dim, cells, cell_dim = clip_lib.feature_layout(clip, 2)
@@ -139,19 +199,24 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("captioned", [False, True])
-def test_a_killed_clip_training_resumes_to_the_same_weights_and_metrics(arch, tmp_path, captioned):
+@pytest.mark.parametrize("extra", [None, "captioned", "scene"])
+def test_a_killed_clip_training_resumes_to_the_same_weights_and_metrics(arch, tmp_path, extra):
     images, captions = clip_data()
     held = (images[:8], [c[0] for c in captions[:8]])
     config = clip_config(steps=9, batch_size=8, eval_every=3)
     clean = clip_lib.create(str(arch), None, seed=0)
+    captioned = extra == "captioned"
+    _, _, scenes = world_renders(len(images)) if extra == "scene" else (None, None, None)
 
     def captioning(seed=0):
         return caption_loss_of(clean, captions, tmp_path, seed=seed) if captioned else None
 
-    clean_cap = captioning()
+    def scene(seed=0):
+        return scene_loss_of(clean, scenes, seed=seed) if scenes else None
+
+    clean_cap, clean_scene = captioning(), scene()
     clean_metrics = train_clip(clean, images, captions, config, held, negative=swap_word,
-                               captioning=clean_cap)  # fmt: skip
+                               captioning=clean_cap, scene=clean_scene)  # fmt: skip
 
     def crash_at_6(step, metrics):
         if step >= 6:
@@ -161,11 +226,12 @@ def test_a_killed_clip_training_resumes_to_the_same_weights_and_metrics(arch, tm
     with pytest.raises(Crash):
         train_clip(clip_lib.create(str(arch), None, seed=0), images, captions, config, held,
                    crash_at_6, negative=swap_word, checkpoints=folder,
-                   captioning=captioning())  # fmt: skip
+                   captioning=captioning(), scene=scene())  # fmt: skip
     resumed = clip_lib.create(str(arch), None, seed=1)  # the checkpoint's weights replace these
-    resumed_cap = captioning(seed=1)
+    resumed_cap, resumed_scene = captioning(seed=1), scene(seed=1)
     metrics = train_clip(resumed, images, captions, config, held, negative=swap_word,
-                         checkpoints=folder, captioning=resumed_cap)  # fmt: skip
+                         checkpoints=folder, captioning=resumed_cap,
+                         scene=resumed_scene)  # fmt: skip
     for (name, a), b in zip(
         clean.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
@@ -174,6 +240,9 @@ def test_a_killed_clip_training_resumes_to_the_same_weights_and_metrics(arch, tm
         theirs = resumed_cap.decoder.state_dict()
         for name, a in clean_cap.decoder.state_dict().items():
             assert torch.equal(a, theirs[name]), name
+    if scenes:  # so does the scene head
+        for name, a in clean_scene.head.state_dict().items():
+            assert torch.equal(a, resumed_scene.head.state_dict()[name]), name
     assert metrics == clean_metrics
 
 
@@ -464,13 +533,13 @@ def test_the_corpus_is_fresh_renders_with_a_caption_mix(project):
     from recaption.world import make_example
 
     cfg = world_config(load_params())
-    pixels, captions, twins = clip_pretrain.corpus_pairs(cfg, 5, seed=11, size=16)
+    pixels, captions, twins, scenes = clip_pretrain.corpus_pairs(cfg, 5, seed=11, size=16)
     assert pixels.shape == (5, 3, 16, 16) and pixels.dtype == torch.uint8 and twins == []
-    again, _, _ = clip_pretrain.corpus_pairs(cfg, 5, seed=11, size=16)
-    other, _, _ = clip_pretrain.corpus_pairs(cfg, 5, seed=12, size=16)
+    again, _, _, _ = clip_pretrain.corpus_pairs(cfg, 5, seed=11, size=16)
+    other, _, _, _ = clip_pretrain.corpus_pairs(cfg, 5, seed=12, size=16)
     assert torch.equal(pixels, again) and not torch.equal(pixels, other)
     ex = make_example(11, 3, cfg)
-    assert captions[3] == [ex.caption, ex.short, ex.descriptive]
+    assert captions[3] == [ex.caption, ex.short, ex.descriptive] and scenes[3] == ex.scene
     assert torch.equal(pixels[3], torch.from_numpy(np.asarray(ex.image)).permute(2, 0, 1))
 
 
@@ -479,15 +548,17 @@ def test_corpus_twins_follow_the_renders_they_pair_with(project):
     from recaption.world import twin_example
 
     cfg = world_config(load_params())
-    plain, plain_captions, _ = clip_pretrain.corpus_pairs(cfg, 20, seed=11, size=16)
-    pixels, captions, twins = clip_pretrain.corpus_pairs(cfg, 20, seed=11, size=16, twins=0.5)
+    plain, plain_captions, _, _ = clip_pretrain.corpus_pairs(cfg, 20, seed=11, size=16)
+    pixels, captions, twins, scenes = clip_pretrain.corpus_pairs(
+        cfg, 20, seed=11, size=16, twins=0.5
+    )
     # The renders are the corpus without twins, byte for byte; the twins come after.
     assert torch.equal(pixels[:20], plain) and captions[:20] == plain_captions
     assert 3 < len(twins) < 17 and len(pixels) == len(captions) == 20 + len(twins)
     assert [t for _, t in twins] == list(range(20, 20 + len(twins)))
     for o, t in twins:
         ex = twin_example(11, o, cfg)
-        assert captions[t] == [ex.caption, ex.short, ex.descriptive]
+        assert captions[t] == [ex.caption, ex.short, ex.descriptive] and scenes[t] == ex.scene
         assert torch.equal(pixels[t], torch.from_numpy(np.asarray(ex.image)).permute(2, 0, 1))
 
 
@@ -564,6 +635,37 @@ def test_clip_pretrain_adds_a_captioning_loss_over_the_cached_features(project, 
     project.write_params(clip={"model": str(arch), "train": {**train, "caption_loss": 0.0}})
     clip_pretrain.main()
     assert seen["captioning"] is None
+
+
+def test_clip_pretrain_tells_the_scene_loss_the_corpus_scenes_only(project, arch, monkeypatch):
+    prepare(project)
+    train = {**TRAIN, "corpus": 12, "corpus_seed": 5, "scene_loss": 0.5}
+    project.write_params(clip={"model": str(arch), "train": train}, embed={"grid": 2})
+    seen = {}
+
+    def spy(clip, images, captions, config, *args, scene=None, **kwargs):
+        seen.update(n=len(images), scene=scene, layout=clip_lib.feature_layout(clip, 2))
+        return {}
+
+    monkeypatch.setattr(clip_pretrain, "train_clip", spy)
+    clip_pretrain.main()
+    scene = seen["scene"]
+    pooled, cells, cell_dim = seen["layout"]
+    assert (scene.weight, scene.grid, scene.head.in_features) == (0.5, 2, pooled + cells * cell_dim)
+    params = load_params()
+    keys, _, _ = clip_pretrain.training_pairs(params)
+    offset = len(keys)
+    assert seen["n"] == offset + 12 == len(scene.targets["background"])
+    # The dataset's own images are never told their scenes; the corpus renders are.
+    assert (scene.targets["content"][:offset] == -100).all()
+    assert (scene.targets["background"][:offset] == -100).all()
+    _, _, _, corpus = clip_pretrain.corpus_pairs(world_config(params), 12, 5, 16)
+    assert scene.targets["content"][offset:].tolist() == [
+        oracle.scene_targets(s)["content"].tolist() for s in corpus
+    ]
+    project.write_params(clip={"model": str(arch), "train": {**train, "scene_loss": 0.0}})
+    clip_pretrain.main()
+    assert seen["scene"] is None
 
 
 def test_real_data_trains_without_the_world_corpus(project):

@@ -125,6 +125,13 @@ def _corpus_lines(params: dict[str, Any]) -> list[str]:
             f" A share of {train['twins']:g} of them also has a twin, the same scene with one "
             "shape changed and captioned to match, trained in the same batch."
         )
+    if train.get("scene_loss"):
+        lines[-1] += (
+            " The corpus renders' scenes were known, and the image tower also learnt them "
+            f"(scene loss, weight {train['scene_loss']:g}): what each cell of the world's 3x3 "
+            "grid holds and in which colour, and the background, read linearly from the "
+            "features the embed stage caches. The dataset's own scenes were never shown."
+        )
     return lines
 
 

@@ -278,12 +278,17 @@ class ClipTrainParams(ContrastiveParams):
     # GPT-2 config JSON, trained with the CLIP and then dropped).
     caption_loss: float = Field(0.0, ge=0)
     caption_decoder: str = "configs/clip/caption-decoder.json"
+    # Supervised pretraining on the corpus's scenes beside the contrastive loss: a linear
+    # head reads each grid cell's content and colour and the background from the features
+    # the embed stage caches (recaption.models.clip_train.SceneLoss). Its weight (0: off).
+    # The corpus renders only: the dataset's own scenes are never a training signal.
+    scene_loss: float = Field(10.0, ge=0)
 
 
 class ClipParams(Section):
     """The CLIP whose image embeddings the captioner is conditioned on."""
 
-    model: str = "configs/clip/tiny-rn-32.json"
+    model: str = "configs/clip/tiny-cnn-32.json"
     pretrained: ModelRef = "none"
     train: ClipTrainParams = ClipTrainParams()
 
@@ -510,7 +515,8 @@ class BlendParams(Section):
 class GeneratorParams(TrainingSection):
     """train_generator: the text-to-image model trained on the blend."""
 
-    model: ModelRef = "configs/generator/tiny-unet-latent-8.json"  # architecture JSON, or saved pipeline
+    # An architecture JSON, or a saved pipeline.
+    model: ModelRef = "configs/generator/tiny-unet-latent-8.json"
     # The sampler saved with the model (evaluate and `recap generate` draw with it): auto
     # keeps the JSON's DDIM or the folder's own; training does not depend on it.
     scheduler: Literal["auto", "ddim", "euler", "dpm"] = "auto"

@@ -4,7 +4,9 @@ The images of the built-in world are tiny, so they are held as one uint8 tensor 
 normalised per batch; each step draws a batch without replacement within an epoch
 and one of each image's captions at random, from generators seeded by the step (see
 recaption.models.training), so a killed run resumes to the same weights. Twins
-(recaption.world.twins) are drawn into their original's batch (see `Twins`).
+(recaption.world.twins) are drawn into their original's batch (see `Twins`). Renders
+whose scenes are known can also teach the tower what each grid cell holds (see
+`SceneLoss`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from open_clip import ClipLoss
+from torch import nn
 
 from recaption import precision
 from recaption.models import clip as clip_lib
+from recaption.models import oracle
 from recaption.models.clip import Clip
 from recaption.models.schedule import OptimConfig
 from recaption.models.training import (
@@ -32,6 +36,7 @@ from recaption.models.training import (
     steps_per_epoch,
 )
 from recaption.parallel import Parallel
+from recaption.world import BACKGROUNDS, COLOUR_NAMES
 
 if TYPE_CHECKING:  # the captioning loss's decoder; stages without one never import it
     from recaption.models.captioner import Captioner
@@ -63,6 +68,71 @@ class CaptionLoss:
     weight: float
     grid: int
     max_tokens: int = 64
+
+
+@dataclass
+class SceneLoss:
+    """What each cell of the world's 3x3 grid holds, read from the image's features, beside
+    the contrastive loss: supervised pretraining of the tower on scenes it is told.
+
+    A contrastive batch is told apart by colour, background and place, so the contrastive
+    loss never asks the tower for an object's shape, and a tower trained on it alone does
+    not keep shape (probe about 0.6). A real CLIP keeps it because it has seen far more
+    images than any one dataset; here the pretraining corpus's scenes are known, so the
+    tower can learn them directly. `head` is one linear map from the features the embed
+    stage caches (pooled vector and `grid` x `grid` cells, `clip_lib.features`) to each
+    cell's content and colour and the background (the oracle's targets, `oracle.CONTENTS`),
+    so what it learns is what the cache holds, linearly; it is thrown away after training.
+    `targets` holds a row for every training image, -100 (ignored) where the scene is not
+    given (the dataset's own images: their scenes are the ground truth the captioner must
+    find, never a training signal).
+    """
+
+    head: nn.Linear
+    weight: float
+    grid: int
+    targets: dict[str, torch.Tensor]  # content (N, 9), colour (N, 9), background (N,)
+
+    @classmethod
+    def create(cls, feature_dim: int, scenes: Sequence, weight: float, grid: int,
+               seed: int) -> SceneLoss:  # fmt: skip
+        """A fresh head over `feature_dim` features; `scenes` has one scene (or None) per
+        training image."""
+        outputs = oracle.CELLS * (len(oracle.CONTENTS) + len(COLOUR_NAMES))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = nn.Linear(feature_dim, outputs + len(BACKGROUNDS))
+        n = len(scenes)
+        targets = {
+            "content": torch.full((n, oracle.CELLS), -100, dtype=torch.long),
+            "colour": torch.full((n, oracle.CELLS), -100, dtype=torch.long),
+            "background": torch.full((n,), -100, dtype=torch.long),
+        }
+        known = [i for i, s in enumerate(scenes) if s is not None]
+        if known:
+            given = oracle.stack_targets([scenes[i] for i in known])
+            for name, value in given.items():
+                targets[name][known] = value
+        return cls(head, weight, grid, targets)
+
+    def loss(self, features: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """Mean cross-entropy of the cells' contents and colours and the background over
+        the rows whose scene is given (0 when none is)."""
+        n_content, cells = len(oracle.CONTENTS), oracle.CELLS
+        logits = self.head(features.float())
+        content = logits[:, : cells * n_content].reshape(-1, cells, n_content)
+        colour = logits[:, cells * n_content : -len(BACKGROUNDS)].reshape(
+            -1, cells, len(COLOUR_NAMES)
+        )
+        background = logits[:, -len(BACKGROUNDS) :]
+        target = {k: v[list(rows)].to(features.device) for k, v in self.targets.items()}
+        terms = [
+            (content.flatten(0, 1), target["content"].flatten()),
+            (colour.flatten(0, 1), target["colour"].flatten()),
+            (background, target["background"]),
+        ]
+        losses = [F.cross_entropy(x, y, ignore_index=-100) for x, y in terms if (y >= 0).any()]
+        return torch.stack(losses).mean() if losses else logits.sum() * 0  # zero gradients
 
 
 @torch.inference_mode()
@@ -177,6 +247,7 @@ def train_clip(
     checkpoints: Checkpoints | None = None,
     captioning: CaptionLoss | None = None,
     twins: Sequence[tuple[int, int]] = (),
+    scene: SceneLoss | None = None,
 ) -> dict:
     """Train `clip` in place.
 
@@ -197,6 +268,8 @@ def train_clip(
             one process only.
         twins: (original, twin) image indices, each twin trained in its original's
             batch with the same kind of caption (see `Twins`); one process only.
+        scene: a loss on what each grid cell holds, for the images whose scenes are given
+            (see `SceneLoss`); one process only.
     Returns:
         The last logged metrics.
     """
@@ -206,10 +279,12 @@ def train_clip(
         # their own rows, another loss. (open_clip's accum_freq recomputes each micro-batch
         # against the others' cached features; not built here.)
         raise ValueError("contrastive training takes no grad_accumulation: its loss does not split")
-    if (negative is not None or captioning is not None or twins) and par.world > 1:
+    if (negative is not None or captioning or scene or twins) and par.world > 1:
         raise ValueError(
-            "hard negatives, captioning and twins are implemented for one process only"
+            "hard negatives, captioning, scenes and twins are implemented for one process only"
         )
+    if captioning and scene and captioning.grid != scene.grid:
+        raise ValueError(f"captioning reads a grid of {captioning.grid}, scenes {scene.grid}")
     paired = Twins(twins, captions) if twins else None
     model = clip.model.to(par.device)
     named = dict(model.named_parameters())
@@ -217,6 +292,9 @@ def train_clip(
         decoder = captioning.decoder.to(par.device)
         named |= {f"decoder.{k}": v for k, v in decoder.named_parameters()}
         longest = [max(texts, key=len) for texts in captions]
+    if scene is not None:
+        head = scene.head.to(par.device)
+        named |= {f"scene_head.{k}": v for k, v in head.named_parameters()}
     forward = par.wrap(model)
     loss_fn = ClipLoss()
     if par.world > 1:
@@ -235,11 +313,11 @@ def train_clip(
         rng = random.Random(gen.initial_seed())
         negs = [n for t in mine_texts if negative and (n := negative(t, rng))]
         tokens = clip.tokenizer(mine_texts + negs).to(par.device)
-        if captioning is None:
+        if captioning is None and scene is None:
             img, txt, scale = forward(pixels, tokens)
         else:
-            decoder.train()
-            feats = clip_lib.features(clip, pixels, captioning.grid)  # (B, D + G*G*C)
+            grid = (captioning or scene).grid
+            feats = clip_lib.features(clip, pixels, grid)  # (B, D + G*G*C)
             img = feats[:, : clip.model_cfg["embed_dim"]]
             txt = model.encode_text(tokens, normalize=True)
             scale = model.logit_scale.exp()
@@ -248,12 +326,19 @@ def train_clip(
                 loss = loss_fn(img.float(), txt.float(), scale.float())
             else:
                 loss = hard_negative_loss(img.float(), txt.float(), scale.float())
-        if captioning is None:
+        if captioning is None and scene is None:
             return loss
-        d = captioning.decoder
-        ids, mask = d.pad(d.tokenize([longest[idx[i]] for i in mine], captioning.max_tokens))
-        written = d.loss(feats, ids.to(par.device), mask.to(par.device))
-        return {"loss": loss + captioning.weight * written, "contrastive": loss, "caption": written}
+        out = {"loss": loss, "contrastive": loss}
+        if captioning is not None:
+            d = captioning.decoder
+            d.train()
+            ids, mask = d.pad(d.tokenize([longest[idx[i]] for i in mine], captioning.max_tokens))
+            out["caption"] = d.loss(feats, ids.to(par.device), mask.to(par.device))
+            out["loss"] = out["loss"] + captioning.weight * out["caption"]
+        if scene is not None:
+            out["scene"] = scene.loss(feats, [idx[i] for i in mine])
+            out["loss"] = out["loss"] + scene.weight * out["scene"]
+        return out
 
     evaluation = None
     if heldout is not None:
@@ -265,4 +350,6 @@ def train_clip(
     model.eval().to("cpu")
     if captioning is not None:
         captioning.decoder.eval().to("cpu")
+    if scene is not None:
+        scene.head.to("cpu")
     return result.metrics

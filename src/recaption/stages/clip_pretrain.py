@@ -23,11 +23,17 @@ from recaption.corpus import fresh_renders, pixels_of
 from recaption.live import main_live
 from recaption.models import captioner
 from recaption.models import clip as clip_lib
-from recaption.models.clip_train import CaptionLoss, ClipTrainConfig, retrieval_recall, train_clip
+from recaption.models.clip_train import (
+    CaptionLoss,
+    ClipTrainConfig,
+    SceneLoss,
+    retrieval_recall,
+    train_clip,
+)
 from recaption.parallel import Parallel
 from recaption.params import Params, load_params
 from recaption.synthetic import world_config
-from recaption.world import WorldConfig, twin_example
+from recaption.world import Scene, WorldConfig, twin_example
 from recaption.world.negatives import swap_word
 
 log = logging.getLogger(__name__)
@@ -65,26 +71,28 @@ def corpus_size(params: Params) -> int:
 
 def corpus_pairs(
     cfg: WorldConfig, n: int, seed: int, size: int, twins: float = 0.0
-) -> tuple[torch.Tensor, list[list[str]], list[tuple[int, int]]]:
+) -> tuple[torch.Tensor, list[list[str]], list[tuple[int, int]], list[Scene]]:
     """A pretraining corpus: `n` fresh renders of the world `cfg` seeded by `seed`, each
     with its alt-text, short and descriptive caption (a caption mix of the poor and the
     good), then the twins of a `twins` share of them (recaption.world.twins).
 
     Returns:
-        uint8 (n + m, 3, size, size) images, their caption lists, and the m
-        (original, twin) index pairs; the twins follow the n renders.
+        uint8 (n + m, 3, size, size) images, their caption lists, the m (original, twin)
+        index pairs (the twins follow the n renders), and every image's scene.
     """
     out, examples = fresh_renders(cfg, n, seed, size, "clip corpus")
     captions = [[ex.caption, ex.short, ex.descriptive] for ex in examples]
+    scenes = [ex.scene for ex in examples]
     twin_pixels, pairs = [], []
     for i in tqdm(range(n) if twins else (), desc="clip twins", unit="img", mininterval=2):
         if (ex := twin_example(seed, i, cfg, twins)) is not None:
             pairs.append((i, n + len(twin_pixels)))
             twin_pixels.append(pixels_of(ex.image, size))
             captions.append([ex.caption, ex.short, ex.descriptive])
+            scenes.append(ex.scene)
     if twin_pixels:
         out = torch.cat([out, torch.stack(twin_pixels)])
-    return out, captions, pairs
+    return out, captions, pairs, scenes
 
 
 def caption_loss(params: Params, clip: clip_lib.Clip, captions: list[list[str]]):
@@ -98,6 +106,19 @@ def caption_loss(params: Params, clip: clip_lib.Clip, captions: list[list[str]])
     decoder = captioner.create(train.caption_decoder, texts, DECODER_VOCAB, layout,
                                DECODER_PREFIX, DECODER_HIDDEN, params.seed)  # fmt: skip
     return CaptionLoss(decoder, train.caption_loss, params.embed.grid)
+
+
+def scene_loss(params: Params, clip: clip_lib.Clip, scenes: list[Scene | None]):
+    """The scene loss `clip.train.scene_loss` asks for (None at weight 0, or when no scene
+    is given): a fresh linear head reading the features the embed stage will cache (pooled
+    + `embed.grid`), told the scenes of the corpus renders only (`scenes` is None for
+    every dataset image)."""
+    weight = params.clip.train.scene_loss
+    if weight == 0 or all(s is None for s in scenes):  # real data: no corpus, no scenes
+        return None
+    pooled, cells, cell_dim = clip_lib.feature_layout(clip, params.embed.grid)
+    return SceneLoss.create(pooled + cells * cell_dim, scenes, weight, params.embed.grid,
+                            params.seed)  # fmt: skip
 
 
 def heldout_set(size: int):
@@ -122,13 +143,15 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             _, pngs, captions = training_pairs(params)
             pixels = datasets.images_tensor(pngs, clip.image_size)
             twins: list[tuple[int, int]] = []
+            scenes: list[Scene | None] = [None] * len(pixels)  # the dataset's are not told
             if n := corpus_size(params):
                 world = world_config(params)
-                extra, extra_captions, extra_twins = corpus_pairs(
+                extra, extra_captions, extra_twins, extra_scenes = corpus_pairs(
                     world, n, cp.train.corpus_seed, clip.image_size, cp.train.twins
                 )
                 twins = [(len(pixels) + o, len(pixels) + t) for o, t in extra_twins]
                 pixels, captions = torch.cat([pixels, extra]), [*captions, *extra_captions]
+                scenes += extra_scenes
             config = ClipTrainConfig.of(cp.train, seed=params.seed, precision=compute)
 
             def log_step(step: int, metrics: dict) -> None:
@@ -139,17 +162,20 @@ def main(params_path: Path = paths.PARAMS) -> dict:
 
             negative = swap_word if cp.train.hard_negatives else None
             captioning = caption_loss(params, clip, captions)
+            scene = scene_loss(params, clip, scenes)
             identity = [clip.model, pixels, captions, *heldout, config, negative is not None]
             if captioning is not None:
                 identity += [captioning.decoder, captioning.weight, captioning.grid]
             if twins:
                 identity.append(twins)
+            if scene is not None:
+                identity += [scene.head, scene.weight, scene.grid, *scene.targets.values()]
             checkpoints = resume.checkpoints(STAGE, identity, record, config.steps,
                                              clean=par.is_main)  # fmt: skip
             metrics = train_clip(clip, pixels, captions, config, heldout,
                                  log_step if live else None, par, desc=STAGE,
                                  negative=negative, checkpoints=checkpoints,
-                                 captioning=captioning, twins=twins)  # fmt: skip
+                                 captioning=captioning, twins=twins, scene=scene)  # fmt: skip
         else:
             metrics = retrieval_recall(clip, *heldout)
             for name, value in metrics.items() if live else ():
