@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from recaption import embed, io
+from recaption import datasets, embed, io
 from recaption.metrics.captions import scene_from_meta
 from recaption.world.scene import Scene
 from recaption.world.vocab import (
@@ -111,12 +111,8 @@ def cells(scene: Scene, n_cells: int, width: int) -> np.ndarray:
 
 def write_scene_features(work: Path) -> int:
     """Replace every embedding shard's vectors with the scene encoding; return the rows."""
-    scenes = {}
-    for shard in io.shard_paths(work / "data" / "dataset"):
-        t = pq.read_table(shard, columns=["key", "meta"])
-        metas = t.column("meta").to_pylist()
-        for key, meta in zip(t.column("key").to_pylist(), metas, strict=True):
-            scenes[key] = scene_from_meta(meta)
+    rows = datasets.load_rows(work / "data" / "dataset", ["meta"])
+    scenes = {r["key"]: scene_from_meta(r["meta"]) for r in rows}
     rows = 0
     for shard in io.shard_paths(work / "data" / "embeddings" / "images"):
         emb = embed.read(shard)

@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from recaption import embed, io
+from recaption import datasets, embed
 from recaption.metrics.captions import scene_from_meta
 from recaption.models import oracle
 from recaption.world import COLOUR_NAMES
@@ -34,12 +33,8 @@ TRAIN_IMAGES, STEPS, BATCH = 4000, 3000, 256
 
 def cell_probe(project: Path, seed: int = 0) -> dict[str, float]:
     emb = embed.read_dir(project / "data" / "embeddings" / "images")
-    meta: dict[str, str] = {}
-    for shard in io.shard_paths(project / "data" / "dataset"):
-        rows = pq.read_table(shard, columns=["key", "meta"]).to_pylist()
-        meta.update({r["key"]: r["meta"] for r in rows})
-    splits = pq.read_table(project / "data" / "subset" / "splits.parquet").to_pylist()
-    heldout = {r["key"] for r in splits if r["heldout"]}
+    meta = {r["key"]: r["meta"] for r in datasets.load_rows(project / "data" / "dataset", ["meta"])}
+    heldout = datasets.read_splits(project / "data" / "subset" / "splits.parquet")["heldout"]
     x = torch.from_numpy(emb.features())
     target = oracle.stack_targets([scene_from_meta(meta[k]) for k in emb.keys])
     is_held = torch.tensor([k in heldout for k in emb.keys])
