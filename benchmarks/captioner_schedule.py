@@ -96,8 +96,10 @@ def main() -> None:
     plain = captioner_train.Evaluation
     captioner_train.Evaluation = lambda run, every, best, patience: plain(scored(run), every, best)
     start = time.perf_counter()
-    captioner_train.train_captioner(model, train, val, config)
-    captioner_train.Evaluation = plain
+    try:
+        captioner_train.train_captioner(model, train, val, config)
+    finally:
+        captioner_train.Evaluation = plain
     print(f"{config.steps} steps, {len(train[1])} pairs, {time.perf_counter() - start:.0f} s "
           f"({compute}, {torch.backends.cpu.get_cpu_capability()})")  # fmt: skip
     print("| step | val loss | precision | recall | CHAIR_s | objects | positions |")
