@@ -78,7 +78,7 @@ def training_times() -> dict:
                 "seconds": round(seconds, 1),
                 "peak_rss_mib": round(peak),
                 "steps": lineage["metrics"]["steps"],
-                "best_step": lineage["metrics"]["best_step"],
+                "kept_step": lineage["metrics"]["kept_step"],
             }
         return times
 

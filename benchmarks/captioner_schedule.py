@@ -21,12 +21,13 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import yaml
 
-from recaption import datasets, embed, paths, precision, sampling
+from recaption import datasets, embed, paths, precision
 from recaption.metrics import captions as cm
 from recaption.models import captioner_train, captioners
 from recaption.models.captioner import Decoding
@@ -57,49 +58,37 @@ def main() -> None:
     sp = params.captioner.stage2
 
     # The stage's own data: its pairs, its validation split, the stage-1 weights.
-    pairs = stage_lib.stage_pairs("stage2")
-    keys = sorted({k for k, _ in pairs})
-    n_val = max(1, round(len(keys) * params.captioner.val_fraction))
-    val_keys = sorted(sampling.pick(keys, n_val, params.seed, "captioner-stage2-val"))
     emb = embed.read_dir(paths.IMAGE_EMBEDDINGS)
-    train_keys = sorted(set(keys) - set(val_keys))
-    train = stage_lib.features_and_captions(emb, stage_lib.of_keys(pairs, train_keys))
-    val = stage_lib.features_and_captions(emb, stage_lib.of_keys(pairs, val_keys))
+    pairs = stage_lib.stage_pairs("stage2")
+    train_pairs, val_pairs = stage_lib.split_pairs("stage2", pairs, params)
+    train = stage_lib.features_and_captions(emb, train_pairs)
+    val = stage_lib.features_and_captions(emb, val_pairs)
     model = captioners.load(stage_lib.folder("stage1"))
     compute, _ = precision.settle(sp.precision, "cpu", "captioner.stage2.precision")
-    config = stage_lib.train_config(sp, len(train[1]), params.seed, compute)
+    # No early stop whatever the params keep: the benchmark wants the whole curve.
+    config = replace(stage_lib.train_config(sp, len(train[1]), params.seed, compute), keep="last")
 
     test_keys, scenes = heldout_scenes(args.heldout)
     test_features = torch.from_numpy(emb.features_of(test_keys))
     decoding = Decoding(**params.recaption.descriptive.model_dump())
     rows: list[dict] = []
 
-    def scored(run):  # the stage's validation, plus the held-out captions' facts
-        def both(step: int) -> dict:
-            out = run(step)
-            model.eval()
-            with torch.inference_mode():
-                batch = params.recaption.batch_size
-                texts = caption_batches(model, test_features, decoding, batch, params.seed, compute)
-            s = cm.attribute_scores(texts, scenes)
-            rows.append({"step": step, "val_loss": out["val_loss"], "precision": s["precision"],
-                         "recall": s["recall"], "chair_s": s["hallucination_captions"],
-                         "object": s["by_kind"]["object"]["precision"],
-                         "position": s["by_kind"]["position"]["precision"]})  # fmt: skip
-            print(rows[-1], flush=True)
-            return out
+    def score(step: int, metrics: dict) -> None:  # after each validation, at its weights
+        if "val_loss" not in metrics:
+            return
+        model.eval()
+        with torch.inference_mode():
+            batch = params.recaption.batch_size
+            texts = caption_batches(model, test_features, decoding, batch, params.seed, compute)
+        s = cm.attribute_scores(texts, scenes)
+        rows.append({"step": step, "val_loss": metrics["val_loss"], "precision": s["precision"],
+                     "recall": s["recall"], "chair_s": s["hallucination_captions"],
+                     "object": s["by_kind"]["object"]["precision"],
+                     "position": s["by_kind"]["position"]["precision"]})  # fmt: skip
+        print(rows[-1], flush=True)
 
-        return both
-
-    # Every evaluation scored and no early stop: the benchmark wants the whole curve (the
-    # best weights the loop restores at the end are not used).
-    plain = captioner_train.Evaluation
-    captioner_train.Evaluation = lambda run, every, best, patience: plain(scored(run), every, best)
     start = time.perf_counter()
-    try:
-        captioner_train.train_captioner(model, train, val, config)
-    finally:
-        captioner_train.Evaluation = plain
+    captioner_train.train_captioner(model, train, val, config, log_step=score)
     print(f"{config.steps} steps, {len(train[1])} pairs, {time.perf_counter() - start:.0f} s "
           f"({compute}, {torch.backends.cpu.get_cpu_capability()})")  # fmt: skip
     print("| step | val loss | precision | recall | CHAIR_s | objects | positions |")

@@ -36,7 +36,8 @@ def tiny_captioner(seed: int = 0, spec: str = TINY_LM) -> cap.Captioner:
 def config(**overrides) -> CaptionTrainConfig:
     fields = dict(
         steps=80, batch_size=4, lr=3e-3, warmup_steps=5, weight_decay=0.0, grad_clip=1.0,
-        train_lm=True, eval_every=20, patience=10, max_tokens=16, precision="fp32", seed=0,
+        train_lm=True, eval_every=20, keep="best", patience=10, max_tokens=16, precision="fp32",
+        seed=0,
     )  # fmt: skip
     return CaptionTrainConfig(**{**fields, **overrides})
 
@@ -94,6 +95,21 @@ def test_early_stopping_restores_the_best_weights():
     assert result["stopped_early"] and result["steps"] < 200
     ids, mask = model.pad(model.tokenize(val[1], 16))
     assert model.loss(val[0], ids, mask).item() == pytest.approx(result["val_loss"], rel=1e-3)
+
+
+def test_keep_last_runs_the_schedule_out_and_ends_on_its_last_weights():
+    feats = features(len(CAPTIONS))
+    val = (feats, [" ".join(c.split()[::-1]) for c in CAPTIONS])  # memorising worsens it
+    best_model, last_model = tiny_captioner(), tiny_captioner()
+    best = train_captioner(best_model, (feats, CAPTIONS), val, config(steps=200, patience=2))
+    last = train_captioner(last_model, (feats, CAPTIONS), val, config(steps=200, keep="last"))
+    assert not last["stopped_early"] and last["steps"] == last["kept_step"] == 200
+    ids, mask = last_model.pad(last_model.tokenize(val[1], 16))
+    assert last_model.loss(val[0], ids, mask).item() == pytest.approx(last["val_loss"], rel=1e-3)
+    # The validation loss rose after the best's step, and the last weights are not the best.
+    assert last["val_loss"] > best["val_loss"]
+    assert not all(torch.equal(a, b) for a, b in
+                   zip(best_model.parameters(), last_model.parameters(), strict=True))  # fmt: skip
 
 
 class Crash(Exception):

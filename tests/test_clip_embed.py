@@ -22,6 +22,7 @@ from recaption.models import captioner, oracle
 from recaption.models import clip as clip_lib
 from recaption.models.clip_train import CaptionLoss, ClipTrainConfig, SceneLoss, train_clip
 from recaption.models.training import Checkpoints
+from recaption.parallel import Parallel
 from recaption.params import load_params
 from recaption.stages import annotate, clip_pretrain, embed_probe, ingest, prompts, sample
 from recaption.stages import embed as embed_stage
@@ -180,6 +181,14 @@ def test_the_scene_loss_teaches_the_tower_what_each_cell_holds(project, arch):
     train_clip(alone, pixels, captions, unclipped)
     theirs = alone.model.visual.state_dict()
     assert any(not torch.allclose(v, theirs[k]) for k, v in ours.model.visual.state_dict().items())
+
+
+def test_the_scene_loss_with_several_processes_is_refused_naming_the_setting(project, arch):
+    pixels, captions, scenes = world_renders(4)
+    clip = clip_lib.create(str(arch), None, seed=0)
+    with pytest.raises(ValueError, match="one process only.*scene_loss: 0"):
+        train_clip(clip, pixels, captions, clip_config(), par=Parallel(world=2),
+                   scene=scene_loss_of(clip, scenes))  # fmt: skip
 
 
 def test_features_are_the_pooled_embedding_then_normalised_cells(arch):

@@ -193,4 +193,11 @@ def test_the_captioner_stages_train_on_every_row_of_an_augmented_set(project):
                      ("a", "a red circle"), ("a", "a circle in red")]  # fmt: skip
     assert captioner.of_keys(pairs, ["a", "b"]) == [pairs[2], pairs[3], pairs[0], pairs[1]]
     assert captioner.of_keys(pairs, ["b"]) == pairs[:2]
+    # Validation holds out whole images: an image's rewrites go where its caption goes.
+    project.write_params(captioner={"val_fraction": 0.5})
+    params = load_params(paths.PARAMS)
+    train, val = captioner.split_pairs("stage1", pairs, params)
+    assert sorted(train + val) == sorted(pairs)
+    assert len({k for k, _ in val}) == 1 and not {k for k, _ in train} & {k for k, _ in val}
+    assert captioner.split_pairs("stage1", pairs, params) == (train, val)
     assert datasets.read_captions(paths.SHORT) == {"b": "a blue star", "a": "a red circle"}

@@ -116,7 +116,9 @@ def test_union_values_give_one_message_naming_both_choices():
 def test_a_stage_given_in_part_keeps_its_own_defaults():
     params = parse_params({"captioner": {"stage2": {"lr": 0.002}, "stage1": {"epochs": 3}},
                            "recaption": {"descriptive": {"strategy": "beam"}}})  # fmt: skip
-    assert (params.captioner.stage2.steps, params.captioner.stage2.max_tokens) == (400, 80)
+    stage2 = params.captioner.stage2
+    assert (stage2.steps, stage2.max_tokens, stage2.keep) == (1200, 80, "last")
+    assert params.captioner.stage1.keep == "best"
     assert (params.captioner.stage1.steps, params.captioner.stage1.epochs) == (None, 3)
     assert params.captioner.stage1.max_tokens == 24
     assert params.recaption.descriptive.max_new_tokens == 80

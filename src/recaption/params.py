@@ -322,7 +322,9 @@ class CaptionerStageParams(TrainingSection):
     grad_clip: float = Field(1.0, gt=0)
     train_lm: bool = True  # False: only the mapping network learns
     eval_every: int = Field(ge=1)
-    patience: int = Field(3, ge=1)  # evaluations without a better val loss before stopping
+    keep: Literal["best", "last"]  # best: the lowest val loss, with early stopping; last: the
+    # schedule's end (the val loss is logged; on few pairs it rises while captions improve)
+    patience: int = Field(3, ge=1)  # keep best: evaluations without a better val loss
     max_tokens: int = Field(ge=2)  # caption tokens kept, EOS included
     precision: Precision = "auto"
     device: Device = "auto"
@@ -360,10 +362,13 @@ def _with_defaults(data: Any, defaults: dict[str, dict[str, Any]]) -> Any:
 
 
 _STAGE_DEFAULTS = {
-    "pretrain": {"steps": 600, "warmup_steps": 50, "eval_every": 100, "max_tokens": 32},
-    "stage1": {"steps": 200, "warmup_steps": 20, "eval_every": 50, "max_tokens": 24},
-    "stage2": {"steps": 400, "warmup_steps": 20, "eval_every": 100, "max_tokens": 80},
-}
+    "pretrain": {"steps": 600, "warmup_steps": 50, "eval_every": 100, "max_tokens": 32,
+                 "keep": "best"},
+    "stage1": {"steps": 200, "warmup_steps": 20, "eval_every": 50, "max_tokens": 24,
+               "keep": "best"},
+    "stage2": {"steps": 1200, "warmup_steps": 20, "eval_every": 100, "max_tokens": 80,
+               "keep": "last"},
+}  # fmt: skip
 
 
 class LoraParams(Section):

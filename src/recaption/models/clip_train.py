@@ -281,7 +281,9 @@ def train_clip(
         raise ValueError("contrastive training takes no grad_accumulation: its loss does not split")
     if (negative is not None or captioning or scene or twins) and par.world > 1:
         raise ValueError(
-            "hard negatives, captioning, scenes and twins are implemented for one process only"
+            "hard negatives, captioning, the scene loss and twins are implemented for one "
+            "process only: run one process, or set clip.train.hard_negatives: false, "
+            "caption_loss: 0, scene_loss: 0 and twins: 0"
         )
     if captioning and scene and captioning.grid != scene.grid:
         raise ValueError(f"captioning reads a grid of {captioning.grid}, scenes {scene.grid}")

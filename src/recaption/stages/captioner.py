@@ -6,9 +6,10 @@
     stage1    the short caption set (main subject), from the pretrained weights
     stage2    the descriptive caption set, from the stage-1 weights
 
-Each stage holds out a seeded `captioner.val_fraction` of its pairs for early
-stopping, logs its curves through dvclive, and saves a `save_pretrained` folder
-with the mapper and a lineage.json under models/captioner/<stage>/.
+Each stage holds out a seeded `captioner.val_fraction` of its images, whose loss it
+logs (and with `keep: best` stops early on), logs its curves through dvclive, and saves
+a `save_pretrained` folder with the mapper and a lineage.json under
+models/captioner/<stage>/.
 """
 
 from __future__ import annotations
@@ -51,6 +52,18 @@ def of_keys(pairs: list[tuple[str, str]], keys: list[str]) -> list[tuple[str, st
     """The pairs of `keys`, in key order (a key's pairs in file order)."""
     chosen = set(keys)
     return sorted((p for p in pairs if p[0] in chosen), key=lambda p: p[0])
+
+
+def split_pairs(
+    stage: str, pairs: list[tuple[str, str]], params: Params
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(train, validation) pairs of a stage: a seeded `captioner.val_fraction` of its
+    images is held back, so no rewrite of a validation caption is trained on."""
+    keys = sorted({key for key, _ in pairs})
+    n_val = max(1, round(len(keys) * params.captioner.val_fraction))
+    val_keys = sorted(sampling.pick(keys, n_val, params.seed, f"captioner-{stage}-val"))
+    train_keys = sorted(set(keys) - set(val_keys))
+    return of_keys(pairs, train_keys), of_keys(pairs, val_keys)
 
 
 def features_and_captions(emb: embed.Embeddings, pairs: list[tuple[str, str]]) -> tuple:
@@ -137,16 +150,11 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
     sp: CaptionerStageParams = getattr(params.captioner, stage)
     par = Parallel.start(devices.resolve(sp.device, f"captioner.{stage}.device"))
     pairs = stage_pairs(stage)
-    keys = sorted({key for key, _ in pairs})
-    n_val = max(1, round(len(keys) * params.captioner.val_fraction))
-    val_keys = sorted(sampling.pick(keys, n_val, params.seed, f"captioner-{stage}-val"))
-    train_keys = sorted(set(keys) - set(val_keys))
     emb = embed.read_dir(paths.IMAGE_EMBEDDINGS)
     model = start_model(stage, params, emb, pairs)
     key = f"captioner.{stage}.precision"
     compute, record = precision.settle(sp.precision, par.device, key)
-    # Validation holds out images, so no rewrite of a validation caption is trained on.
-    train_pairs, val_pairs = of_keys(pairs, train_keys), of_keys(pairs, val_keys)
+    train_pairs, val_pairs = split_pairs(stage, pairs, params)
     config = train_config(sp, len(train_pairs), params.seed, compute)
     log.info(
         "captioner %s: %d train / %d val pairs, %d steps",
