@@ -9,7 +9,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help setup lock repro compare ladder test test-all lint format clean
+.PHONY: help setup lock repro compare ladder budget test test-all lint format clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -33,6 +33,9 @@ compare: ## Compare caption variants as DVC experiments: reports/compare.md (hou
 
 ladder: ## A perfect captioner, ours, none and chance at the default budget: reports/ladder.md (two full trainings; commit first)
 	$(BIN)/recap ladder
+
+budget: ## What the annotation budget buys, as DVC experiments over sample.size: reports/budget.md (hours; commit first)
+	$(BIN)/recap budget
 
 test: ## The fast loop: every test but the slow end-to-end ones (offline, minutes)
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -m "not slow"

@@ -35,12 +35,18 @@ def test_a_bad_variant_or_override_fails_before_anything_is_queued():
         compare.check({}, compare.plan(params))
 
 
-def fake_metrics(gt_clip: float, desc_clip: float) -> dict:
+def fake_metrics(short: float, desc: float, up: float | None = None) -> dict:
+    """reports/metrics.json as evaluate writes it, with these fact accuracies."""
+
+    def table(v: float) -> dict:
+        return {"overall": v, "colors": v + 0.1, "ci95": {"overall": [v - 0.03, v + 0.03]}}
+
     return {
-        "clip_score": {"heldout": {"ground_truth": {"clipscore": gt_clip},
-                                   "descriptive": {"clipscore": desc_clip}}},
-        "prompt_following": {"short": {"overall": 0.1},
-                             "descriptive": {"overall": 0.2, "colors": 0.3, "position": 0.0}},
+        "fact_accuracy": {"short": table(short), "descriptive": table(desc),
+                          "upsampled": table(desc if up is None else up)},
+        "clip_score": {"heldout": {"ground_truth": {"clipscore": 1.0},
+                                   "descriptive": {"clipscore": 1.5}}},
+        "prompt_following": {"short": {"overall": 0.1}, "descriptive": {"overall": 0.2}},
     }  # fmt: skip
 
 
@@ -52,21 +58,60 @@ def test_summary_gives_mean_and_spread_and_judges_each_finding_against_it():
         for exp in compare.plan(params)
     ]
     summary = compare.summarise(results, params)
-    desc = summary["variants"]["descriptive-95"]["CLIP score, descriptive prompts"]
+    desc = summary["variants"]["descriptive-95"][compare.FACT_DESC]
     assert desc["mean"] == pytest.approx(0.51) and desc["std"] == pytest.approx(0.01)
-    assert summary["variants"]["short-95"]["categories"]["colors"]["mean"] == pytest.approx(0.3)
+    assert "ci95" not in desc  # three seeds: the spread over seeds, not over prompts
+    colors = summary["variants"]["short-95"]["categories"]["colors"]
+    assert colors["mean"] == pytest.approx(0.53)
     verdicts = {f["claim"]: f["verdict"] for f in summary["findings"]}
     d95_s95 = "with descriptive prompts, descriptive-95 beats short-95"
     assert verdicts[d95_s95] == "holds"  # 0.08 apart, standard error 0.008
     # 0.02 apart: 2.4 standard errors, so it holds too
     assert verdicts["with descriptive prompts, short-95 beats ground-truth"] == "holds"
-    # equal ground-truth-prompt scores: "at least as good" holds, with no difference
-    claim = "with ground-truth prompts, short-95 is at least as good as ground-truth"
-    assert verdicts[claim] == "holds (no worse)"
+    # equal short-prompt scores: "no worse" holds, with no difference
+    assert verdicts["with short prompts, short-95 is no worse than ground-truth"] == (
+        "holds (no worse)"
+    )
+    # 0.51 against 2 x 0.41: a target far from met
+    assert verdicts["target: with descriptive prompts, descriptive-95 reaches 2x ground-truth"] == (
+        "missed"
+    )
     assert all("descriptive-80" not in f["claim"] for f in summary["findings"])  # not run
+    assert all("reference-95" not in f["claim"] for f in summary["findings"])
     md = compare.markdown(summary)
     assert "| descriptive-95 | 0.450 ± 0.000 | 0.510 ± 0.010 |" in md
-    assert d95_s95 in md
+    assert d95_s95 in md and "default budget" in md  # no light settings to state
+
+
+def test_one_seed_shows_the_interval_over_prompts_and_judges_nothing():
+    params = params_with(variants=["ground-truth", "descriptive-95"], seeds=1,
+                         overrides={"generator.steps": 400})  # fmt: skip
+    results = [compare.Result(e, fake_metrics(0.3, 0.5)) for e in compare.plan(params)]
+    summary = compare.summarise(results, params)
+    md = compare.markdown(summary)
+    assert "| descriptive-95 | 0.300 [0.270, 0.330] | 0.500 [0.470, 0.530] |" in md
+    assert "every experiment also set `generator.steps=400`" in md
+    assert {f["verdict"] for f in summary["findings"]} == {"one seed: no spread to judge by"}
+
+
+def test_the_upsampling_finding_pairs_each_generator_with_itself():
+    params = params_with(variants=["descriptive-95"], seeds=3)
+    claim = next(c for c in compare._claims() if c.text.startswith("upsampling short prompts"))
+
+    def judged(up_minus_short: float) -> dict:
+        # Seeds differ a lot; each generator's upsampled prompts gain the same over its short.
+        results = [compare.Result(e, fake_metrics(0.3 + 0.1 * e.seed, 0.5 + 0.1 * e.seed,
+                                                  0.3 + up_minus_short + 0.1 * e.seed))
+                   for e in compare.plan(params)]  # fmt: skip
+        (found,) = [f for f in compare.summarise(results, params)["findings"]
+                    if f["claim"] == claim.text]  # fmt: skip
+        return found
+
+    recovered = judged(0.15)  # 0.15 of a 0.20 gain
+    assert recovered["difference"] == pytest.approx(0.05)
+    assert recovered["standard_error"] == pytest.approx(0.0, abs=1e-9)  # paired: no spread
+    assert recovered["verdict"] == "holds"
+    assert judged(0.02)["verdict"] == "reversed"  # a tenth of the gain
 
 
 def test_a_reversed_finding_is_reported_as_reversed(tmp_path):
@@ -88,7 +133,12 @@ def test_every_variant_sets_only_blend_params_and_is_a_valid_choice():
     for name, sets in COMPARE_VARIANTS.items():
         assert all(key.startswith("blend.") for key in sets)
         assert params_with(variants=[name]).compare.variants == [name]
-    assert Params().compare.variants == list(COMPARE_VARIANTS)[:7]  # the study's seven
+    study = list(COMPARE_VARIANTS)[:7]  # the study's seven, then the two rungs beside them
+    assert Params().compare.variants == [*study, "reference-95", "upsampled-95"]
+    assert Params().compare.overrides == {}  # the default budget: a light one draws noise
+    exps = compare.plan(params_with(variants=["upsampled-95"], seeds=1))
+    assert exps[0].params["blend.use_upsampled"] is True
+    compare.check({}, exps)
 
 
 def test_the_reference_variant_is_planned_validated_and_read_as_the_upper_bound():
@@ -105,11 +155,11 @@ def test_the_reference_variant_is_planned_validated_and_read_as_the_upper_bound(
         compare.Result(e, fake_metrics(0.4, scores[e.variant] + 0.01 * e.seed)) for e in exps
     ]
     summary = compare.summarise(results, params)
-    claim = (
-        "a perfect captioner is the upper bound: reference-95 is at least as good as descriptive-95"
-    )
-    (finding,) = [f for f in summary["findings"] if f["claim"] == claim]
-    assert finding["verdict"] == "holds" and finding["difference"] == pytest.approx(0.06)
+    verdicts = {f["claim"]: (f["verdict"], f["difference"]) for f in summary["findings"]}
+    bound = "a perfect captioner is the upper bound: reference-95 is no worse than descriptive-95"
+    assert verdicts[bound][0] == "holds" and verdicts[bound][1] == pytest.approx(0.06)
+    close = "target: with descriptive prompts, descriptive-95 is within 0.10 of reference-95"
+    assert verdicts[close][0] == "met" and verdicts[close][1] == pytest.approx(0.04)
     assert "| reference-95 | 0.400 ± 0.000 | 0.475 ± 0.007 |" in compare.markdown(summary)
     alone = params_with(variants=["reference-95"], seeds=1)
     no_pair = compare.summarise([compare.Result(e, fake_metrics(0.4, 0.5))
@@ -183,3 +233,24 @@ def test_compare_runs_each_experiment_below_the_changed_params_only(tiny_repro, 
     assert pixels["ground-truth"] != pixels["descriptive-95"]
     md = (repo / "reports" / "ladder.md").read_text()
     assert all(f"![{r}](ladder/{r}.png)" in md for r in ladder.RUNGS)
+
+    # The annotation budget reruns the subset and everything below it, and is reused
+    # like the comparison: its key holds the code of those stages, not their bytes.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["budget"] = {"sizes": [6], "seeds": 1, "overrides": {}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "commit", "-qam", "a budget of six annotated images"], repo)
+    assert "reports/budget.md: 1 experiments" in run(["recap", "budget"], repo)
+    (exp,) = json.loads((repo / "reports" / "budget.json").read_text())["experiments"]
+    assert {"sample", "annotate", "captioner_stage2", "recaption", "train_generator",
+            "evaluate"} <= set(exp["stages_run"])  # fmt: skip
+    assert not {"ingest", "prompts", "oracle", "eval_clip"} & set(exp["stages_run"])
+    budget = json.loads((repo / "reports" / "budget.json").read_text())["sizes"]["6"]
+    # Read from the experiment's own captions.json (the tiny captioner states no facts,
+    # so its precision is undefined and its recall 0).
+    assert budget["descriptive recall"] == {"mean": 0.0, "std": 0.0}
+    assert budget["descriptive precision"] is None
+    assert budget[compare.FACT_DESC] is not None
+    assert "| 6 |" in (repo / "reports" / "budget.md").read_text()
+    run(["recap", "budget"], repo)
+    assert json.loads((repo / "reports" / "budget.json").read_text())["queued"] == 0

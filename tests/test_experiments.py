@@ -126,6 +126,25 @@ def test_reuse_survives_a_change_upstream_that_keeps_its_outputs_bytes():
     assert "data/dataset/shard-0.parquet" not in key["blend"]
 
 
+def test_a_sweep_that_reruns_upstream_stages_compares_their_code_not_their_bytes():
+    rerun = {"ingest", "blend"}  # a sweep over the data's params: both stages rerun
+    key = experiments.reuse_key(lock_of(), rerun)
+    assert key == {"ingest": {"src/ingest.py": experiments._bytes(entry("", "c1"))},
+                   "blend": {"src/blend.py": experiments._bytes(entry("", "b1"))}}  # fmt: skip
+    assert experiments.reuse_key(lock_of(dataset="d2"), rerun) == key  # the sweep's own
+    assert experiments.reuse_key(lock_of(ingest_code="c2"), rerun) != key
+
+
+def test_downstream_follows_what_each_stage_reads_through_the_real_pipeline():
+    root = Path(__file__).resolve().parents[1]
+    assert experiments.downstream(root, "blend") == {"blend", "train_generator", "evaluate"}
+    below_sample = experiments.downstream(root, "sample")
+    assert {"sample", "captioner_stage2", "recaption", "blend", "evaluate"} <= below_sample
+    assert not {"ingest", "prompts", "oracle", "eval_clip"} & below_sample
+    with pytest.raises(ExperimentError, match="no stage 'sampel'"):
+        experiments.downstream(root, "sampel")
+
+
 def test_a_path_is_within_an_output_when_it_is_one_or_lies_inside_one():
     outs = {"data/dataset", "models/clip/"}  # `dvc status` may end a folder with "/"
     assert experiments.within("data/dataset", outs)

@@ -33,7 +33,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "recaption"
 # Modules and packages directly under recaption/ that make up the pipeline.
 PIPELINE = frozenset({
-    "__main__", "audit", "blend_params", "cards", "clean", "cli", "compare", "embed",
+    "__main__", "audit", "blend_params", "budget", "cards", "clean", "cli", "compare", "embed",
     "engine", "experiments", "ladder", "latent_space", "lineage", "live", "params", "paths",
     "resume",
     "profiles", "runner", "stages", "synthetic", "upsampler_fit",

@@ -330,6 +330,20 @@ def ladder() -> None:
     _run(run, paths.PARAMS)
 
 
+@app.command()
+def budget() -> None:
+    """The annotation budget: a DVC experiment per `budget.sizes` value of sample.size and
+    generator seed, each rerunning the subset's captions, the CLIP and captioner, the
+    recaptioning, the generator and the evaluation; writes reports/budget.{md,json,png}."""
+    from recaption import budget as budget_lib
+
+    def run(_: Path) -> None:
+        summary = budget_lib.run(".")
+        typer.echo(f"{budget_lib.REPORT_MD}: {len(summary['experiments'])} experiments")
+
+    _run(run, paths.PARAMS)
+
+
 @app.command("convert-checkpoint")
 def convert_checkpoint(
     path: Path = CheckpointArgument,

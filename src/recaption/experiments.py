@@ -35,8 +35,12 @@ log = logging.getLogger(__name__)
 PARAMS_FILE = "params.yaml"
 METRICS_FILE = "reports/metrics.json"
 # Stages a variant or a generator seed reruns; the rest of the pipeline must be the same
-# for an earlier experiment to be reused.
+# for an earlier experiment to be reused. (A sweep over other params names its own: see
+# `downstream`.)
 VARIANT_STAGES = frozenset({"upsample_captions", "blend", "train_generator", "evaluate"})
+# params.yaml sections that configure sweeps and that no stage reads: an experiment's
+# params are compared without them.
+SWEEP_SECTIONS = ("compare", "budget")
 
 
 class ExperimentError(UserError):
@@ -181,6 +185,31 @@ def read_file(root: Path, ref: str, path: str) -> bytes | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
+def downstream(root: Path, stage: str) -> frozenset[str]:
+    """`stage` and every stage of root/dvc.yaml that reads what it writes, directly or
+    through other stages."""
+    import yaml
+
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+
+    def paths(entries: list) -> list[str]:
+        return [e if isinstance(e, str) else next(iter(e)) for e in entries or []]
+
+    writer = {out: name for name, st in stages.items() for out in paths(st.get("outs"))}
+    if stage not in stages:
+        raise ExperimentError(f"dvc.yaml has no stage {stage!r}")
+    found, grew = {stage}, True
+    while grew:
+        grew = False
+        for name, st in stages.items():
+            reads = {writer.get(out) for dep in paths(st.get("deps"))
+                     for out in writer if within(dep, [out])}  # fmt: skip
+            if name not in found and reads & found:
+                found.add(name)
+                grew = True
+    return frozenset(found)
+
+
 def _upstream(lock: dict) -> dict:
     """The dvc.lock entries of every stage a variant does not rerun, whole."""
     return {k: v for k, v in (lock.get("stages") or {}).items() if k not in VARIANT_STAGES}
@@ -197,20 +226,20 @@ def _bytes(entry: dict) -> dict:
     return {k: v for k, v in entry.items() if k != "path"}
 
 
-def reuse_key(lock: dict) -> dict[str, dict[str, dict]]:
+def reuse_key(lock: dict, rerun: Collection[str] = VARIANT_STAGES) -> dict[str, dict[str, dict]]:
     """What an experiment's metrics depend on besides its params, from its dvc.lock.
 
-    For each stage a variant does not rerun, the outputs it wrote (path -> hash), not its
-    whole entry: a change to its code that leaves the bytes it writes as they were
-    reruns it in the workspace, but changes nothing below it. For each stage a variant
-    reruns, the files it reads that no stage writes (its code, configs); what it reads
+    For each stage an experiment does not rerun (not in `rerun`), the outputs it wrote
+    (path -> hash), not its whole entry: a change to its code that leaves the bytes it
+    writes as they were reruns it in the workspace, but changes nothing below it. For
+    each stage it reruns, the files it reads that no stage writes (its code, configs); what it reads
     from the stages above is in their outputs. Params are compared apart.
     """
     stages = lock.get("stages") or {}
     written = [out["path"] for stage in stages.values() for out in stage.get("outs") or []]
     key = {}
     for name, stage in stages.items():
-        if name in VARIANT_STAGES:
+        if name in rerun:
             read = [d for d in stage.get("deps") or [] if not within(d["path"], written)]
             key[name] = {d["path"]: _bytes(d) for d in read}
         else:
@@ -221,7 +250,8 @@ def reuse_key(lock: dict) -> dict[str, dict[str, dict]]:
 def _expected(raw: dict, exp: Experiment) -> dict[str, Any]:
     """The flat params an experiment runs with: params.yaml plus its settings."""
     trial = applied(raw, exp)
-    trial.pop("compare", None)
+    for section in SWEEP_SECTIONS:
+        trial.pop(section, None)
     return _flatten(trial)
 
 
@@ -231,7 +261,7 @@ class Done:
 
     rev: str  # the experiment's commit
     baseline: str  # the commit it ran from
-    params: dict[str, Any]  # flat, without the compare section
+    params: dict[str, Any]  # flat, without the sweep sections
     metrics: dict[str, Any] | None
     lock: dict
 
@@ -248,7 +278,8 @@ def finished(root: Path) -> dict[str, list[Done]]:
     out: dict[str, list[Done]] = {}
     for exp in listed(root):
         raw = yaml.safe_load(read_file(root, exp.rev, PARAMS_FILE) or b"{}") or {}
-        raw.pop("compare", None)
+        for section in SWEEP_SECTIONS:
+            raw.pop(section, None)
         metrics = read_file(root, exp.rev, METRICS_FILE)
         lock = yaml.safe_load(read_file(root, exp.rev, "dvc.lock") or b"{}") or {}
         done = Done(exp.rev, exp.baseline, _flatten(raw), json.loads(metrics) if metrics
@@ -257,21 +288,22 @@ def finished(root: Path) -> dict[str, list[Done]]:
     return out
 
 
-def reusable(exp: Experiment, raw: dict, lock: dict, found: dict[str, list[Done]]) -> Done | None:
+def reusable(exp: Experiment, raw: dict, lock: dict, found: dict[str, list[Done]],
+             rerun: Collection[str] = VARIANT_STAGES) -> Done | None:  # fmt: skip
     """An earlier run of `exp`, from any commit: same name, same params, the same
     `reuse_key` (what the stages above wrote, the code of those below), with metrics."""
-    want, inputs = _expected(raw, exp), reuse_key(lock)
+    want, inputs = _expected(raw, exp), reuse_key(lock, rerun)
     for done in found.get(exp.name, []):
-        if done.metrics and done.params == want and reuse_key(done.lock) == inputs:
+        if done.metrics and done.params == want and reuse_key(done.lock, rerun) == inputs:
             return done
     return None
 
 
 def queue(root: Path, experiments: Sequence[Experiment], raw: dict, lock: dict,
-          baseline: str) -> list[Experiment]:  # fmt: skip
+          baseline: str, rerun: Collection[str] = VARIANT_STAGES) -> list[Experiment]:  # fmt: skip
     """Queue the experiments that have no reusable earlier run; returns those queued."""
     found = finished(root)
-    todo = [e for e in experiments if reusable(e, raw, lock, found) is None]
+    todo = [e for e in experiments if reusable(e, raw, lock, found, rerun) is None]
     # A name is unique per commit: an outdated experiment of this commit makes way (DVC
     # resolves a name that several commits share to the one of HEAD, the baseline).
     clash = [e.name for e in todo if any(d.baseline == baseline for d in found.get(e.name, []))]
@@ -314,17 +346,19 @@ def committed_lock(root: Path) -> tuple[str, dict]:
     return baseline, lock
 
 
-def run_all(root: Path, experiments: Sequence[Experiment], raw: dict) -> Sweep:
+def run_all(root: Path, experiments: Sequence[Experiment], raw: dict,
+            rerun: Collection[str] = VARIANT_STAGES) -> Sweep:  # fmt: skip
     """Queue the experiments that have no reusable earlier run, run the queue one at a
     time, and collect every experiment's metrics.
 
     Args:
         raw: params.yaml's content, which every experiment's settings apply to.
+        rerun: the stages the experiments' params may rerun (see `reuse_key`).
     """
     check(raw, experiments)
     baseline, lock = committed_lock(root)
     start = time.monotonic()
-    queued = queue(root, experiments, raw, lock, baseline)
+    queued = queue(root, experiments, raw, lock, baseline, rerun)
     log.info("%d experiments, %d queued", len(experiments), len(queued))
     if queued:
         proc = _dvc(root, "exp", "run", "--run-all", "--jobs", "1", check=False)
@@ -339,7 +373,7 @@ def run_all(root: Path, experiments: Sequence[Experiment], raw: dict) -> Sweep:
         )
     results = []
     for exp in experiments:
-        done = reusable(exp, raw, lock, found)
+        done = reusable(exp, raw, lock, found, rerun)
         if done is None:
             raise ExperimentError(
                 f"experiment {exp.name} did not finish: see `dvc queue logs {exp.name}`"
