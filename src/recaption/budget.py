@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from recaption import io, paths
-from recaption.compare import FACT_DESC, FACT_SHORT, FACT_UP, mean_std
+from recaption.compare import FACT_DESC, FACT_SHORT, FACT_UP, format_cell, seed_cell
 from recaption.experiments import (
     PARAMS_FILE,
     Experiment,
@@ -101,9 +101,7 @@ def summarise(
             trees = [r.metrics if source == "metrics" else captions.get(r.experiment.name, {})
                      for r in runs]  # fmt: skip
             values = [v for tree in trees if (v := metric(tree, path)) is not None]
-            row[label] = (
-                dict(zip(("mean", "std"), mean_std(values), strict=True)) if values else None
-            )
+            row[label] = seed_cell(values)
         sizes[str(size)] = row
     return {
         "seeds": params.budget.seeds,
@@ -119,12 +117,6 @@ def summarise(
             for r in results
         ],  # fmt: skip
     }
-
-
-def _fmt(cell: Mapping[str, float] | None, seeds: int) -> str:
-    if not cell:
-        return "-"
-    return f"{cell['mean']:.3f}" if seeds < 2 else f"{cell['mean']:.3f} ± {cell['std']:.3f}"
 
 
 def markdown(summary: Mapping[str, Any]) -> str:
@@ -148,7 +140,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
         "|" + " --- |" * (len(SCORES) + 1),
     ]
     for row in summary["sizes"].values():
-        cells = (_fmt(row.get(label), row["seeds"]) for label in SCORES)
+        cells = (format_cell(row.get(label), row["seeds"]) for label in SCORES)
         lines.append(f"| {row['size']:,} | " + " | ".join(cells) + " |")
     lines += ["", "![The budget's two figures](budget.png)", ""]
     return "\n".join(lines)

@@ -29,8 +29,8 @@ from recaption.experiments import PARAMS_FILE, Experiment, Result, check, metric
 from recaption.params import COMPARE_VARIANTS, Params, parse_params
 
 # Experiment, Result and check come from recaption.experiments, kept here for callers.
-__all__ = ["Claim", "Experiment", "Result", "check", "figure", "findings", "judge", "markdown",
-           "mean_std", "plan", "run", "summarise"]  # fmt: skip
+__all__ = ["Claim", "Experiment", "Result", "check", "figure", "findings", "format_cell",
+           "judge", "markdown", "mean_std", "plan", "run", "seed_cell", "summarise"]  # fmt: skip
 REPORT_JSON = paths.REPORTS / "compare.json"
 REPORT_MD = paths.REPORTS / "compare.md"
 REPORT_PNG = paths.REPORTS / "compare.png"
@@ -105,7 +105,7 @@ def _interval(metrics: dict, path: tuple[str, ...]) -> list[float] | None:
     return [float(x) for x in ci] if ci else None
 
 
-def _cell(values: Sequence[float], intervals: Sequence[list[float] | None]) -> dict | None:
+def seed_cell(values: Sequence[float], intervals: Sequence[list[float] | None] = ()) -> dict | None:
     """Mean and spread over seeds; with one seed, its interval over prompts too."""
     if not values:
         return None
@@ -134,14 +134,14 @@ def summarise(results: Sequence[Result], params: Params) -> dict[str, Any]:
         runs = [r for r in results if r.experiment.variant == variant]
         row: dict[str, Any] = {"params": COMPARE_VARIANTS[variant], "seeds": len(runs)}
         for label, path in SCORES.items():
-            values = [v for r in runs if (v := metric(r.metrics, path)) is not None]
-            row[label] = _cell(values, [_interval(r.metrics, path) for r in runs])
+            values = list(per_seed.get(variant, {}).get(label, {}).values())
+            row[label] = seed_cell(values, [_interval(r.metrics, path) for r in runs])
         row["categories"] = {}
         for cat in categories:
             path = ("fact_accuracy", CATEGORY_PHRASING, cat)
             values = [v for r in runs if (v := metric(r.metrics, path)) is not None]
             if values:
-                row["categories"][cat] = _cell(values, [])
+                row["categories"][cat] = seed_cell(values)
         variants[variant] = row
     experiments = [
         {
@@ -264,7 +264,9 @@ def findings(per_seed: dict[str, dict[str, dict[int, float]]]) -> list[dict[str,
 # ---- report ----------------------------------------------------------------------------------
 
 
-def _fmt(cell: dict[str, Any] | None, seeds: int) -> str:
+def format_cell(cell: dict[str, Any] | None, seeds: int) -> str:
+    """A cell as the reports print it: mean ± std over seeds, or one seed's value and
+    its interval over prompts when it has one."""
     if not cell:
         return "-"
     if seeds >= 2:
@@ -301,7 +303,7 @@ def markdown(summary: dict[str, Any]) -> str:
         "|" + " --- |" * (len(SCORES) + 1),
     ]
     for name, row in variants.items():
-        cells = (_fmt(row.get(label), row["seeds"]) for label in SCORES)
+        cells = (format_cell(row.get(label), row["seeds"]) for label in SCORES)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     cats = sorted({c for row in variants.values() for c in row["categories"]})
     if cats:
@@ -315,7 +317,7 @@ def markdown(summary: dict[str, Any]) -> str:
         for name, row in variants.items():
             lines.append(
                 f"| {name} | "
-                + " | ".join(_fmt(row["categories"].get(c), row["seeds"]) for c in cats)
+                + " | ".join(format_cell(row["categories"].get(c), row["seeds"]) for c in cats)
                 + " |"
             )
     lines += [

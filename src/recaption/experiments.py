@@ -195,16 +195,17 @@ def downstream(root: Path, stage: str) -> frozenset[str]:
     def paths(entries: list) -> list[str]:
         return [e if isinstance(e, str) else next(iter(e)) for e in entries or []]
 
-    writer = {out: name for name, st in stages.items() for out in paths(st.get("outs"))}
     if stage not in stages:
         raise ExperimentError(f"dvc.yaml has no stage {stage!r}")
+    writer = {out: name for name, st in stages.items() for out in paths(st.get("outs"))}
+    # The stages each stage reads from: a dep that is one of their outputs or lies inside.
+    reads = {name: {w for dep in paths(st.get("deps")) for out, w in writer.items()
+                    if within(dep, [out])} for name, st in stages.items()}  # fmt: skip
     found, grew = {stage}, True
     while grew:
         grew = False
-        for name, st in stages.items():
-            reads = {writer.get(out) for dep in paths(st.get("deps"))
-                     for out in writer if within(dep, [out])}  # fmt: skip
-            if name not in found and reads & found:
+        for name in stages:
+            if name not in found and reads[name] & found:
                 found.add(name)
                 grew = True
     return frozenset(found)
