@@ -175,12 +175,9 @@ def main() -> None:
         "embed_img_per_s": round(len(feats) / embed_s, 1),
         "recall": {k: round(v, 3) for k, v in metrics.items() if "recall" in k},
     }
+    train_labels, test_labels = [labels[k] for k in train], [labels[k] for k in test]
     for name, (a, b) in {"probe": (tr, te), "pooled": (tr[:, :dim], te[:, :dim])}.items():
-        row[name] = {
-            attr: round(probe.probe_accuracy(a, [labels[k][attr] for k in train],
-                                             b, [labels[k][attr] for k in test]), 3)
-            for attr in probe.ATTRIBUTES
-        }  # fmt: skip
+        row[name], _ = probe.probe_scores(a, train_labels, b, test_labels)
     print(json.dumps(row))
     if args.out:
         with open(args.out, "a") as f:

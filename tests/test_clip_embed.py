@@ -17,7 +17,7 @@ from open_clip import ClipLoss
 from safetensors.torch import save_file
 
 from recaption import embed, io, paths
-from recaption.datasets import load_rows
+from recaption.datasets import load_rows, read_splits
 from recaption.models import captioner, oracle
 from recaption.models import clip as clip_lib
 from recaption.models.clip_train import CaptionLoss, ClipTrainConfig, SceneLoss, train_clip
@@ -360,20 +360,35 @@ def test_probe_reports_each_attribute(project, arch):
     report = embed_probe.main()
     assert report["grid_dim"] > 0  # "probe" reads the grid cells too, the other does not
     for name in ("probe", "probe_pooled_only"):
-        assert set(report[name]) == {"colour", "shape", "position", "background"}
+        assert set(report[name]) == {"colour", "shape", "position", "background", "count",
+                                     "text"}  # fmt: skip
+    # Only the images with a glyph are probed for it.
+    rows = report["probe_rows"]
+    assert rows["text"]["test"] < rows["shape"]["test"] and rows["text"]["train"] < rows[
+        "shape"]["train"]  # fmt: skip
+
+
+def scenes_by_key() -> dict[str, dict]:
+    return {r["key"]: json.loads(r["meta"])["scene"] for r in load_rows(paths.DATASET, ["meta"])}
 
 
 def label_features(keys: list[str]) -> np.ndarray:
-    """(N, F) one-hot of each image's main colour, shape and position and its background,
-    read from the dataset's scenes (not through the probe's own labelling)."""
-    scenes = {r["key"]: json.loads(r["meta"])["scene"] for r in load_rows(paths.DATASET, ["meta"])}
+    """(N, F) one-hot of each image's main colour, shape and position, its background, the
+    number of objects like its main one and its glyph ("" for none), read from the
+    dataset's scenes (not through the probe's own labelling)."""
+    scenes = scenes_by_key()
     mains = [scenes[k]["objects"][scenes[k]["main"]] for k in keys]
+    counts = [sum((o["colour"], o["shape"]) == (m["colour"], m["shape"])
+                  for o in scenes[k]["objects"]) for k, m in zip(keys, mains)]  # fmt: skip
+    glyphs = [(scenes[k]["text"] or {}).get("glyph", "") for k in keys]
     columns = [[m["colour"] for m in mains], [m["shape"] for m in mains],
-               [m["position"] for m in mains], [scenes[k]["background"] for k in keys]]  # fmt: skip
+               [m["position"] for m in mains], [scenes[k]["background"] for k in keys],
+               counts, glyphs]  # fmt: skip
     onehots = []
     for values in columns:
         names = sorted(set(values))
         onehots.append(np.eye(len(names), dtype=np.float32)[[names.index(v) for v in values]])
+    onehots[-1] *= 10  # a glyph seen once in training is read from its own column alone
     return np.concatenate(onehots, axis=1)
 
 
@@ -381,7 +396,7 @@ def test_probe_reads_what_the_features_carry_and_nothing_from_shuffled_ones(proj
     project.write_params(
         data={"synthetic": {"num_images": 400}},
         sample={"heldout_size": 100},
-        embed={"probe_train_size": 300},
+        embed={"probe_train_size": 300},  # every image not held out
     )
     prepare(project)
     keys = [r["key"] for r in load_rows(paths.DATASET, [])]
@@ -399,8 +414,23 @@ def test_probe_reads_what_the_features_carry_and_nothing_from_shuffled_ones(proj
             fake = embed.Embeddings(keys[rows], [""] * len(keys[rows]), "fake", vectors[rows])
             io.write_shard(paths.IMAGE_EMBEDDINGS, shard, embed.to_table(fake))  # span both
         reports[name] = embed_probe.main()["probe"]
+    # A glyph is read right where the training images show it at all: 36 glyphs, about
+    # 30 training images with one.
+    heldout = read_splits(paths.SPLITS)["heldout"]
+    scenes = scenes_by_key()
+    glyph = {k: s["text"]["glyph"] for k, s in scenes.items() if s["text"]}
+    seen = {g for k, g in glyph.items() if k not in heldout}
+    tested = [g for k, g in glyph.items() if k in heldout]
+    assert 0 < sum(g in seen for g in tested) < len(tested)  # the case is a real one
+    assert reports["carrying"].pop("text") == round(sum(g in seen for g in tested) / len(tested), 4)
     assert reports["carrying"] == dict.fromkeys(reports["carrying"], 1.0)
-    # At chance: 6 to 9 values each, so about 0.1 to 0.2 on 100 held-out images.
+    # At chance: 6 to 9 values each, so about 0.1 to 0.2 on 100 held-out images; a count is
+    # mostly 1, so there chance is the share of the commonest count.
+    mains = [scenes[k]["objects"][scenes[k]["main"]] for k in heldout]
+    counts = [sum((o["colour"], o["shape"]) == (m["colour"], m["shape"])
+                  for o in scenes[k]["objects"]) for k, m in zip(heldout, mains)]  # fmt: skip
+    commonest = max(counts.count(c) for c in set(counts)) / len(counts)
+    assert reports["shuffled"].pop("count") <= commonest + 0.1, commonest
     assert all(acc < 0.4 for acc in reports["shuffled"].values()), reports["shuffled"]
 
 

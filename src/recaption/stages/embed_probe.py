@@ -2,8 +2,10 @@
 
 On the synthetic world, logistic-regression probes trained on a seeded sample of
 the non-held-out images predict, on the held-out split, the main object's colour,
-shape and grid position and the background; once from everything the embedding
-stores (pooled vector and grid cells) and once from the pooled vector alone.
+shape and grid position, the background, how many objects share the main object's
+colour and shape, and which glyph is written (on the images that have one; `probe_rows`
+gives each probe's rows); once from everything the embedding stores (pooled vector and
+grid cells) and once from the pooled vector alone.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         "clip": emb.clip,
         "probe": None,
         "probe_pooled_only": None,
+        "probe_rows": None,
     }
     if params.data.source == "synthetic":
         heldout = datasets.read_splits(paths.SPLITS)["heldout"]
@@ -40,23 +43,14 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         test = sorted(heldout)
         rows = datasets.load_rows(paths.DATASET, ["meta"], set(train) | heldout)
         labels = {r["key"]: probe.scene_labels(r["meta"]) for r in rows}
+        train_labels, test_labels = [labels[k] for k in train], [labels[k] for k in test]
         for name, read in (
             ("probe", emb.features_of),
             ("probe_pooled_only", lambda keys: emb.vectors_of(keys).astype(np.float32)),
         ):
-            train_x, test_x = read(train), read(test)
-            report[name] = {
-                attr: round(
-                    probe.probe_accuracy(
-                        train_x,
-                        [labels[k][attr] for k in train],
-                        test_x,
-                        [labels[k][attr] for k in test],
-                    ),
-                    4,
-                )
-                for attr in probe.ATTRIBUTES
-            }
+            report[name], report["probe_rows"] = probe.probe_scores(
+                read(train), train_labels, read(test), test_labels
+            )
     io.write_json(paths.EMBED_REPORT, report)
     log.info("embed_probe: %s (pooled only: %s)", report["probe"], report["probe_pooled_only"])
     return report
