@@ -28,7 +28,7 @@ TINY = {
     "clip": {"train": {"corpus": 40}},  # the default's 40,000 renders take seconds
     # Unit tests draw in pixel space, as a saved pipeline folder does in its own VAE's
     # (tests/tiny_repo.py runs the default's latent route end to end).
-    "autoencoder": {"model": "none"},
+    "autoencoder": {"model": "none", "corpus": 40},  # (as clip's)
     "generator": {"model": "configs/generator/tiny-unet-32.json", "edge_weight": 0.0},
 }
 

@@ -585,7 +585,7 @@ class AutoencoderParams(TrainingSection):
     grad_clip: float = Field(1.0, gt=0)
     # Built-in world only: fresh renders (their own seed) trained on beside the dataset's
     # images, as a real autoencoder is pretrained on far more images than one dataset.
-    corpus: int = Field(0, ge=0)
+    corpus: int = Field(40000, ge=0)
     corpus_seed: int = 4000037
     # Synthetic world: the stage fails when the oracle reads fewer held-out
     # reconstructions exactly right (every cell, colour and the background).
