@@ -372,14 +372,20 @@ def scenes_by_key() -> dict[str, dict]:
     return {r["key"]: json.loads(r["meta"])["scene"] for r in load_rows(paths.DATASET, ["meta"])}
 
 
+def group_size(scene: dict) -> int:
+    """How many objects of a scene (its JSON) share the main object's colour and shape."""
+    main = scene["objects"][scene["main"]]
+    return sum((o["colour"], o["shape"]) == (main["colour"], main["shape"])
+               for o in scene["objects"])  # fmt: skip
+
+
 def label_features(keys: list[str]) -> np.ndarray:
     """(N, F) one-hot of each image's main colour, shape and position, its background, the
     number of objects like its main one and its glyph ("" for none), read from the
     dataset's scenes (not through the probe's own labelling)."""
     scenes = scenes_by_key()
     mains = [scenes[k]["objects"][scenes[k]["main"]] for k in keys]
-    counts = [sum((o["colour"], o["shape"]) == (m["colour"], m["shape"])
-                  for o in scenes[k]["objects"]) for k, m in zip(keys, mains)]  # fmt: skip
+    counts = [group_size(scenes[k]) for k in keys]
     glyphs = [(scenes[k]["text"] or {}).get("glyph", "") for k in keys]
     columns = [[m["colour"] for m in mains], [m["shape"] for m in mains],
                [m["position"] for m in mains], [scenes[k]["background"] for k in keys],
@@ -426,9 +432,7 @@ def test_probe_reads_what_the_features_carry_and_nothing_from_shuffled_ones(proj
     assert reports["carrying"] == dict.fromkeys(reports["carrying"], 1.0)
     # At chance: 6 to 9 values each, so about 0.1 to 0.2 on 100 held-out images; a count is
     # mostly 1, so there chance is the share of the commonest count.
-    mains = [scenes[k]["objects"][scenes[k]["main"]] for k in heldout]
-    counts = [sum((o["colour"], o["shape"]) == (m["colour"], m["shape"])
-                  for o in scenes[k]["objects"]) for k, m in zip(heldout, mains)]  # fmt: skip
+    counts = [group_size(scenes[k]) for k in heldout]
     commonest = max(counts.count(c) for c in set(counts)) / len(counts)
     assert reports["shuffled"].pop("count") <= commonest + 0.1, commonest
     assert all(acc < 0.4 for acc in reports["shuffled"].values()), reports["shuffled"]

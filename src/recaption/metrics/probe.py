@@ -20,7 +20,7 @@ ATTRIBUTES = ("colour", "shape", "position", "background", "count", "text")
 def scene_labels(meta: str) -> dict[str, str | None]:
     """Probe labels of one synthetic image from its dataset `meta` JSON."""
     scene = scene_from_meta(meta)
-    main = scene.objects[scene.main]
+    main = scene.main_object
     return {
         "colour": main.colour,
         "shape": main.shape,
