@@ -12,7 +12,7 @@ annotations (`dvc repro annotate`).
     .venv/bin/python benchmarks/clip_tower.py configs/clip/tiny-rn-32.json --corpus 40000 \
         --twins 0.5
     .venv/bin/python benchmarks/clip_tower.py configs/clip/tiny-cnn-32.json --corpus 40000 \
-        --scene-loss 10
+        --scene-loss 10 [--scene-glyphs]
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from recaption import datasets, paths, precision, sampling
 from recaption.metrics import probe
 from recaption.models import clip as clip_lib
-from recaption.models.clip_train import ClipTrainConfig, train_clip
+from recaption.models.clip_train import ClipTrainConfig, SceneLoss, train_clip
 from recaption.params import load_params
 from recaption.stages.clip_pretrain import (
     caption_loss,
@@ -39,6 +41,46 @@ from recaption.stages.clip_pretrain import (
 )
 from recaption.synthetic import world_config
 from recaption.world.negatives import swap_word
+from recaption.world.vocab import DIGITS, LETTERS
+
+GLYPHS = LETTERS + DIGITS
+
+
+class _Heads(nn.Module):
+    """The scene loss's head, and beside it one reading the glyph's identity."""
+
+    def __init__(self, scene: nn.Linear, glyph: nn.Linear):
+        super().__init__()
+        self.scene, self.glyph = scene, glyph
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.scene(features)
+
+
+class GlyphSceneLoss(SceneLoss):
+    """The scene loss with one more term: which letter or digit the render's glyph is
+    (cross-entropy over the 36, on the renders that have one), from the same features,
+    so the cached features are asked for text as well as for each cell's content."""
+
+    glyphs: torch.Tensor  # (N,) glyph index, -100 where there is none or no scene
+
+    @classmethod
+    def wrap(cls, base: SceneLoss, scenes: list, feature_dim: int, seed: int) -> GlyphSceneLoss:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            glyph = nn.Linear(feature_dim, len(GLYPHS))
+        out = cls(_Heads(base.head, glyph), base.weight, base.grid, base.targets)
+        out.glyphs = torch.tensor([GLYPHS.index(s.text.glyph) if s is not None and s.text
+                                   else -100 for s in scenes])  # fmt: skip
+        return out
+
+    def loss(self, features: torch.Tensor, rows) -> torch.Tensor:
+        base = super().loss(features, rows)
+        target = self.glyphs[list(rows)].to(features.device)
+        if not (target >= 0).any():
+            return base
+        glyph = F.cross_entropy(self.head.glyph(features.float()), target, ignore_index=-100)
+        return (3 * base + glyph) / 4  # the mean over four terms, as over the three
 
 
 def probe_rows(params, size: int) -> tuple[list[str], list[str], dict[str, bytes], dict]:
@@ -109,6 +151,11 @@ def main() -> None:
         help="weight of a supervised loss on the corpus renders' scenes (each grid cell's "
         "content and colour, the background), read linearly from the features (needs --corpus)",
     )
+    ap.add_argument(
+        "--scene-glyphs",
+        action="store_true",
+        help="the scene loss also reads which letter or digit a render's glyph is",
+    )
     ap.add_argument("--out", help="append the result row (JSON) to this file")
     args = ap.parse_args()
     params = load_params(paths.PARAMS)
@@ -146,6 +193,11 @@ def main() -> None:
     params = params.model_copy(update={"clip": clip_params, "embed": embed_params})
     captioning = caption_loss(params, clip, captions)
     scene = scene_loss(params, clip, scenes)
+    if args.scene_glyphs:
+        if scene is None:
+            ap.error("--scene-glyphs needs --scene-loss and --corpus")
+        dim = scene.head.in_features
+        scene = GlyphSceneLoss.wrap(scene, scenes, dim, params.seed)
     metrics = train_clip(clip, images, captions, config, heldout_set(clip.image_size),
                          negative=negative, captioning=captioning, twins=twins,
                          scene=scene)  # fmt: skip
@@ -168,6 +220,8 @@ def main() -> None:
         "twins": len(twins),
         "caption_loss": args.caption_loss,
         "scene_loss": args.scene_loss,
+        "scene_glyphs": args.scene_glyphs,
+        "corpus_seed": args.corpus_seed,
         "caption_lm": Path(params.clip.train.caption_decoder).stem if args.caption_loss else None,
         "cpu": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),

@@ -28,10 +28,15 @@ from recaption import paths
 from recaption.metrics import facts, geneval, noise_guard
 from recaption.models import autoencoder as ae_lib
 from recaption.models import clip as clip_lib
-from recaption.models import clip_text
+from recaption.models import clip_text, training
 from recaption.models import generator as gen_lib
 from recaption.models import oracle as oracle_lib
-from recaption.models.generator_train import Denoiser, GeneratorTrainConfig, train_generator
+from recaption.models.generator_train import (
+    Denoiser,
+    GeneratorTrainConfig,
+    _trainable,
+    train_generator,
+)
 from recaption.models.tokenizer import train_tokenizer
 from recaption.params import load_params
 from recaption.synthetic import world_config
@@ -172,6 +177,28 @@ def train_captions(pipe, oracle, scenes: list, captions: list[str], n: int, step
             **{k: round(v, 3) for k, v in read.items()}}  # fmt: skip
 
 
+_EMA = training.EMA
+
+
+class ShadowedEMA(_EMA):
+    """The training loop's EMA, which also keeps one more average per decay in `decays`
+    (decay 0: the live weights), so one training scores several EMA decays. `made` holds
+    the instances the loop created."""
+
+    decays: tuple[float, ...] = ()
+    made: list[ShadowedEMA] = []
+
+    def __init__(self, named: dict, decay: float):
+        super().__init__(named, decay)
+        self.others = {d: _EMA(named, d) for d in self.decays}
+        ShadowedEMA.made.append(self)
+
+    def update(self, named: dict, step: int) -> None:
+        super().update(named, step)
+        for other in self.others.values():
+            other.update(named, step)
+
+
 def caption_gain(pipe, images: torch.Tensor, captions: list[str], n: int = 256) -> dict:
     """The share of the denoising loss the caption removes, at fixed noise on the last `n`
     training images, at t = 200, 500, 800: how much the model listens to the text."""
@@ -232,6 +259,9 @@ def main() -> None:
     parser.add_argument("--load", help="score a saved pipeline instead of training one")
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--grid", help="write a sample grid (descriptive prompts) here")
+    parser.add_argument("--ema-decays", default="",
+                        help="comma-separated EMA decays also kept and scored beside "
+                             "generator.ema_decay (0: the live weights)")  # fmt: skip
     args = parser.parse_args()
     variant = VARIANTS[args.variant]
     params = load_params(ROOT / paths.PARAMS)
@@ -304,6 +334,9 @@ def main() -> None:
                                   seed=seed, snr_gamma=args.snr_gamma,
                                   edge_weight=args.edge_weight)  # fmt: skip
     start = time.perf_counter()
+    ShadowedEMA.decays = tuple(float(d) for d in args.ema_decays.split(",") if d)
+    if ShadowedEMA.decays:
+        training.EMA = ShadowedEMA  # the loop builds its EMA by this name
     if args.load:
         pipe = gen_lib.load(args.load)
     else:
@@ -332,6 +365,17 @@ def main() -> None:
                 (8 * 34 * 3, 6 * 34 * 3), 0
             ).save(args.grid)
     out["sample_seconds"] = round(time.perf_counter() - start, 1)
+    if ShadowedEMA.made:  # the other averages, scored the same way
+        named = _trainable(pipe, config)
+        out["ema"] = {}
+        for decay, ema in ShadowedEMA.made[-1].others.items():
+            ema.copy_to(named)
+            out["ema"][decay] = {
+                phrasing: {k: v for k, v in score(pipe, oracle, suite, phrasing,
+                                                  args.sample_steps, args.guidance).items()
+                           if k != "images"}
+                for phrasing in ("descriptive", "short")
+            }  # fmt: skip
     print(json.dumps(out))
 
 
