@@ -12,7 +12,7 @@ annotations (`dvc repro annotate`).
     .venv/bin/python benchmarks/clip_tower.py configs/clip/tiny-rn-32.json --corpus 40000 \
         --twins 0.5
     .venv/bin/python benchmarks/clip_tower.py configs/clip/tiny-cnn-32.json --corpus 40000 \
-        --scene-loss 10 [--scene-glyphs]
+        --scene-loss 10 [--scene-glyphs 0.333]
 """
 
 from __future__ import annotations
@@ -63,15 +63,18 @@ class GlyphSceneLoss(SceneLoss):
     so the cached features are asked for text as well as for each cell's content."""
 
     glyphs: torch.Tensor  # (N,) glyph index, -100 where there is none or no scene
+    ratio: float  # the glyph term's weight against the other terms' mean
 
     @classmethod
-    def wrap(cls, base: SceneLoss, scenes: list, feature_dim: int, seed: int) -> GlyphSceneLoss:
+    def wrap(cls, base: SceneLoss, scenes: list, feature_dim: int, seed: int,
+             ratio: float) -> GlyphSceneLoss:  # fmt: skip
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
             glyph = nn.Linear(feature_dim, len(GLYPHS))
         out = cls(_Heads(base.head, glyph), base.weight, base.grid, base.targets)
         out.glyphs = torch.tensor([GLYPHS.index(s.text.glyph) if s is not None and s.text
                                    else -100 for s in scenes])  # fmt: skip
+        out.ratio = ratio
         return out
 
     def loss(self, features: torch.Tensor, rows) -> torch.Tensor:
@@ -80,7 +83,8 @@ class GlyphSceneLoss(SceneLoss):
         if not (target >= 0).any():
             return base
         glyph = F.cross_entropy(self.head.glyph(features.float()), target, ignore_index=-100)
-        return (3 * base + glyph) / 4  # the mean over four terms, as over the three
+        # On the base terms' scale: ratio 1/3 makes it a fourth term of their mean.
+        return (base + self.ratio * glyph) / (1 + self.ratio)
 
 
 def probe_rows(params, size: int) -> tuple[list[str], list[str], dict[str, bytes], dict]:
@@ -153,8 +157,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--scene-glyphs",
-        action="store_true",
-        help="the scene loss also reads which letter or digit a render's glyph is",
+        type=float,
+        default=0.0,
+        metavar="RATIO",
+        help="the scene loss also reads which letter or digit a render's glyph is, at this "
+        "weight against its other terms' mean (1/3: a fourth term of the mean; 0: off)",
     )
     ap.add_argument("--out", help="append the result row (JSON) to this file")
     args = ap.parse_args()
@@ -197,7 +204,7 @@ def main() -> None:
         if scene is None:
             ap.error("--scene-glyphs needs --scene-loss and --corpus")
         dim = scene.head.in_features
-        scene = GlyphSceneLoss.wrap(scene, scenes, dim, params.seed)
+        scene = GlyphSceneLoss.wrap(scene, scenes, dim, params.seed, args.scene_glyphs)
     metrics = train_clip(clip, images, captions, config, heldout_set(clip.image_size),
                          negative=negative, captioning=captioning, twins=twins,
                          scene=scene)  # fmt: skip
