@@ -35,18 +35,16 @@ from recaption.world.scene import Scene
 from recaption.world.vocab import (
     BACKGROUNDS,
     COLOUR_NAMES,
-    DIGITS,
-    LETTERS,
     POSITION_NAMES,
     SHAPES,
     SIZES,
     TEXT_COLOURS,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import GLYPHS, ROOT
+
 CHAIN = ["captioner-pretrain", "captioner-stage1", "captioner-stage2", "recaption",
          "caption-report"]  # fmt: skip
-GLYPHS = LETTERS + DIGITS
 # Cell contents: empty, each shape, a glyph.
 CONTENTS = ("empty", *SHAPES, "glyph")
 

@@ -41,9 +41,8 @@ from recaption.stages.clip_pretrain import (
 )
 from recaption.synthetic import world_config
 from recaption.world.negatives import swap_word
-from recaption.world.vocab import DIGITS, LETTERS
 
-GLYPHS = LETTERS + DIGITS
+from common import GLYPHS
 
 
 class _Heads(nn.Module):

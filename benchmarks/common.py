@@ -14,7 +14,10 @@ from pathlib import Path
 import psutil
 import yaml
 
+from recaption.world.vocab import DIGITS, LETTERS
+
 ROOT = Path(__file__).resolve().parents[1]
+GLYPHS = LETTERS + DIGITS  # every glyph a render may show, in a fixed order
 ENV = {
     **os.environ,
     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
