@@ -78,7 +78,13 @@ def main() -> None:
 
     pipe, data = fresh()
     start = time.perf_counter()
-    loop = train_generator(pipe, data, lambda epoch: captions, config, pixels=images)
+    loop = train_generator(
+        pipe,
+        data,
+        lambda epoch: captions,
+        config,
+        edges=ae_lib.pooled_edges(images, pipe.unet.config.sample_size),
+    )
     loop_seconds = time.perf_counter() - start  # compile time included
 
     pipe, data = fresh()

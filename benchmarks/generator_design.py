@@ -340,7 +340,13 @@ def main() -> None:
     if args.load:
         pipe = gen_lib.load(args.load)
     else:
-        metrics = train_generator(pipe, data, lambda epoch: captions, config, pixels=images)
+        metrics = train_generator(
+            pipe,
+            data,
+            lambda epoch: captions,
+            config,
+            edges=ae_lib.pooled_edges(images, pipe.unet.config.sample_size),
+        )
         out["train_seconds"] = round(time.perf_counter() - start, 1)
         out["loss"] = round(metrics["loss"], 4)
     if args.save:

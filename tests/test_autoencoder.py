@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from recaption import io, latents, paths
+from recaption import io, latents, paths, streaming
 from recaption.models import autoencoder as ae_lib
 from recaption.models import generator as gen_lib
 from recaption.models.generator_train import train_generator
@@ -119,6 +119,10 @@ def test_latents_are_cached_and_a_rerun_encodes_only_new_pixels(trained, tmp_pat
     expected = ae_lib.encode(trained, images)
     assert torch.allclose(latents.read(out, keys), expected, atol=1e-6)
     assert torch.equal(latents.read(out, keys[::-1]), latents.read(out, keys).flip(0))
+    # Beside each latent, its image's edge map on the latent grid (what the generator's
+    # edge-weighted loss reads), so training on the cache needs no pixels.
+    assert torch.equal(latents.read(out, keys, edges=True), ae_lib.pooled_edges(images, 8))
+    assert latents.row_bytes(out) == 4 * (4 + 1) * 8 * 8
     stamps = {p: p.stat().st_mtime_ns for p in out.glob(io.SHARD_GLOB)}
 
     again = latents.update(trained, "ae-1", tmp_path / "dataset", out, 16)
@@ -133,12 +137,62 @@ def test_latents_are_cached_and_a_rerun_encodes_only_new_pixels(trained, tmp_pat
     more = latents.update(trained, "ae-1", tmp_path / "dataset", out, 16)
     assert (more.images, more.encoded, more.reused) == (10, 2, 8)
     assert torch.allclose(latents.read(out, keys), ae_lib.encode(trained, grown), atol=1e-6)
+    assert torch.equal(latents.read(out, keys, edges=True), ae_lib.pooled_edges(grown, 8))
 
     # Another autoencoder: nothing is reused.
     other = latents.update(trained, "ae-2", tmp_path / "dataset", out, 16)
     assert (other.encoded, other.reused) == (10, 0)
     with pytest.raises(KeyError, match="no cached latent"):
         latents.read(out, ["nope"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_cached_latents_stream_each_once_an_epoch_with_their_edge_maps(trained, tmp_path,
+                                                                      workers):  # fmt: skip
+    images, _ = dataset()
+    keys = write_dataset(tmp_path / "dataset", images, shard_size=3)
+    latents.update(trained, "ae-1", tmp_path / "dataset", tmp_path / "latents", 16)
+    chosen = keys[1:]  # the training keys: not every cached row
+    held = latents.read(tmp_path / "latents", chosen)
+    edges = latents.read(tmp_path / "latents", chosen, edges=True)
+    index = streaming.shard_index(tmp_path / "latents", chosen)
+    stream = streaming.LatentStream(index, 0.5, 3, seed=1, buffer=2, workers=workers)
+    seen = []
+    for step in range(2):  # an epoch: 7 rows, 2 whole batches of 3
+        idx, (z, e) = stream.batch(step)
+        assert z.shape == (3, 4, 8, 8) and e.shape == (3, 1, 8, 8)
+        assert torch.equal(z, held[idx] * 0.5) and torch.equal(e, edges[idx])
+        seen += idx
+    assert len(seen) == len(set(seen)) == 6 and seen == stream.epoch_order(0)[:6]
+
+
+def test_a_latent_streams_batches_are_weighed_by_their_own_edge_maps(trained, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    from recaption.models import generator_train
+    from recaption.models.tokenizer import train_tokenizer
+
+    images, captions = dataset()
+    keys = write_dataset(tmp_path / "dataset", images, shard_size=3)
+    latents.update(trained, "ae-1", tmp_path / "dataset", tmp_path / "latents", 16)
+    edges = latents.read(tmp_path / "latents", keys, edges=True)
+    index = streaming.shard_index(tmp_path / "latents", keys)
+    stream = streaming.LatentStream(index, 1.0, 4, seed=1, buffer=2, workers=0)
+    order = stream.epoch_order(0)
+    seen = []
+    forward = generator_train.Denoiser.forward
+
+    def spy(self, x0, t, noise, captions, weights=None):
+        seen.append(weights)
+        return forward(self, x0, t, noise, captions, weights)
+
+    monkeypatch.setattr(generator_train.Denoiser, "forward", spy)
+    tok = train_tokenizer(captions * 3, 200, wrap=True)
+    pipe = gen_lib.create_builtin(TINY_UNET, tok, 16, 0, trained)
+    train_generator(pipe, stream, lambda epoch: captions, config(steps=2, batch_size=4,
+                                                                 edge_weight=5.0))  # fmt: skip
+    assert len(seen) == 2  # one forward per step
+    for step, weights in enumerate(seen):
+        assert torch.equal(weights, 1 + 5.0 * edges[order[4 * step : 4 * step + 4]])
 
 
 def test_the_generator_trains_and_draws_in_the_latent_space(trained):

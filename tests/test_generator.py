@@ -295,11 +295,12 @@ def test_the_checkpoint_folder_changes_when_the_architecture_json_is_edited(proj
 
 
 def test_edge_loss_weights_are_one_on_flat_ground_and_high_around_an_object():
+    from recaption.models.autoencoder import pooled_edges
     from recaption.models.generator_train import edge_loss_weights
 
     images = torch.full((2, 3, 16, 16), 200, dtype=torch.uint8)
     images[1, :, 6:10, 6:10] = 0  # a dark square in the second image
-    weights = edge_loss_weights(images, 20.0, 8)  # onto an 8x8 model space
+    weights = edge_loss_weights(pooled_edges(images, 8), 20.0)  # onto an 8x8 model space
     assert weights.shape == (2, 1, 8, 8)
     assert torch.allclose(weights[0], torch.ones(1, 8, 8))
     # Around the square's outline the weight rises; the corners, far from it, stay 1.
@@ -307,6 +308,7 @@ def test_edge_loss_weights_are_one_on_flat_ground_and_high_around_an_object():
 
 
 def test_uniform_weights_leave_the_loss_as_it_is_and_edge_weights_change_training():
+    from recaption.models.autoencoder import pooled_edges
     from recaption.models.generator_train import Denoiser
 
     images, captions = dataset()
@@ -320,10 +322,11 @@ def test_uniform_weights_leave_the_loss_as_it_is_and_edge_weights_change_trainin
         uniform = Denoiser(pipe)(x0, t, noise, captions, torch.full((8, 1, 16, 16), 3.0))
     assert uniform.item() == pytest.approx(plain.item(), rel=1e-5)
     plain_run = train_generator(tiny_pipeline(), images, lambda e: captions, config(steps=5))
+    edges = pooled_edges(images, pipe.unet.config.sample_size)
     edged = train_generator(tiny_pipeline(), images, lambda e: captions,
-                            config(steps=5, edge_weight=20.0), pixels=images)  # fmt: skip
+                            config(steps=5, edge_weight=20.0), edges=edges)  # fmt: skip
     assert edged["loss"] != plain_run["loss"]
-    with pytest.raises(ValueError, match="pixels"):
+    with pytest.raises(ValueError, match="edge maps"):
         train_generator(tiny_pipeline(), images, lambda e: captions,
                         config(steps=5, edge_weight=20.0))  # fmt: skip
 

@@ -12,7 +12,7 @@ import yaml
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from transformers import CLIPTextModel
 
-from recaption import devices, io, latents, paths, text_states
+from recaption import datasets, devices, io, latents, paths, text_states
 from recaption.errors import UserError
 from recaption.models import generator as gen_lib
 from recaption.models import lora
@@ -141,11 +141,13 @@ def test_a_saved_pipelines_vae_encodes_as_many_pixels_at_once_at_any_size():
 
 
 def test_train_generator_reads_cached_latents_and_text_states_and_a_rerun_encodes_nothing(
-    sd_project, monkeypatch
+    project, sd_project, monkeypatch
 ):
     encode_stage.encode_main()
+    project.write_params(generator=sd_params(sd_project[0], edge_weight=20.0))  # its maps too
     with monkeypatch.context() as m:
         refuse(m, AutoencoderKL, "encode")  # the latents come from data/latents
+        refuse(m, datasets, "images_tensor")  # and their edge maps: no pixel is decoded
         first = stage.main()
     distinct = first["text_states"]["encoded"]
     # Every caption once: eight captions and the empty one (half of them dropped), never
@@ -163,6 +165,29 @@ def test_train_generator_reads_cached_latents_and_text_states_and_a_rerun_encode
     assert cached_texts() == texts  # nothing new written
     again = weights(paths.GENERATOR, "unet")
     assert all(torch.equal(again[n], unet[n]) for n in unet)  # the same training
+
+
+def test_the_stage_streams_cached_latents_that_do_not_fit_and_never_holds_them(
+    project, sd_project, monkeypatch
+):
+    sd, _, _ = sd_project
+    encode_stage.encode_main()
+    data = {"stream": {"mode": "auto", "memory_gb": 1e-6, "buffer": 4, "workers": 0}}
+    project.write_params(data=data, generator=sd_params(sd, edge_weight=20.0))
+    params = load_params(paths.PARAMS)
+    assert stage.streams(params, latents.row_bytes(paths.LATENTS))  # one row is too many
+    with monkeypatch.context() as m:
+        refuse(m, latents, "read")  # never read whole
+        refuse(m, datasets, "images_tensor")  # nor the pixels
+        refuse(m, AutoencoderKL, "encode")
+        metrics = stage.main()
+    assert metrics["steps"] == 8 and metrics["loss"] > 0
+    streamed = weights(paths.GENERATOR, "unet")
+    # Held, the same latents train another model (another order), from the same start.
+    project.write_params(generator=sd_params(sd, edge_weight=20.0))
+    stage.main()
+    held = weights(paths.GENERATOR, "unet")
+    assert any(not torch.equal(streamed[n], held[n]) for n in held)
 
 
 def test_training_with_and_without_the_caches_gives_the_same_unet(sd_project, monkeypatch):

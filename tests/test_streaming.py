@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from recaption import datasets, paths, streaming
-from recaption.models.generator_train import edge_loss_weights, train_generator
+from recaption.models.autoencoder import pooled_edges
+from recaption.models.generator_train import train_generator
 from recaption.models.training import steps_per_epoch
 from recaption.params import load_params
 from recaption.stages import train_generator as stage
@@ -74,7 +75,7 @@ def test_an_epoch_gives_each_image_at_most_once_with_its_own_pixels(shards, work
     batches = epoch(s, 0)
     seen = [i for idx, _ in batches for i in idx]
     assert len(seen) == len(set(seen)) == steps_per_epoch(N, 4) * 4  # 5 whole batches
-    for idx, pixels in batches:
+    for idx, (pixels,) in batches:
         assert pixels.dtype == torch.uint8 and pixels.shape == (4, 3, SIZE, SIZE)
         assert torch.equal(pixels, images[idx])
     assert seen == s.epoch_order(0)[: len(seen)]
@@ -96,7 +97,7 @@ def test_a_stream_opened_at_a_step_continues_as_the_uninterrupted_one(shards, st
     expected = [whole.batch(k) for k in range(step + 3)][step:]
     resumed = stream(shards, batch=3, workers=2)
     got = [resumed.batch(k) for k in range(step, step + 3)]
-    for (i, a), (j, b) in zip(expected, got, strict=True):
+    for (i, (a,)), (j, (b,)) in zip(expected, got, strict=True):
         assert i == j and torch.equal(a, b)
 
 
@@ -104,7 +105,7 @@ def test_only_the_training_keys_are_streamed(shards):
     folder, keys, images = shards
     chosen = keys[::2]
     s = stream(shards, keys=chosen, batch=3)
-    for idx, pixels in epoch(s, 0):
+    for idx, (pixels,) in epoch(s, 0):
         assert torch.equal(pixels, images[[2 * i for i in idx]])
     with pytest.raises(KeyError, match="9999"):
         streaming.shard_index(folder, [*keys, "9999"])
@@ -144,28 +145,30 @@ def test_a_streamed_training_run_resumes_to_the_weights_of_the_uninterrupted_one
         assert torch.equal(a, b), name
 
 
-def test_a_batchs_edge_weights_are_those_of_its_images_among_all():
+def test_a_batchs_edge_maps_are_those_of_its_images_among_all():
     images, _ = dataset()
     idx = [5, 0, 3]
-    whole = edge_loss_weights(images, 5.0, 16)[idx]
-    assert torch.allclose(edge_loss_weights(images[idx], 5.0, 16), whole, atol=1e-6)
+    whole = pooled_edges(images, 8)[idx]
+    assert torch.equal(pooled_edges(images[idx], 8), whole)
+    assert torch.equal(pooled_edges(images, 8, chunk=3), pooled_edges(images, 8))
 
 
 def test_the_stage_streams_images_that_do_not_fit_and_never_holds_them(project, monkeypatch):
     images, captions = dataset()
     write_stage_inputs(images, captions)
     # The default budget holds them; "never" holds any number.
-    assert not stage.streams(load_params(project.write_params()), len(images), 16)
+    held = len(images) * 3 * 16 * 16
+    assert not stage.streams(load_params(project.write_params()), held)
     never = project.write_params(data={"stream": {"mode": "never", "memory_gb": 1e-6}})
-    assert not stage.streams(load_params(never), len(images), 16)
+    assert not stage.streams(load_params(never), held)
     project.write_params(
         data={"stream": {"mode": "auto", "memory_gb": 1e-6, "buffer": 4, "workers": 0}},
         generator={"model": TINY, "steps": 6, "batch_size": 4, "checkpoint_every": 0,
                    "precision": "fp32", "device": "cpu"},
     )  # fmt: skip
-    assert stage.streams(load_params(paths.PARAMS), len(images), 16)
-    held = lambda *a, **k: pytest.fail("the images were loaded into memory")  # noqa: E731
-    monkeypatch.setattr(datasets, "images_tensor", held)
+    assert stage.streams(load_params(paths.PARAMS), held)
+    refuse = lambda *a, **k: pytest.fail("the images were loaded into memory")  # noqa: E731
+    monkeypatch.setattr(datasets, "images_tensor", refuse)
     metrics = stage.main()
     assert metrics["steps"] == 6 and metrics["loss"] > 0
     assert (paths.GENERATOR / "model_index.json").is_file()

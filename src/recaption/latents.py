@@ -2,8 +2,10 @@
 
 The latent-space generator trains on these instead of encoding each batch again. One
 shard per dataset shard under data/latents/, each row the image's key, its pixel hash,
-the autoencoder's fingerprint and its latent (the posterior mean, unscaled, float32;
-the generator multiplies by the autoencoder's `scaling_factor`). A rerun leaves a
+the autoencoder's fingerprint, its latent (the posterior mean, unscaled, float32; the
+generator multiplies by the autoencoder's `scaling_factor`) and its edge map on the
+latent grid (`autoencoder.pooled_edges`, what the generator's edge-weighted loss reads,
+so training on cached latents never needs the pixels). A rerun leaves a
 shard alone when its keys, pixel hashes and autoencoder are unchanged, rebuilds the
 others from latents already computed for the same (pixels, autoencoder), and encodes
 only the rest: adding images to the dataset encodes only the new ones.
@@ -32,8 +34,9 @@ from recaption import datasets, io
 from recaption.models import autoencoder as ae_lib
 
 log = logging.getLogger(__name__)
-# Part of every cache key: bump it whenever decoding or `autoencoder.encode` changes.
-PROCEDURE_VERSION = 1
+# Part of every cache key: bump it whenever decoding, `autoencoder.encode` or what a row
+# holds changes (2: the edge map).
+PROCEDURE_VERSION = 2
 
 
 def cache_fingerprint(autoencoder_fingerprint: str) -> str:
@@ -71,12 +74,15 @@ def stacked(table: pa.Table, name: str) -> np.ndarray:
     return flat.reshape(table.num_rows, *shape)
 
 
-def _table(keys, shas, fingerprint: str, latents: np.ndarray) -> pa.Table:
+def _table(keys, shas, fingerprint: str, latents: np.ndarray, edges: np.ndarray) -> pa.Table:
+    flat = pa.array(np.ascontiguousarray(edges, dtype=np.float32).ravel(), pa.float32())
     return pa.table({
         "key": pa.array(keys, pa.string()),
         "sha256": pa.array(shas, pa.string()),
         "autoencoder": pa.array([fingerprint] * len(keys), pa.string()),
         **array_columns("latent", latents),  # shape: (C, h, w) of `latent`
+        # (1, h, w): the latent's grid
+        "edge": pa.FixedSizeListArray.from_arrays(flat, int(np.prod(edges.shape[1:]))),
     })  # fmt: skip
 
 
@@ -86,14 +92,15 @@ class _Old:
 
     def __init__(self, folder: Path, fingerprint: str):
         self.rows: dict[Path, tuple[list[str], list[str]]] = {}
-        self.by_sha: dict[str, np.ndarray] = {}
+        self.by_sha: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # (latent, edge map)
         for path in sorted(folder.glob(io.SHARD_GLOB)) if folder.is_dir() else []:
             table = pq.read_table(path)
             if set(table.column("autoencoder").to_pylist()) != {fingerprint}:
                 continue
             shas = table.column("sha256").to_pylist()
             self.rows[path] = (table.column("key").to_pylist(), shas)
-            self.by_sha.update(zip(shas, stacked(table, "latent"), strict=True))
+            pairs = zip(stacked(table, "latent"), _edges(table), strict=True)
+            self.by_sha.update(zip(shas, pairs, strict=True))
 
 
 def update(
@@ -102,7 +109,8 @@ def update(
 ) -> CacheResult:  # fmt: skip
     """Bring `out_dir` (one latent shard per dataset shard) up to date with the dataset,
     encoding with `vae`, on the device it is on, only the images whose (pixels,
-    autoencoder) have no latent yet; latents are stored as float32 whatever the device."""
+    autoencoder) have no latent yet; latents are stored as float32 whatever the device,
+    each with its image's edge map pooled to the latent grid."""
     out_dir, fingerprint = Path(out_dir), cache_fingerprint(fingerprint)
     if out_dir.is_dir():  # persistent: a killed run's temporaries may be here
         io.remove_abandoned(out_dir)
@@ -119,7 +127,7 @@ def update(
         if old.rows.get(target) == (keys, shas):
             result.reused += len(keys)
             continue
-        fresh: dict[str, np.ndarray] = {}
+        fresh: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if any(s not in old.by_sha for s in shas):  # read this shard's images, only it
             rows = pq.read_table(shard, columns=["sha256", "image"]).to_pylist()
             rows = list({r["sha256"]: r for r in rows if r["sha256"] not in old.by_sha}.values())
@@ -127,10 +135,13 @@ def update(
                 part = rows[start : start + batch_size]
                 images = datasets.images_tensor([r["image"] for r in part], image_size)
                 encoded = ae_lib.encode(vae, images.to(vae.device)).float().cpu().numpy()
-                fresh.update(zip([r["sha256"] for r in part], encoded, strict=True))
+                edges = ae_lib.pooled_edges(images, encoded.shape[-1]).numpy()
+                pairs = zip(encoded, edges, strict=True)
+                fresh.update(zip([r["sha256"] for r in part], pairs, strict=True))
                 bar.update(len(part))
-        latents = np.stack([fresh[s] if s in fresh else old.by_sha[s] for s in shas])
-        io.write_table(target, _table(keys, shas, fingerprint, latents))
+        pairs = [fresh[s] if s in fresh else old.by_sha[s] for s in shas]
+        latents, edges = (np.stack(x) for x in zip(*pairs, strict=True))
+        io.write_table(target, _table(keys, shas, fingerprint, latents, edges))
         result.encoded += len(fresh)
         result.reused += len(keys) - len(fresh)
         result.shards_written += 1
@@ -176,18 +187,35 @@ def stored_fingerprint(folder: str | Path) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def read(folder: str | Path, keys: list[str]) -> torch.Tensor:
-    """(len(keys), C, h, w) float32 latents of `keys`, in their order (unscaled)."""
+def _edges(table: pa.Table) -> np.ndarray:
+    """(N, 1, h, w) edge maps of a latent shard's rows (h, w: its latents')."""
+    h, w = stacked(table.slice(0, 1), "latent").shape[-2:] if table.num_rows else (0, 0)
+    return table.column("edge").combine_chunks().flatten().to_numpy().reshape(-1, 1, h, w)
+
+
+def read(folder: str | Path, keys: list[str], edges: bool = False) -> torch.Tensor:
+    """(len(keys), C, h, w) float32 latents of `keys`, in their order (unscaled); with
+    `edges`, their (len(keys), 1, h, w) edge maps instead."""
     found: dict[str, np.ndarray] = {}
     wanted = set(keys)
     for path in io.shard_paths(folder):
         table = pq.read_table(path)
-        latents = stacked(table, "latent")
+        values = _edges(table) if edges else stacked(table, "latent")
         for i, key in enumerate(table.column("key").to_pylist()):
             if key in wanted:
-                found[key] = latents[i]
+                found[key] = values[i]
     missing = [k for k in keys if k not in found]
     if missing:
         raise KeyError(f"{len(missing)} keys have no cached latent (first: {missing[0]}); "
                        "run `dvc repro encode_latents`")  # fmt: skip
     return torch.from_numpy(np.stack([found[k] for k in keys]))
+
+
+def row_bytes(folder: str | Path) -> int:
+    """The bytes one image's latent and edge map take in memory (float32), read from the
+    first shard (0 when it has no rows)."""
+    shape = pq.read_table(io.shard_paths(folder)[0], columns=["shape"]).column("shape")
+    if not len(shape):
+        return 0
+    c, h, w = (int(x) for x in shape[0].as_py().split(","))
+    return 4 * (c + 1) * h * w

@@ -1,4 +1,5 @@
-"""Training images streamed from the dataset's shards, never all held in memory.
+"""Training data streamed from shards, never all held in memory: the dataset's images
+(`ImageStream`), or the latents encode_latents cached for them (`LatentStream`).
 
 In memory, a training step's batch is a slice of a seeded permutation of every image
 (`training.epoch_batch`). A dataset too large for that is read as webdataset-style
@@ -12,6 +13,9 @@ The order is a pure function of (seed, epoch, shard sizes, buffer, workers): a
 worker's sequence is drawn on row numbers before any image is read, so the main
 process knows every epoch's order in advance, and a resumed run skips to any step
 without decoding the rows before it. A different `workers` gives another order.
+Cached latents are streamed the same way from their own shards (one per dataset
+shard, the same rows): a stream is the shards' index, the columns it reads and how a
+row's values become tensors.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -106,37 +112,49 @@ def round_robin(lengths: Sequence[int]) -> list[tuple[int, int]]:
 
 
 class _EpochRows(IterableDataset):
-    """One epoch's (worker, item number, training index, uint8 (3, size, size) image)
-    from each worker's sequence, from item `skip[w]` on; rows are read as the sequence
-    needs them and decoded as they leave."""
+    """One epoch's (worker, item number, training index, tensors) from each worker's
+    sequence, from item `skip[w]` on; rows are read as the sequence needs them and
+    `decode`d as they leave."""
 
-    def __init__(self, index: ShardIndex, sequences: list, skip: list[int], size: int) -> None:
-        self.index, self.sequences, self.skip, self.size = index, sequences, skip, size
+    def __init__(self, index: ShardIndex, sequences: list, skip: list[int],
+                 columns: tuple[str, ...], decode) -> None:  # fmt: skip
+        self.index, self.sequences, self.skip = index, sequences, skip
+        self.columns, self.decode = columns, decode
 
-    def __iter__(self) -> Iterator[tuple[int, int, int, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[int, int, int, tuple[torch.Tensor, ...]]]:
         info = get_worker_info()
         w = info.id if info is not None else 0
         wanted = self.sequences[w][self.skip[w] :]
         needed = {(s, row) for s, row, _ in wanted}
-        read = _ShardReader(self.index, [s for s, _, _ in self.sequences[w]], needed)
+        order = [s for s, _, _ in self.sequences[w]]
+        read = _ShardReader(self.index, order, needed, self.columns)
         for k, (s, row, i) in enumerate(wanted, start=self.skip[w]):
-            image = imaging.fitted_array(read.take(s, row), self.size)  # (size, size, 3)
-            yield w, k, i, torch.from_numpy(image).permute(2, 0, 1)
+            yield w, k, i, self.decode(*read.take(s, row))
+
+
+def _rows(column: pa.Array) -> list:
+    """A column's values row by row: bytes and strings as Python objects, fixed-size
+    lists (cached arrays) as numpy rows."""
+    if pa.types.is_fixed_size_list(column.type):
+        flat = column.flatten().to_numpy(zero_copy_only=False)
+        return list(flat.reshape(len(column), column.type.list_size))
+    return column.to_pylist()
 
 
 class _ShardReader:
     """Reads one worker's shards in order, `READ_ROWS` rows at a time, keeping the
-    encoded bytes of the rows still needed until they are taken."""
+    values (of `columns`) of the rows still needed until they are taken."""
 
-    def __init__(self, index: ShardIndex, shard_order: list[int], needed: set) -> None:
-        self.index, self.needed = index, needed
+    def __init__(self, index: ShardIndex, shard_order: list[int], needed: set,
+                 columns: tuple[str, ...]) -> None:  # fmt: skip
+        self.index, self.needed, self.columns = index, needed, columns
         self.shards = iter(dict.fromkeys(shard_order))  # the worker's shards, in its order
         self.batches: Iterator | None = None
         self.current = -1
         self.row = 0
-        self.held: dict[tuple[int, int], bytes] = {}
+        self.held: dict[tuple[int, int], tuple] = {}
 
-    def take(self, shard: int, row: int) -> bytes:
+    def take(self, shard: int, row: int) -> tuple:
         while (shard, row) not in self.held:
             self._read_more()
         return self.held.pop((shard, row))
@@ -147,39 +165,60 @@ class _ShardReader:
             self.current = next(self.shards)
             self.row = 0
             file = pq.ParquetFile(self.index.paths[self.current])
-            self.batches = file.iter_batches(batch_size=READ_ROWS, columns=["image"])
+            self.batches = file.iter_batches(batch_size=READ_ROWS, columns=list(self.columns))
             return
-        for data in batch.column(0).to_pylist():
+        values = list(zip(*(_rows(batch.column(c)) for c in self.columns), strict=True))
+        for value in values:
             if (self.current, self.row) in self.needed:
-                self.held[(self.current, self.row)] = data
+                self.held[(self.current, self.row)] = value
             self.row += 1
 
 
-class ImageStream:
-    """The training images of a sharded dataset, batch by batch, for any step.
+@dataclass(frozen=True)
+class _Image:
+    """An image row's encoded bytes -> (uint8 (3, size, size),)."""
 
-    `batch(step)` gives (training indices, uint8 (B, 3, size, size)) of a step; steps
-    are taken in order after the first, so a run reads each epoch once (resuming at a
-    step skips ahead without decoding). An epoch is `steps_per_epoch` whole batches; the
-    remainder of its rows is not used, as in memory.
+    size: int
+
+    def __call__(self, data: bytes) -> tuple[torch.Tensor]:
+        image = imaging.fitted_array(data, self.size)  # (size, size, 3)
+        return (torch.from_numpy(image).permute(2, 0, 1),)
+
+
+@dataclass(frozen=True)
+class _Latent:
+    """A cached latent row -> (its latent times `scale` (C, h, w), its pooled edge map
+    (1, h, w)), both float32 (`recaption.latents` writes them)."""
+
+    scale: float
+
+    def __call__(self, shape: str, latent: np.ndarray, edge: np.ndarray) -> tuple:
+        c, h, w = (int(x) for x in shape.split(","))
+        z = torch.from_numpy(np.array(latent, dtype=np.float32).reshape(c, h, w))
+        e = torch.from_numpy(np.array(edge, dtype=np.float32).reshape(1, h, w))
+        return z * self.scale, e
+
+
+class Stream:
+    """Training data of sharded rows, batch by batch, for any step.
+
+    `batch(step)` gives (training indices, tensors) of a step: one stacked tensor per
+    value the rows decode to. Steps are taken in order after the first, so a run reads
+    each epoch once (resuming at a step skips ahead without decoding). An epoch is
+    `steps_per_epoch` whole batches; the remainder of its rows is not used, as in memory.
     """
 
-    def __init__(
-        self,
-        index: ShardIndex,
-        size: int,
-        batch_size: int,
-        seed: int,
-        buffer: int,
-        workers: int,
-    ) -> None:
+    columns: tuple[str, ...] = ()
+
+    def __init__(self, index: ShardIndex, decode, batch_size: int, seed: int, buffer: int,
+                 workers: int) -> None:  # fmt: skip
         if buffer < 1:
             raise ValueError(f"shuffle buffer must be at least 1 row, not {buffer}")
-        self.index, self.size, self.batch_size = index, size, batch_size
+        self.index, self.decode, self.batch_size = index, decode, batch_size
         self.seed, self.buffer, self.workers = seed, buffer, workers
-        self.rows: Iterator[tuple[int, torch.Tensor]] = iter(())
+        self.rows: Iterator[tuple[int, tuple[torch.Tensor, ...]]] = iter(())
         self.next_step = -1
-        self.last: tuple[int, tuple[list[int], torch.Tensor]] | None = None
+        self.last: tuple[int, tuple[list[int], tuple[torch.Tensor, ...]]] | None = None
 
     def __len__(self) -> int:
         return self.index.size
@@ -190,16 +229,17 @@ class ImageStream:
         lengths = [len(s) for s in sequences]
         return [sequences[w][k][2] for w, k in round_robin(lengths)]
 
-    def batch(self, step: int) -> tuple[list[int], torch.Tensor]:
-        """(training indices, uint8 (B, 3, size, size)) of step `step`; asked again for
-        the same step (each micro-batch of gradient accumulation), the same batch."""
+    def batch(self, step: int) -> tuple[list[int], tuple[torch.Tensor, ...]]:
+        """(training indices, stacked tensors) of step `step`; asked again for the same
+        step (each micro-batch of gradient accumulation), the same batch."""
         if self.last is not None and self.last[0] == step:
             return self.last[1]
         if step != self.next_step or step % steps_per_epoch(len(self), self.batch_size) == 0:
             self._open(step)
         items = [next(self.rows) for _ in range(min(self.batch_size, len(self)))]
         self.next_step = step + 1
-        self.last = (step, ([i for i, _ in items], torch.stack([x for _, x in items])))
+        stacked = tuple(torch.stack(parts) for parts in zip(*(x for _, x in items), strict=True))
+        self.last = (step, ([i for i, _ in items], stacked))
         return self.last[1]
 
     def _open(self, step: int) -> None:
@@ -212,20 +252,42 @@ class ImageStream:
         skip = [0] * len(sequences)
         for w, _ in order[:first]:
             skip[w] += 1
-        rows = _EpochRows(self.index, sequences, skip, self.size)
+        rows = _EpochRows(self.index, sequences, skip, self.columns, self.decode)
         loader = DataLoader(rows, batch_size=None, num_workers=self.workers)
         self.rows = _in_order(iter(loader), order[first:])
 
 
+class ImageStream(Stream):
+    """The training images of a sharded dataset: a batch is (uint8 (B, 3, size, size),)."""
+
+    columns = ("image",)
+
+    def __init__(self, index: ShardIndex, size: int, batch_size: int, seed: int, buffer: int,
+                 workers: int) -> None:  # fmt: skip
+        super().__init__(index, _Image(size), batch_size, seed, buffer, workers)
+        self.size = size
+
+
+class LatentStream(Stream):
+    """The cached latents of the training images (`recaption.latents`'s shards): a batch
+    is (latents times `scale` (B, C, h, w), pooled edge maps (B, 1, h, w))."""
+
+    columns = ("shape", "latent", "edge")
+
+    def __init__(self, index: ShardIndex, scale: float, batch_size: int, seed: int,
+                 buffer: int, workers: int) -> None:  # fmt: skip
+        super().__init__(index, _Latent(scale), batch_size, seed, buffer, workers)
+
+
 def _in_order(
-    items: Iterator[tuple[int, int, int, torch.Tensor]], order: list[tuple[int, int]]
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """(training index, image) in `order` of (worker, item number), whatever order the
+    items: Iterator[tuple[int, int, int, tuple]], order: list[tuple[int, int]]
+) -> Iterator[tuple[int, tuple]]:
+    """(training index, tensors) in `order` of (worker, item number), whatever order the
     loader delivers its workers' items in (a resumed epoch starts mid-cycle; the loader
     always starts at worker 0): a few items wait until their turn."""
-    early: dict[tuple[int, int], tuple[int, torch.Tensor]] = {}
+    early: dict[tuple[int, int], tuple[int, tuple]] = {}
     for position in order:
         while position not in early:
-            w, k, i, image = next(items)
-            early[(w, k)] = (i, image)
+            w, k, i, values = next(items)
+            early[(w, k)] = (i, values)
         yield early.pop(position)

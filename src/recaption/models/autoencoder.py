@@ -88,19 +88,30 @@ def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     return ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def edge_weights(x: torch.Tensor, edge_weight: float) -> torch.Tensor:
-    """(B, 3, H, W) pixels -> (B, 1, H, W) per-pixel loss weights, 1 + edge_weight * edge.
-
-    `edge` is the brightness's distance from its 3x3 neighbourhood mean, widened by one
-    pixel (a 3x3 max): high on both sides of an object's outline and of a pattern's
-    stripes, 0 on a flat background. A plain L1 spends itself on the background, which
-    covers most of every image, and erases small objects; these weights make their
-    outlines count.
-    """
+def edge_map(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) pixels in [-1, 1] -> (B, 1, H, W): each pixel's brightness's distance
+    from its 3x3 neighbourhood mean, widened by one pixel (a 3x3 max): high on both sides
+    of an object's outline and of a pattern's stripes, 0 on a flat background."""
     bright = x.mean(1, keepdim=True)
     local = F.avg_pool2d(bright, 3, stride=1, padding=1, count_include_pad=False)
-    edge = F.max_pool2d((bright - local).abs(), 3, stride=1, padding=1)
-    return 1 + edge_weight * edge
+    return F.max_pool2d((bright - local).abs(), 3, stride=1, padding=1)
+
+
+def edge_weights(x: torch.Tensor, edge_weight: float) -> torch.Tensor:
+    """(B, 3, H, W) pixels -> (B, 1, H, W) per-pixel loss weights, 1 + edge_weight * edge
+    (`edge_map`). A plain L1 spends itself on the background, which covers most of every
+    image, and erases small objects; these weights make their outlines count.
+    """
+    return 1 + edge_weight * edge_map(x)
+
+
+def pooled_edges(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32 (N, 1, size, size): each image's `edge_map` averaged
+    down to a size x size grid (a model space's, where the generator's denoising loss is
+    weighed 1 + edge_weight x this). Computed `chunk` images at a time; each image's map
+    is its own, whatever else is in the chunk."""
+    maps = [F.adaptive_avg_pool2d(edge_map(to_unit(c)), size) for c in images.split(chunk)]
+    return torch.cat(maps) if maps else torch.empty(0, 1, size, size)
 
 
 class _Reconstruction(torch.nn.Module):

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from recaption.models import lora
-from recaption.models.autoencoder import edge_weights
+from recaption.models.autoencoder import pooled_edges
 from recaption.models.generator import GeneratorPipeline, choose_attention
 from recaption.models.schedule import OptimConfig
 from recaption.models.training import Checkpoints, Micro, epoch_batch, epoch_of, fit
 from recaption.parallel import Parallel
-from recaption.streaming import ImageStream
+from recaption.streaming import Stream
 
 
 @dataclass(frozen=True)
@@ -115,16 +115,12 @@ class Denoiser(torch.nn.Module):
         return (per_sample * min_snr_weights(self.schedule, t, self.snr_gamma)).mean()
 
 
-def edge_loss_weights(images: torch.Tensor, edge_weight: float, size: int) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> (N, 1, size, size) denoising-loss weights: the autoencoder's
-    edge weights (1 + w x edge) averaged down to the model space's grid. An MSE over the
+def edge_loss_weights(edges: torch.Tensor, edge_weight: float) -> torch.Tensor:
+    """(N, 1, h, w) pooled edge maps (`autoencoder.pooled_edges` of the images, on the
+    model space's grid) -> denoising-loss weights 1 + edge_weight x edge. An MSE over the
     whole image is spent on backgrounds, which cover most of it; these make the small
     objects' outlines count."""
-    chunks = [
-        F.adaptive_avg_pool2d(edge_weights(c.float() / 127.5 - 1, edge_weight), size)
-        for c in images.split(1024)
-    ]
-    return torch.cat(chunks)
+    return 1 + edge_weight * edges
 
 
 def training_target(
@@ -173,13 +169,13 @@ def denoising_loss(
 
 def train_generator(
     pipe: GeneratorPipeline,
-    images: torch.Tensor | ImageStream,
+    images: torch.Tensor | Stream,
     captions_for_epoch: Callable[[int], list[str]],
     config: GeneratorTrainConfig,
     checkpoint_dir: Path | None = None,
     log_step: Callable[[int, dict], None] | None = None,
     par: Parallel | None = None,
-    pixels: torch.Tensor | None = None,
+    edges: torch.Tensor | None = None,
     text_states: Callable[[list[str]], torch.Tensor] | None = None,
 ) -> dict:
     """Train `pipe` in place through the shared loop (`training.fit`), then load the EMA
@@ -187,14 +183,17 @@ def train_generator(
 
     Args:
         images: uint8 (N, 3, H, W), the training images, or float (N, C, h, w) model-space
-            tensors (scaled VAE latents, cached by the caller), or a stream of the uint8
-            images read from the dataset's shards (a batch's order is then the stream's).
+            tensors (scaled VAE latents, cached by the caller), or a stream of either read
+            from shards (`recaption.streaming`; a batch's order is then the stream's, and
+            a latent stream's batches carry their own edge maps).
         captions_for_epoch: the N captions of an epoch (a per-epoch blend redraws them).
         checkpoint_dir: where a checkpoint is kept every `checkpoint_every` steps; a
             run finding one there resumes from it (the main process writes it).
         par: data-parallel training (see recaption.parallel): each process draws the
             step's whole batch and its noise, and trains on its slice.
-        pixels: the uint8 images the edge-weighted loss reads (`config.edge_weight`).
+        edges: (N, 1, h, w) the held training images' edge maps on the model space's
+            grid (`autoencoder.pooled_edges`), which the edge-weighted loss reads
+            (`config.edge_weight`); a stream's come with its batches.
         text_states: captions -> (B, T, d) states of a frozen text encoder, cached
             (`recaption.text_states.TextStates`); None: the text encoder runs every step.
     Returns:
@@ -206,7 +205,7 @@ def train_generator(
     named = _trainable(pipe, config)
     if text_states is not None and config.train_text_encoder:
         raise ValueError("cached text states need a frozen text encoder")
-    step_loss = _step_loss(pipe, images, captions_for_epoch, config, par, pixels, text_states)
+    step_loss = _step_loss(pipe, images, captions_for_epoch, config, par, edges, text_states)
     pipe.unet.train()
     pipe.text_encoder.train(config.train_text_encoder)
     every = config.checkpoint_every
@@ -227,18 +226,16 @@ def train_generator(
     }
 
 
-def _step_loss(pipe, images, captions_for_epoch, config, par, pixels, text_states=None):
+def _step_loss(pipe, images, captions_for_epoch, config, par, edges, text_states=None):
     """The loss of step s on this process's slice of its batch: the batch (from an
     epoch's seeded permutation, or the stream's), then (from the step's generator) which
     captions are dropped, the noise and the timesteps, drawn for the whole batch so every
     process draws alike."""
     denoiser = par.wrap(Denoiser(pipe, config.snr_gamma, text_states))
-    weights = None
-    streamed = isinstance(images, ImageStream)
-    if config.edge_weight and not streamed:
-        if pixels is None:
-            raise ValueError("edge_weight needs the uint8 pixels of the training images")
-        weights = edge_loss_weights(pixels, config.edge_weight, pipe.unet.config.sample_size)
+    size = pipe.unet.config.sample_size
+    streamed = isinstance(images, Stream)
+    if config.edge_weight and not streamed and edges is None:
+        raise ValueError("edge_weight needs the edge maps of the training images (edges)")
     epoch: dict[int, list[str]] = {}  # the current epoch's captions, drawn once
 
     def step_loss(step: int, gen: torch.Generator, micro: Micro) -> torch.Tensor:
@@ -250,27 +247,30 @@ def _step_loss(pipe, images, captions_for_epoch, config, par, pixels, text_state
         dropped = torch.rand(len(idx), generator=gen) < config.cond_dropout
         texts = ["" if d else epoch[e][i] for i, d in zip(idx, dropped.tolist(), strict=True)]
         mine = micro.take(par.share(range(len(idx))))  # this process's rows of the batch
-        batch = rows_of(mine)
+        batch, *carried = rows_of(mine)
         x0 = to_model_space(pipe, batch.to(par.device))
         noise, t = draw_noise(pipe, torch.Size([len(idx), *x0.shape[1:]]), gen)
         noise, t = noise[mine].to(par.device), t[mine].to(par.device)
-        if streamed and config.edge_weight:
-            w = edge_loss_weights(batch, config.edge_weight, pipe.unet.config.sample_size)
-        else:
-            w = None if weights is None else weights[[idx[i] for i in mine]]
-        w = None if w is None else w.to(par.device)
+        w = None
+        if config.edge_weight:
+            if not streamed:
+                edge = edges[[idx[i] for i in mine]]
+            else:  # a latent stream's own maps, or those of the streamed pixels
+                edge = carried[0] if carried else pooled_edges(batch, size)
+            w = edge_loss_weights(edge, config.edge_weight).to(par.device)
         return denoiser(x0, t, noise, [texts[i] for i in mine], w)
 
     return step_loss
 
 
 def _batch(
-    images: torch.Tensor | ImageStream, step: int, config: GeneratorTrainConfig
-) -> tuple[list[int], Callable[[list[int]], torch.Tensor]]:
-    """Step `step`'s training indices, and a function giving the images at some of its
-    positions: rows of the held tensor, or of the batch the stream read."""
-    if isinstance(images, ImageStream):
+    images: torch.Tensor | Stream, step: int, config: GeneratorTrainConfig
+) -> tuple[list[int], Callable[[list[int]], tuple[torch.Tensor, ...]]]:
+    """Step `step`'s training indices, and a function giving the tensors at some of its
+    positions: rows of the held tensor, or of the batch the stream read (its images, or
+    its latents and their edge maps)."""
+    if isinstance(images, Stream):
         idx, batch = images.batch(step)
-        return idx, lambda positions: batch[positions]
+        return idx, lambda positions: tuple(x[positions] for x in batch)
     idx = epoch_batch(len(images), config.batch_size, step, config.seed)
-    return idx, lambda positions: images[[idx[p] for p in positions]]
+    return idx, lambda positions: (images[[idx[p] for p in positions]],)

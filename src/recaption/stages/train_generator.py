@@ -89,20 +89,26 @@ def training_data(
     keys: list[str],
     pngs,
     cached: str | None = None,
-) -> torch.Tensor | streaming.ImageStream:
+) -> torch.Tensor | streaming.Stream:
     """What the UNet trains on: the cached latents (scaled) of a latent pipeline (the
     built-in autoencoder's, or a saved pipeline's frozen VAE's that encode_latents
-    cached); else the images, held in memory or, when `data.stream` says so, streamed
-    from the dataset's shards (a saved pipeline's VAE then encodes each batch).
-    `cached`: what `cached_latents` says."""
+    cached); else the images. Either is held in memory or, when `data.stream` says so,
+    streamed from its shards (a saved pipeline's VAE then encodes each streamed batch of
+    images). `cached`: what `cached_latents` says."""
+    sp, gp = params.data.stream, params.generator
     if cached is not None:
-        return latents.read(paths.LATENTS, keys) * pipe.vae.config.scaling_factor
-    if streams(params, len(keys), pipe.image_size):
-        sp = params.data.stream
+        scale = pipe.vae.config.scaling_factor
+        if not streams(params, len(keys) * latents.row_bytes(paths.LATENTS)):
+            return latents.read(paths.LATENTS, keys) * scale
+        log.info("train_generator: streaming %d latents from %s", len(keys), paths.LATENTS)
+        index = streaming.shard_index(paths.LATENTS, keys)
+        return streaming.LatentStream(index, scale, gp.batch_size, seed_of(params), sp.buffer,
+                                      sp.workers)  # fmt: skip
+    if streams(params, len(keys) * 3 * pipe.image_size**2):  # uint8 RGB
         log.info("train_generator: streaming %d images from %s", len(keys), paths.DATASET)
         index = streaming.shard_index(paths.DATASET, keys)
-        return streaming.ImageStream(index, pipe.image_size, params.generator.batch_size,
-                                     seed_of(params), sp.buffer, sp.workers)  # fmt: skip
+        return streaming.ImageStream(index, pipe.image_size, gp.batch_size, seed_of(params),
+                                     sp.buffer, sp.workers)  # fmt: skip
     return datasets.images_tensor(pngs(), pipe.image_size)
 
 
@@ -145,25 +151,27 @@ def uses_clip(params: Params) -> bool:
     return params.generator.text_encoder == "clip"
 
 
-def streams(params: Params, n: int, size: int) -> bool:
-    """Whether n training images at `size` px are streamed (`data.stream.mode`)."""
+def streams(params: Params, held_bytes: int) -> bool:
+    """Whether training data that would take `held_bytes` in memory is streamed
+    (`data.stream.mode`; auto: when it is more than `data.stream.memory_gb`)."""
     sp = params.data.stream
     if sp.mode != "auto":
         return sp.mode == "always"
-    return not datasets.fits_in_memory(n, size, int(sp.memory_gb * (1 << 30)))
+    return held_bytes > int(sp.memory_gb * (1 << 30))
 
 
-def edge_pixels(
-    params: Params, pipe: gen_lib.GeneratorPipeline, images, pngs
+def edge_maps(
+    params: Params, pipe: gen_lib.GeneratorPipeline, images, keys: list[str]
 ) -> torch.Tensor | None:
-    """The uint8 pixels the edge-weighted loss reads (`generator.edge_weight`): the
-    training images themselves, or, under cached latents, the images they encode. None
-    when streaming: each batch's weights come from its own pixels."""
-    if not params.generator.edge_weight or isinstance(images, streaming.ImageStream):
+    """The edge maps the edge-weighted loss reads (`generator.edge_weight`) on the model
+    space's grid: the held images', or, under cached latents, those cached beside them
+    (the pixels are never read). None when off, or when streaming: each batch carries or
+    yields its own."""
+    if not params.generator.edge_weight or isinstance(images, streaming.Stream):
         return None
-    if not images.is_floating_point():
-        return images
-    return datasets.images_tensor(pngs(), pipe.image_size)
+    if images.is_floating_point():
+        return latents.read(paths.LATENTS, keys, edges=True)
+    return ae_lib.pooled_edges(images, pipe.unet.config.sample_size)
 
 
 def seed_of(params: Params) -> int:
@@ -220,12 +228,12 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     pngs = lambda: [r["image"] for r in rows()]  # noqa: E731
     cached = cached_latents(params, pipe)
     images = training_data(params, pipe, keys, pngs, cached)
-    pixels = edge_pixels(params, pipe, images, pngs)
+    edges = edge_maps(params, pipe, images, keys)
     compute, record = precision.settle(params.generator.precision, par.device,
                                        "generator.precision")  # fmt: skip
     config = GeneratorTrainConfig.of(params.generator, seed=seed_of(params), precision=compute)
     caption_version = lineage.tree_hash(paths.RELABELED)
-    streamed = isinstance(images, streaming.ImageStream)
+    streamed = isinstance(images, streaming.Stream)
     checkpoints = checkpoint_dir(params, caption_version, record, par.is_main, streamed, cached)
     states = text_cache(params, pipe)
     with main_live("train_generator", par.is_main) as live:
@@ -237,7 +245,7 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             checkpoints,
             step_logger(live) if live else None,
             par,
-            pixels,
+            edges,
             states,
         )
     if states is not None:
