@@ -66,27 +66,29 @@ def split_pairs(
     return of_keys(pairs, train_keys), of_keys(pairs, val_keys)
 
 
-def features_and_captions(emb: embed.Embeddings, pairs: list[tuple[str, str]]) -> tuple:
+def features_and_captions(emb: embed.EmbeddingFolder, pairs: list[tuple[str, str]]) -> tuple:
     """(features (N, ...), captions) of `pairs`, row for row."""
     return features_of(emb, [k for k, _ in pairs]), [c for _, c in pairs]
 
 
-def features_of(emb: embed.Embeddings, keys: list[str]) -> torch.Tensor:
+def features_of(emb: embed.EmbeddingFolder, keys: list[str]) -> torch.Tensor:
     try:
         return torch.from_numpy(emb.features_of(keys))
     except KeyError as err:
         raise UserError(f"{err.args[0]}: rerun embed") from err
 
 
-def feature_dims(emb: embed.Embeddings, grid: int) -> tuple[int, int, int]:
+def feature_dims(emb: embed.EmbeddingFolder, grid: int) -> tuple[int, int, int]:
     """(pooled_dim, grid_cells, cell_dim) of the cached embeddings."""
-    if emb.grid is None:
-        return emb.vectors.shape[1], 0, 0
+    pooled, width = emb.widths()
+    if not width:
+        return pooled, 0, 0
     cells = grid * grid
-    return emb.vectors.shape[1], cells, emb.grid.shape[1] // cells
+    return pooled, cells, width // cells
 
 
-def start_model(stage: str, params: Params, emb: embed.Embeddings, pairs: list[tuple[str, str]]):
+def start_model(stage: str, params: Params, emb: embed.EmbeddingFolder,
+                pairs: list[tuple[str, str]]):  # fmt: skip
     """The weights a stage starts from: its parent stage's, or a new captioner for pretrain."""
     if params.captioner.kind == "vlm":
         return start_vlm(stage, params, emb)
@@ -107,7 +109,7 @@ def start_model(stage: str, params: Params, emb: embed.Embeddings, pairs: list[t
     )
 
 
-def start_vlm(stage: str, params: Params, emb: embed.Embeddings) -> vlm.VlmCaptioner:
+def start_vlm(stage: str, params: Params, emb: embed.EmbeddingFolder) -> vlm.VlmCaptioner:
     """The VLM a stage tunes (pretrain: `captioner.lm`), its LoRA settings, and a check
     that the cached features are its tower's."""
     cp = params.captioner
@@ -150,7 +152,7 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
     sp: CaptionerStageParams = getattr(params.captioner, stage)
     par = Parallel.start(devices.resolve(sp.device, f"captioner.{stage}.device"))
     pairs = stage_pairs(stage)
-    emb = embed.read_dir(paths.IMAGE_EMBEDDINGS)
+    emb = embed.EmbeddingFolder(paths.IMAGE_EMBEDDINGS)  # only the pairs' rows are read
     model = start_model(stage, params, emb, pairs)
     key = f"captioner.{stage}.precision"
     compute, record = precision.settle(sp.precision, par.device, key)
