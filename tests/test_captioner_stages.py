@@ -5,8 +5,9 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
-from recaption import lineage, paths, precision
+from recaption import embed, lineage, paths, precision, streaming
 from recaption.models import captioner as cap
 from recaption.stages import captioner as stages
 from recaption.stages import clip_pretrain
@@ -99,6 +100,52 @@ def test_a_local_lm_folder_named_in_params_is_trained_with_its_own_tokenizer(
     record = read_lineage("pretrain")
     assert record["params"]["captioner"]["lm"] == str(tmp_path / "lm")
     assert record["metrics"]["steps"] == 3
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_feature_stream_gives_each_pair_once_an_epoch_with_its_images_features(embedded, workers):
+    folder = embed.EmbeddingFolder(paths.IMAGE_EMBEDDINGS)
+    keys = folder.keys[:7]
+    pairs = [*keys, keys[0], keys[3]]  # two images with a second caption: 9 pairs
+    index = streaming.shard_index(paths.IMAGE_EMBEDDINGS, pairs)
+    stream = streaming.FeatureStream(index, True, 3, seed=2, buffer=2, workers=workers)
+    assert len(stream) == 9
+    features = torch.from_numpy(folder.features_of(pairs))
+    seen = []
+    for step in range(3):
+        idx, (batch,) = stream.batch(step)
+        assert batch.dtype == torch.float32 and torch.equal(batch, features[idx])
+        seen += idx
+    assert sorted(seen) == list(range(9)) and seen == stream.epoch_order(0)
+
+
+def test_pretraining_streams_features_that_do_not_fit_and_reads_only_the_validation_rows(
+    embedded, arch, monkeypatch
+):
+    write(embedded, arch)
+    stages.main("pretrain")
+    held = read_lineage("pretrain")["metrics"]
+    embedded.write_params(
+        clip={"model": str(arch), "train": TRAIN},
+        embed={"num_workers": 0, "batch_size": 8, "probe_train_size": 20},
+        captioner=captioner_params(),
+        data={"stream": {"mode": "auto", "memory_gb": 1e-9, "buffer": 4, "workers": 0}},
+    )
+    asked = []
+    features_of = embed.EmbeddingFolder.features_of
+
+    def spy(self, keys):
+        asked.append(len(keys))
+        return features_of(self, keys)
+
+    monkeypatch.setattr(embed.EmbeddingFolder, "features_of", spy)
+    stages.main("pretrain")
+    streamed = read_lineage("pretrain")["metrics"]
+    n_val = len(stages.split_pairs("pretrain", stages.stage_pairs("pretrain"),
+                                   stages.load_params())[1])  # fmt: skip
+    assert asked == [n_val]  # the validation pairs' rows alone were read whole
+    assert streamed["steps"] == held["steps"] == 3
+    assert streamed["train_loss"] != held["train_loss"]  # the stream's order, not the held one
 
 
 def test_an_lm_spec_that_does_not_exist_is_a_clear_error(embedded, arch, tmp_path):

@@ -21,6 +21,7 @@ row's values become tensors.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,13 +53,16 @@ class ShardIndex:
 
 
 def shard_index(dataset_dir: str | Path, keys: Sequence[str]) -> ShardIndex:
-    """The shards holding `keys` (training index i is keys[i]), read from their key
-    columns only. An error names the first key no shard holds."""
-    position = {k: i for i, k in enumerate(keys)}
+    """The shards holding `keys` (training index i is keys[i]; a key given twice, as an
+    image with two captions is, is one row read for two training indices), read from
+    their key columns only. An error names the first key no shard holds."""
+    position: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        position.setdefault(k, []).append(i)
     paths, rows, held = [], [], set()
     for path in io.shard_paths(dataset_dir):
         shard_keys = pq.read_table(path, columns=["key"]).column("key").to_pylist()
-        mine = tuple((r, position[k]) for r, k in enumerate(shard_keys) if k in position)
+        mine = tuple((r, i) for r, k in enumerate(shard_keys) for i in position.get(k, ()))
         if mine:
             paths.append(path)
             rows.append(mine)
@@ -125,7 +129,7 @@ class _EpochRows(IterableDataset):
         info = get_worker_info()
         w = info.id if info is not None else 0
         wanted = self.sequences[w][self.skip[w] :]
-        needed = {(s, row) for s, row, _ in wanted}
+        needed = Counter((s, row) for s, row, _ in wanted)
         order = [s for s, _, _ in self.sequences[w]]
         read = _ShardReader(self.index, order, needed, self.columns)
         for k, (s, row, i) in enumerate(wanted, start=self.skip[w]):
@@ -143,9 +147,10 @@ def _rows(column: pa.Array) -> list:
 
 class _ShardReader:
     """Reads one worker's shards in order, `READ_ROWS` rows at a time, keeping the
-    values (of `columns`) of the rows still needed until they are taken."""
+    values (of `columns`) of the rows still needed until they are taken as many times
+    as `needed` counts."""
 
-    def __init__(self, index: ShardIndex, shard_order: list[int], needed: set,
+    def __init__(self, index: ShardIndex, shard_order: list[int], needed: Counter,
                  columns: tuple[str, ...]) -> None:  # fmt: skip
         self.index, self.needed, self.columns = index, needed, columns
         self.shards = iter(dict.fromkeys(shard_order))  # the worker's shards, in its order
@@ -157,6 +162,9 @@ class _ShardReader:
     def take(self, shard: int, row: int) -> tuple:
         while (shard, row) not in self.held:
             self._read_more()
+        self.needed[(shard, row)] -= 1
+        if self.needed[(shard, row)]:
+            return self.held[(shard, row)]
         return self.held.pop((shard, row))
 
     def _read_more(self) -> None:
@@ -197,6 +205,23 @@ class _Latent:
         z = torch.from_numpy(np.array(latent, dtype=np.float32).reshape(c, h, w))
         e = torch.from_numpy(np.array(edge, dtype=np.float32).reshape(1, h, w))
         return z * self.scale, e
+
+
+@dataclass(frozen=True)
+class _Features:
+    """An embeddings row (`recaption.embed`'s shards: pooled vector and grid cells, float16)
+    -> (its features side by side, float32 (D [+ G*G*C]),), as `Embeddings.features`."""
+
+    def __call__(self, *parts: np.ndarray) -> tuple[torch.Tensor]:
+        return (torch.from_numpy(np.concatenate(parts).astype(np.float32)),)
+
+
+def streams(mode: str, memory_gb: float, held_bytes: int) -> bool:
+    """Whether training data that would take `held_bytes` in memory is streamed
+    (`data.stream`'s `mode` and `memory_gb`; auto: when it takes more than that)."""
+    if mode != "auto":
+        return mode == "always"
+    return held_bytes > int(memory_gb * (1 << 30))
 
 
 class Stream:
@@ -266,6 +291,16 @@ class ImageStream(Stream):
                  workers: int) -> None:  # fmt: skip
         super().__init__(index, _Image(size), batch_size, seed, buffer, workers)
         self.size = size
+
+
+class FeatureStream(Stream):
+    """The cached image features of the training pairs (`recaption.embed`'s shards, with
+    their grid cells when `grid`): a batch is (float32 (B, D [+ G*G*C]),)."""
+
+    def __init__(self, index: ShardIndex, grid: bool, batch_size: int, seed: int, buffer: int,
+                 workers: int) -> None:  # fmt: skip
+        super().__init__(index, _Features(), batch_size, seed, buffer, workers)
+        self.columns = ("embedding", "grid") if grid else ("embedding",)
 
 
 class LatentStream(Stream):

@@ -22,6 +22,7 @@ from recaption.models.captioner import Captioner
 from recaption.models.schedule import OptimConfig
 from recaption.models.training import Checkpoints, Evaluation, LogStep, Micro, epoch_batch, fit
 from recaption.parallel import Parallel
+from recaption.streaming import Stream
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class _CaptionLoss(torch.nn.Module):
 
 def train_captioner(
     model: Captioner,
-    train: tuple[torch.Tensor, Sequence[str]],
+    train: tuple[torch.Tensor | Stream, Sequence[str]],
     val: tuple[torch.Tensor, Sequence[str]],
     config: CaptionTrainConfig,
     log_step: LogStep | None = None,
@@ -76,7 +77,9 @@ def train_captioner(
     """Train `model` in place on (features, captions) pairs; return the run's figures.
 
     Args:
-        train: features (N, F) float and N captions.
+        train: features (N, F) float and N captions; or a stream of the N pairs' features
+            (`streaming.FeatureStream`, training index i: caption i), whose order the
+            batches then follow.
         val: the validation pairs whose loss is logged (and, with `keep: best`, watched).
         log_step: called as log_step(step, metrics) every `eval_every` steps (main
             process only).
@@ -103,10 +106,15 @@ def train_captioner(
 
     def loss_at(step: int, gen: torch.Generator, micro: Micro) -> torch.Tensor:
         model.train()  # the validation leaves it in eval mode
-        idx = epoch_batch(len(train_ids), config.batch_size, step, config.seed)
-        mine = [idx[i] for i in micro.take(par.share(range(len(idx)), "captioner batch_size"))]
+        if isinstance(train[0], Stream):
+            idx, (features,) = train[0].batch(step)
+        else:
+            idx = epoch_batch(len(train_ids), config.batch_size, step, config.seed)
+            features = train[0][idx]
+        positions = micro.take(par.share(range(len(idx)), "captioner batch_size"))
+        mine = [idx[i] for i in positions]
         tokens, mask = (t.to(par.device) for t in model.pad([train_ids[i] for i in mine]))
-        return step_loss(train[0][mine].to(par.device), tokens, mask)
+        return step_loss(features[positions].to(par.device), tokens, mask)
 
     def validate(step: int) -> dict:
         return {"val_loss": mean_loss(model, val[0], val_ids, config.precision)}

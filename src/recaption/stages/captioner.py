@@ -19,7 +19,18 @@ from pathlib import Path
 
 import torch
 
-from recaption import datasets, devices, embed, io, lineage, paths, precision, resume, sampling
+from recaption import (
+    datasets,
+    devices,
+    embed,
+    io,
+    lineage,
+    paths,
+    precision,
+    resume,
+    sampling,
+    streaming,
+)
 from recaption.errors import UserError
 from recaption.live import main_live, step_logger
 from recaption.models import captioner as captioner_lib
@@ -76,6 +87,38 @@ def features_of(emb: embed.EmbeddingFolder, keys: list[str]) -> torch.Tensor:
         return torch.from_numpy(emb.features_of(keys))
     except KeyError as err:
         raise UserError(f"{err.args[0]}: rerun embed") from err
+
+
+def training_features(
+    params: Params, emb: embed.EmbeddingFolder, pairs: list[tuple[str, str]], seed: int,
+    batch_size: int,
+) -> tuple:  # fmt: skip
+    """(features, captions) of the training pairs: the features held, or, when they would
+    take more than `data.stream.memory_gb` (`data.stream.mode`), a stream of them from the
+    embedding shards in the stream's seeded order (`streaming.FeatureStream`)."""
+    sp = params.data.stream
+    keys, captions = [k for k, _ in pairs], [c for _, c in pairs]
+    if not streaming.streams(sp.mode, sp.memory_gb, len(keys) * 4 * sum(emb.widths())):
+        return features_of(emb, keys), captions
+    log.info("captioner: streaming %d pairs' features from %s", len(keys), paths.IMAGE_EMBEDDINGS)
+    try:
+        index = streaming.shard_index(paths.IMAGE_EMBEDDINGS, keys)
+    except KeyError as err:
+        raise UserError(f"{err.args[0]}: rerun embed") from err
+    stream = streaming.FeatureStream(index, emb.widths()[1] > 0, batch_size, seed, sp.buffer,
+                                     sp.workers)  # fmt: skip
+    return stream, captions
+
+
+def run_identity(params: Params, train: tuple, keys: list[str]) -> list:
+    """What the training pairs are, for the checkpoint folder: the features themselves,
+    or a stream's rows (the embeddings' CLIP, each key's pixel hash) and settings."""
+    if not isinstance(train[0], streaming.Stream):
+        return list(train)
+    every, shas, clip = embed.read_keys(paths.IMAGE_EMBEDDINGS)
+    sha = dict(zip(every, shas, strict=True))
+    rows = {"clip": clip, "keys": keys, "shas": [sha[k] for k in keys]}
+    return [rows, train[1], params.data.stream.model_dump()]
 
 
 def feature_dims(emb: embed.EmbeddingFolder, grid: int) -> tuple[int, int, int]:
@@ -165,10 +208,11 @@ def main(stage: str, params_path: Path = paths.PARAMS) -> dict:
         len(val_pairs),
         config.steps,
     )
-    train = features_and_captions(emb, train_pairs)
+    train = training_features(params, emb, train_pairs, config.seed, config.batch_size)
     val = features_and_captions(emb, val_pairs)
-    checkpoints = resume.checkpoints(f"captioner_{stage}", [model, *train, *val, config], record,
-                                     config.steps, clean=par.is_main)  # fmt: skip
+    identity = [model, *run_identity(params, train, [k for k, _ in train_pairs]), *val, config]
+    checkpoints = resume.checkpoints(f"captioner_{stage}", identity, record, config.steps,
+                                     clean=par.is_main)  # fmt: skip
     with main_live(f"captioner_{stage}", par.is_main) as live:
         metrics = train_captioner(
             model, train, val, config, step_logger(live) if live else None, par, checkpoints

@@ -152,12 +152,9 @@ def uses_clip(params: Params) -> bool:
 
 
 def streams(params: Params, held_bytes: int) -> bool:
-    """Whether training data that would take `held_bytes` in memory is streamed
-    (`data.stream.mode`; auto: when it is more than `data.stream.memory_gb`)."""
+    """Whether training data that would take `held_bytes` in memory is streamed."""
     sp = params.data.stream
-    if sp.mode != "auto":
-        return sp.mode == "always"
-    return held_bytes > int(sp.memory_gb * (1 << 30))
+    return streaming.streams(sp.mode, sp.memory_gb, held_bytes)
 
 
 def edge_maps(
