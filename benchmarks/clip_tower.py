@@ -37,6 +37,7 @@ from recaption.stages.clip_pretrain import (
     corpus_pairs,
     heldout_set,
     scene_loss,
+    training_images,
     training_pairs,
 )
 from recaption.synthetic import world_config
@@ -174,16 +175,22 @@ def main() -> None:
     n_params = sum(p.numel() for p in clip.model.visual.parameters())
     if (args.twins or args.scene_loss) and not args.corpus:
         ap.error("--twins and --scene-loss need corpus renders: give --corpus too")
-    _, pngs, captions = training_pairs(params)
-    images = datasets.images_tensor(pngs, clip.image_size)
-    twins, scenes = [], [None] * len(images)
+    keys, captions = training_pairs(params)
+    extra, twins, scenes = None, [], [None] * len(keys)
     if args.corpus:
         extra, extra_captions, extra_twins, extra_scenes = corpus_pairs(
             world_config(params), args.corpus, args.corpus_seed, clip.image_size, args.twins
         )
-        twins = [(len(images) + o, len(images) + t) for o, t in extra_twins]
-        images = torch.cat([images, extra])
+        twins = [(len(keys) + o, len(keys) + t) for o, t in extra_twins]
         captions, scenes = [*captions, *extra_captions], [*scenes, *extra_scenes]
+    held = params.model_copy(
+        update={
+            "data": params.data.model_copy(
+                update={"stream": params.data.stream.model_copy(update={"mode": "never"})}
+            )
+        }
+    )
+    images = training_images(held, keys, extra, clip.image_size, Path(), bool(twins))
     config = ClipTrainConfig.of(train_cfg, seed=params.seed, precision=compute)
     start = time.perf_counter()
     negative = swap_word if args.hard_negatives else None

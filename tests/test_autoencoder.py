@@ -63,9 +63,14 @@ class Crash(Exception):
     pass
 
 
-def test_a_killed_autoencoder_training_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_killed_autoencoder_training_resumes_to_the_same_weights(tmp_path, streamed):
     images, _ = dataset()
-    config = ae_config(steps=12, log_every=1, edge_weight=2.0)
+    if streamed:  # 8 images in shards of 3, batches of 6: a resumed step starts mid-epoch
+        keys = write_dataset(tmp_path / "dataset", images, shard_size=3)
+        index = streaming.shard_index(tmp_path / "dataset", keys)
+        images = streaming.ImageStream(index, 16, 6, seed=0, buffer=3, workers=2)
+    config = ae_config(steps=12, log_every=1, edge_weight=2.0, batch_size=6)
     clean = ae_lib.create_builtin(TINY_KL, 16, seed=0)
     clean_result = ae_lib.train_autoencoder(clean, images, config)
 
@@ -287,6 +292,33 @@ def test_an_autoencoder_corpus_seed_equal_to_the_dataset_or_the_evaluation_is_re
         project.write_params(evaluate={"seed": 99}, autoencoder={"corpus": 5, "corpus_seed": seed})
         with pytest.raises(ParamsError, match="autoencoder.corpus_seed .* must differ"):
             load_params()
+
+
+def test_the_stage_streams_the_same_images_it_would_hold(project, tmp_path, monkeypatch):
+    from recaption import datasets
+    from recaption.params import load_params
+    from recaption.stages import ingest, prompts, sample
+
+    ingest.main()
+    prompts.main()
+    sample.main()  # the splits
+    project.write_params(autoencoder={"corpus": 5, "corpus_seed": 11, "batch_size": 4})
+    keys, held = stage._split()
+    assert held and not {r["key"] for r in held} & set(keys)
+    images = stage.training_data(load_params(), keys, tmp_path / "scratch")
+    assert torch.is_tensor(images) and len(images) == len(keys) + 5
+    project.write_params(autoencoder={"corpus": 5, "corpus_seed": 11, "batch_size": 4},
+                         data={"stream": {"memory_gb": 1e-6, "workers": 0}})  # fmt: skip
+    refuse = lambda *a, **k: pytest.fail("the training images were held")  # noqa: E731
+    monkeypatch.setattr(datasets, "images_tensor", refuse)
+    stream = stage.training_data(load_params(), keys, tmp_path / "scratch")
+    assert isinstance(stream, streaming.ImageStream) and len(stream) == len(images)
+    seen = []
+    for step in range(len(stream) // 4):  # one epoch: the dataset's images and the corpus's
+        idx, (batch,) = stream.batch(step)
+        assert torch.equal(batch, images[idx])
+        seen += idx
+    assert len(set(seen)) == len(seen) and max(seen) >= len(keys) > min(seen)
 
 
 def test_without_an_autoencoder_no_other_key_changes_what_the_stage_writes(project):

@@ -16,8 +16,9 @@ import torch
 from open_clip import ClipLoss
 from safetensors.torch import save_file
 
-from recaption import embed, io, paths
+from recaption import datasets, embed, io, paths, streaming
 from recaption.datasets import load_rows, read_splits
+from recaption.errors import UserError
 from recaption.models import captioner, oracle
 from recaption.models import clip as clip_lib
 from recaption.models.clip_train import CaptionLoss, ClipTrainConfig, SceneLoss, train_clip
@@ -524,14 +525,13 @@ def test_a_new_embedding_procedure_recomputes_everything(project, arch, monkeypa
 def test_annotated_images_are_repeated_in_clip_training(project, arch):
     prepare(project)
     project.write_params(clip={"model": str(arch), "train": {**TRAIN, "annotated_repeat": 3}})
-    keys, pngs, captions = clip_pretrain.training_pairs(load_params())
+    keys, captions = clip_pretrain.training_pairs(load_params())
     short = set(pq.read_table(paths.SHORT).column("key").to_pylist())
     descriptive = set(pq.read_table(paths.DESCRIPTIVE).column("key").to_pylist())
     splits = pq.read_table(paths.SPLITS).to_pylist()
     heldout = {r["key"] for r in splits if r["heldout"]}
     assert len(short | descriptive) == 15  # two parts of 10 sharing 5
     assert len(keys) == (60 - len(heldout)) + 2 * 15
-    assert len(pngs) == len(keys) and pngs[0] != pngs[-1]
     for key, caps in zip(keys, captions, strict=True):
         assert keys.count(key) == (3 if key in short | descriptive else 1)
         assert len(caps) == 1 + (key in short) + (key in descriptive)
@@ -619,12 +619,48 @@ def test_clip_pretrain_passes_the_corpus_twins_by_their_place_in_the_pairs(
 
     monkeypatch.setattr(clip_pretrain, "train_clip", spy)
     clip_pretrain.main()
-    keys, _, _ = clip_pretrain.training_pairs(load_params())
+    keys, _ = clip_pretrain.training_pairs(load_params())
     offset = len(keys)
     assert seen["twins"] and seen["n"] == offset + 12 + len(seen["twins"])
     for o, t in seen["twins"]:
         assert offset <= o < offset + 12 <= t
         assert seen["captions"][o] != seen["captions"][t]
+
+
+def test_clip_pretrain_streams_the_images_it_would_hold(project, arch, monkeypatch, tmp_path):
+    prepare(project)
+    train = {**TRAIN, "corpus": 12, "corpus_seed": 5, "annotated_repeat": 2}
+    project.write_params(clip={"model": str(arch), "train": train})
+    keys, _ = clip_pretrain.training_pairs(load_params())
+    extra = clip_pretrain.corpus_pairs(world_config(load_params()), 12, 5, 16)[0]
+    held = clip_pretrain.training_images(load_params(), keys, extra, 16, tmp_path / "a")
+    assert torch.is_tensor(held) and len(held) == len(keys) + 12 > len(set(keys)) + 12
+    project.write_params(clip={"model": str(arch), "train": train},
+                         data={"stream": {"memory_gb": 1e-6, "workers": 0}})  # fmt: skip
+    stream = clip_pretrain.training_images(load_params(), keys, extra, 16, tmp_path / "b")
+    assert isinstance(stream, streaming.ImageStream) and len(stream) == len(held)
+    seen = []
+    for step in range(len(stream) // 16):
+        idx, (batch,) = stream.batch(step)
+        assert torch.equal(batch, held[idx])  # a key given twice, and the corpus, alike
+        seen += idx
+    assert len(set(seen)) == len(seen) and max(seen) >= len(keys)
+    # The stage trains on the stream, holding no more images than the held-out split.
+    heldout = len(datasets.read_splits(paths.SPLITS)["heldout"])
+    held_tensor = datasets.images_tensor
+
+    def only_heldout(pngs, size):
+        assert len(pngs) <= heldout, "the training images were held"
+        return held_tensor(pngs, size)
+
+    monkeypatch.setattr(datasets, "images_tensor", only_heldout)
+    metrics = clip_pretrain.main()
+    assert metrics["loss"] > 0 and (paths.CLIP / clip_lib.WEIGHTS_NAME).is_file()
+    # Twins are trained in their originals' batches: a streamed order cannot.
+    project.write_params(clip={"model": str(arch), "train": {**train, "twins": 0.5}},
+                         data={"stream": {"memory_gb": 1e-6, "workers": 0}})  # fmt: skip
+    with pytest.raises(UserError, match="clip.train.twins: 0"):
+        clip_pretrain.main()
 
 
 @pytest.mark.parametrize("seed_of", ["seed", "evaluate.seed"])
@@ -651,7 +687,7 @@ def test_clip_pretrain_trains_on_the_corpus_with_hard_negatives(project, arch, m
 
     monkeypatch.setattr(clip_pretrain, "train_clip", spy)
     clip_pretrain.main()
-    keys, _, _ = clip_pretrain.training_pairs(load_params())
+    keys, _ = clip_pretrain.training_pairs(load_params())
     assert seen["n"] == len(keys) + 12 and len(seen["captions"][-1]) == 3
     assert seen["negative"] is not None
 
@@ -696,7 +732,7 @@ def test_clip_pretrain_tells_the_scene_loss_the_corpus_scenes_only(project, arch
     pooled, cells, cell_dim = seen["layout"]
     assert (scene.weight, scene.grid, scene.head.in_features) == (0.5, 2, pooled + cells * cell_dim)
     params = load_params()
-    keys, _, _ = clip_pretrain.training_pairs(params)
+    keys, _ = clip_pretrain.training_pairs(params)
     offset = len(keys)
     assert seen["n"] == offset + 12 == len(scene.targets["background"])
     # The dataset's own images are never told their scenes; the corpus renders are.

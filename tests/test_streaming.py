@@ -111,6 +111,36 @@ def test_only_the_training_keys_are_streamed(shards):
         streaming.shard_index(folder, [*keys, "9999"])
 
 
+def test_images_made_in_memory_join_the_datasets_in_one_order(shards, tmp_path):
+    folder, keys, images = shards
+    gen = torch.Generator().manual_seed(1)
+    extra = torch.randint(0, 256, (7, 3, SIZE, SIZE), dtype=torch.uint8, generator=gen)
+    corpus = streaming.write_images(tmp_path / "corpus", extra, shard_size=3)
+    assert len(corpus.paths) == 3 and corpus.size == 7
+    index = streaming.join(streaming.shard_index(folder, keys[:10]), corpus)
+    every = torch.cat([images[:10], extra])  # the corpus's indices follow the dataset's
+    s = streaming.ImageStream(index, SIZE, 4, seed=3, buffer=6, workers=0)
+    for e in range(2):
+        seen = []
+        for idx, (pixels,) in epoch(s, e):
+            assert torch.equal(pixels, every[idx])
+            seen += idx
+        assert len(seen) == len(set(seen)) == 16  # 4 whole batches of the 17
+        assert any(i >= 10 for i in seen) and any(i < 10 for i in seen)
+
+
+def test_a_streams_identity_changes_with_its_shards_bytes_and_its_order(shards, tmp_path):
+    same = stream(shards).identity()
+    assert same == stream(shards).identity()
+    assert stream(shards, seed=4).identity() != same
+    assert stream(shards, buffer=5).identity() != same
+    assert stream(shards, keys=shards[1][:-1]).identity() != same
+    other = write_dataset(tmp_path / "other", shards[2].flip(0), shard_size=5)  # same keys
+    moved = streaming.ImageStream(streaming.shard_index(tmp_path / "other", other), SIZE, 4,
+                                  3, 6, 0)  # fmt: skip
+    assert moved.index.rows == stream(shards).index.rows and moved.identity() != same
+
+
 def test_fits_in_memory_counts_uint8_pixels():
     assert datasets.fits_in_memory(10, 8, 10 * 3 * 64)
     assert not datasets.fits_in_memory(11, 8, 10 * 3 * 64)

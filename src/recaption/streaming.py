@@ -1,5 +1,6 @@
 """Training data streamed from shards, never all held in memory: the dataset's images
-(`ImageStream`), or the latents encode_latents cached for them (`LatentStream`).
+(`ImageStream`), the latents encode_latents cached for them (`LatentStream`), or the
+image features embed cached (`FeatureStream`).
 
 In memory, a training step's batch is a slice of a seeded permutation of every image
 (`training.epoch_batch`). A dataset too large for that is read as webdataset-style
@@ -15,7 +16,9 @@ process knows every epoch's order in advance, and a resumed run skips to any ste
 without decoding the rows before it. A different `workers` gives another order.
 Cached latents are streamed the same way from their own shards (one per dataset
 shard, the same rows): a stream is the shards' index, the columns it reads and how a
-row's values become tensors.
+row's values become tensors. Images a stage makes in memory (a corpus of fresh world
+renders) are written as shards of their own and joined to the dataset's index
+(`write_images`, `join`), so one order mixes both.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from recaption import images as imaging
@@ -70,6 +74,29 @@ def shard_index(dataset_dir: str | Path, keys: Sequence[str]) -> ShardIndex:
     missing = next((k for k in keys if k not in held), None)
     if missing is not None:
         raise KeyError(f"{dataset_dir}: no shard holds training image {missing!r}")
+    return ShardIndex(tuple(paths), tuple(rows))
+
+
+def join(first: ShardIndex, second: ShardIndex) -> ShardIndex:
+    """One index of both: `second`'s training indices follow `first`'s."""
+    shift = first.size
+    moved = tuple(tuple((r, i + shift) for r, i in rows) for rows in second.rows)
+    return ShardIndex(first.paths + second.paths, first.rows + moved)
+
+
+def write_images(folder: str | Path, images: torch.Tensor, shard_size: int = 4096) -> ShardIndex:
+    """uint8 (N, 3, H, W) images written as PNG shards in `folder` and indexed as training
+    indices 0..N-1: images made in memory (a corpus of fresh renders) streamed beside a
+    dataset's, in one order (`join`)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, rows = [], []
+    for s, start in enumerate(range(0, len(images), shard_size)):
+        part = images[start : start + shard_size].permute(0, 2, 3, 1).numpy()
+        pngs = [imaging.encode_png(Image.fromarray(np.ascontiguousarray(x))) for x in part]
+        keys = [str(start + j) for j in range(len(pngs))]
+        paths.append(io.write_shard(folder, s, pa.table({"key": keys, "image": pngs})))
+        rows.append(tuple((j, start + j) for j in range(len(pngs))))
     return ShardIndex(tuple(paths), tuple(rows))
 
 
@@ -247,6 +274,13 @@ class Stream:
 
     def __len__(self) -> int:
         return self.index.size
+
+    def identity(self) -> list:
+        """What the stream yields, for the folder a killed run resumes from: its shards'
+        bytes (sha256), the rows it reads, its columns and its order's settings."""
+        shards = [io.sha256_file(p) for p in self.index.paths]
+        return [type(self).__name__, shards, self.index.rows, self.columns, repr(self.decode),
+                self.batch_size, self.seed, self.buffer, self.workers]  # fmt: skip
 
     def epoch_order(self, epoch: int) -> list[int]:
         """The training indices of an epoch, in the order the stream yields them."""

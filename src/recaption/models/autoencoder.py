@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +28,11 @@ from diffusers import AutoencoderKL
 from recaption import io
 from recaption.errors import UserError
 from recaption.models.schedule import OptimConfig
-from recaption.models.training import Checkpoints, LogStep, Micro, fit
+from recaption.models.training import Checkpoints, LogStep, Micro, fit, steps_per_epoch
 from recaption.parallel import Parallel
+
+if TYPE_CHECKING:  # the stages that stream import it
+    from recaption.streaming import Stream
 
 
 class AutoencoderError(UserError):
@@ -158,20 +162,28 @@ def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 512)
     return torch.cat(out)
 
 
+def _first(images: torch.Tensor | Stream, n: int) -> torch.Tensor:
+    """Up to `n` of the training images: the first held, or the first batches streamed."""
+    if torch.is_tensor(images):
+        return images[:n]
+    steps = min(-(-n // images.batch_size), steps_per_epoch(len(images), images.batch_size))
+    return torch.cat([images.batch(step)[1][0] for step in range(steps)])[:n]
+
+
 def train_autoencoder(
     vae: AutoencoderKL,
-    images: torch.Tensor,
+    images: torch.Tensor | Stream,
     config: AutoencoderTrainConfig,
     log_step: LogStep | None = None,
     par: Parallel | None = None,
     checkpoints: Checkpoints | None = None,
 ) -> dict:
-    """Train `vae` in place on uint8 (N, 3, H, W) images, then, back on the CPU, set its
-    scaling factor.
+    """Train `vae` in place on uint8 (N, 3, H, W) images, held or streamed
+    (`recaption.streaming.ImageStream`), then, back on the CPU, set its scaling factor.
 
-    Step s's batch and noise come from a generator seeded by (seed, s), so the run is
-    a function of its inputs and config, and one resumed from `checkpoints` ends where
-    an uninterrupted one does.
+    Step s's noise (and, for held images, its batch) comes from a generator seeded by
+    (seed, s); a stream's batch is its step s. So the run is a function of its inputs and
+    config, and one resumed from `checkpoints` ends where an uninterrupted one does.
     Returns:
         {"steps", "l1" (last window's mean L1, pixels in [-1, 1]), "scaling_factor",
         "images_per_s"}.
@@ -179,14 +191,19 @@ def train_autoencoder(
     par = par or Parallel()
     vae.to(par.device).train()
     loss = par.wrap(_Reconstruction(vae, config))
-    side = images.shape[-1] // factor(vae)
+    streamed = not torch.is_tensor(images)  # a recaption.streaming.ImageStream
+    side = (images.size if streamed else images.shape[-1]) // factor(vae)
     latent = (vae.config.latent_channels, side, side)
 
     def step_loss(step: int, gen: torch.Generator, micro: Micro) -> dict[str, torch.Tensor]:
-        idx = torch.randint(0, len(images), (config.batch_size,), generator=gen)
-        noise = torch.randn((config.batch_size, *latent), generator=gen)  # drawn on the CPU
-        mine = micro.take(par.share(range(config.batch_size), "autoencoder.batch_size"))
-        x = to_unit(images[idx[mine]].to(par.device))
+        if streamed:
+            _, (batch,) = images.batch(step)
+        else:
+            batch = images[torch.randint(0, len(images), (config.batch_size,), generator=gen)]
+        n = len(batch)  # a stream of fewer images than a batch gives them all
+        noise = torch.randn((n, *latent), generator=gen)  # drawn on the CPU
+        mine = micro.take(par.share(range(n), "autoencoder.batch_size"))
+        x = to_unit(batch[list(mine)].to(par.device))
         return loss(x, noise[mine].to(par.device))
 
     named = {n: p for n, p in vae.named_parameters() if p.requires_grad}
@@ -194,7 +211,7 @@ def train_autoencoder(
                  checkpoints=checkpoints, log_step=log_step, log_every=config.log_every,
                  desc="train_autoencoder")  # fmt: skip
     vae.to("cpu")
-    latents = encode(vae, images[: min(len(images), 2048)])
+    latents = encode(vae, _first(images, 2048))
     vae.register_to_config(scaling_factor=float(1 / latents.std()))
     trained = config.steps - result.resumed_from
     return {

@@ -40,6 +40,7 @@ from recaption.world import BACKGROUNDS, COLOUR_NAMES
 
 if TYPE_CHECKING:  # the captioning loss's decoder; stages without one never import it
     from recaption.models.captioner import Captioner
+    from recaption.streaming import Stream
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ def _step_texts(
 
 def train_clip(
     clip: Clip,
-    images: torch.Tensor,
+    images: torch.Tensor | Stream,
     captions: Sequence[Sequence[str]],
     config: ClipTrainConfig,
     heldout: tuple[torch.Tensor, Sequence[str]] | None = None,
@@ -252,7 +253,8 @@ def train_clip(
     """Train `clip` in place.
 
     Args:
-        images: uint8 (N, 3, H, W) at the model's image size.
+        images: uint8 (N, 3, H, W) at the model's image size, held, or streamed
+            (`recaption.streaming.ImageStream`: a step's batch is the stream's).
         captions: for each image, one or more captions; each step picks one at random.
         heldout: images and one caption each, for retrieval recall every `eval_every` steps.
         log: called with (step, metrics) for loss and recall (main process only).
@@ -287,6 +289,9 @@ def train_clip(
         )
     if captioning and scene and captioning.grid != scene.grid:
         raise ValueError(f"captioning reads a grid of {captioning.grid}, scenes {scene.grid}")
+    streamed = not torch.is_tensor(images)  # a recaption.streaming.Stream
+    if twins and streamed:
+        raise ValueError("twins are trained in their originals' batches: hold the images")
     paired = Twins(twins, captions) if twins else None
     model = clip.model.to(par.device)
     named = dict(model.named_parameters())
@@ -303,14 +308,17 @@ def train_clip(
         loss_fn = ClipLoss(gather_with_grad=True, rank=par.rank, world_size=par.world)
 
     def step_loss(step: int, gen: torch.Generator, micro: Micro) -> torch.Tensor | dict:
-        if paired is None:
+        if streamed:
+            idx, (batch,) = images.batch(step)
+        elif paired is None:
             idx = epoch_batch(len(images), config.batch_size, step, config.seed)
         else:
             idx = paired.batch(config.batch_size, step, config.seed)
         texts = _step_texts(captions, idx, gen, paired)
         model.train()  # an evaluation leaves it in eval mode
         mine = par.share(range(len(idx)), "clip batch_size")
-        pixels = clip.normalise(images[[idx[i] for i in mine]].to(par.device))
+        rows = batch[list(mine)] if streamed else images[[idx[i] for i in mine]]
+        pixels = clip.normalise(rows.to(par.device))
         mine_texts = [texts[i] for i in mine]
         rng = random.Random(gen.initial_seed())
         negs = [n for t in mine_texts if negative and (n := negative(t, rng))]

@@ -4,7 +4,8 @@ With `clip.pretrained: none` the architecture is trained contrastively on the
 dataset's image-caption pairs (the held-out split excluded), with a pretraining
 corpus of fresh world renders (`clip.train.corpus`, a share of them with a twin that
 differs in one shape: `clip.train.twins`) and NegCLIP hard negatives
-(`clip.train.hard_negatives`) when asked; otherwise the
+(`clip.train.hard_negatives`) when asked, its images held in memory or, past
+`data.stream.memory_gb`, streamed from shards; otherwise the
 pretrained weights (an open_clip tag or a local .safetensors) are loaded. Either
 way the model is saved to models/clip/ as safetensors with its lineage, and its
 held-out retrieval recall is logged through dvclive.
@@ -13,13 +14,15 @@ held-out retrieval recall is logged through dvclive.
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from recaption import datasets, devices, io, lineage, paths, precision, resume
+from recaption import datasets, devices, io, lineage, paths, precision, resume, streaming
 from recaption.corpus import fresh_renders, pixels_of
+from recaption.errors import UserError
 from recaption.live import main_live
 from recaption.models import captioner
 from recaption.models import clip as clip_lib
@@ -32,6 +35,7 @@ from recaption.models.clip_train import (
 )
 from recaption.parallel import Parallel
 from recaption.params import Params, load_params
+from recaption.streaming import ImageStream, Stream
 from recaption.synthetic import world_config
 from recaption.world import Scene, WorldConfig, twin_example
 from recaption.world.negatives import swap_word
@@ -44,23 +48,58 @@ STAGE = "clip_pretrain"
 DECODER_VOCAB, DECODER_PREFIX, DECODER_HIDDEN = 1024, 4, 512
 
 
-def training_pairs(params: Params) -> tuple[list[str], list[bytes], list[list[str]]]:
-    """Keys, images and caption lists (ground truth, plus annotations when configured) of
-    every image outside the held-out split, annotated ones repeated."""
+def training_pairs(params: Params) -> tuple[list[str], list[list[str]]]:
+    """Keys and caption lists (ground truth, plus annotations when configured) of every
+    image outside the held-out split, annotated ones repeated (their images are not read
+    here: see `training_images`)."""
     splits = datasets.read_splits(paths.SPLITS)
     extra: dict[str, list[str]] = {}
     if params.clip.train.captions == "ground_truth+annotations":
         for path in (paths.SHORT, paths.DESCRIPTIVE):
             for key, caption in datasets.read_captions(path).items():
                 extra.setdefault(key, []).append(caption)
-    rows = datasets.load_rows(paths.DATASET, ["image", "caption"])
-    rows = [r for r in rows if r["key"] not in splits["heldout"]]
+    heldout = set(splits["heldout"])
+    rows = [r for r in datasets.load_rows(paths.DATASET, ["caption"]) if r["key"] not in heldout]
     # Annotated images carry the subset's careful captions, which name shapes and
     # positions that alt-text rarely does: show them more often.
     repeat = params.clip.train.annotated_repeat
     rows = [r for r in rows for _ in range(repeat if r["key"] in extra else 1)]
     captions = [[r["caption"], *extra.get(r["key"], [])] for r in rows]
-    return [r["key"] for r in rows], [r["image"] for r in rows], captions
+    return [r["key"] for r in rows], captions
+
+
+def training_images(
+    params: Params,
+    keys: list[str],
+    extra: torch.Tensor | None,
+    size: int,
+    scratch: Path,
+    twins: bool = False,
+) -> torch.Tensor | Stream:
+    """The training images: the dataset's of `keys` (a key given twice, twice), then the
+    corpus's renders `extra`. Held in memory, or, when `data.stream` says so, streamed: the
+    dataset's from its shards, the corpus's from shards written to `scratch`, in one
+    seeded order (twins, trained in their originals' batches, need the held order)."""
+    sp = params.data.stream
+    n = len(keys) + (0 if extra is None else len(extra))
+    if not streaming.streams(sp.mode, sp.memory_gb, n * 3 * size**2):  # uint8 RGB
+        pngs = {
+            r["key"]: r["image"] for r in datasets.load_rows(paths.DATASET, ["image"], set(keys))
+        }
+        pixels = datasets.images_tensor([pngs[k] for k in keys], size)
+        return pixels if extra is None else torch.cat([pixels, extra])
+    if twins:
+        raise UserError(
+            f"{n} training images at {size} px are streamed (data.stream), and clip.train.twins "
+            "trains each twin in its original's batch, which a streamed order cannot: set "
+            "clip.train.twins: 0, or data.stream.mode: never if they fit in memory"
+        )
+    log.info("clip_pretrain: streaming %d images from %s", n, paths.DATASET)
+    index = streaming.shard_index(paths.DATASET, keys)
+    if extra is not None:
+        index = streaming.join(index, streaming.write_images(scratch, extra))
+    return ImageStream(index, size, params.clip.train.batch_size, params.seed, sp.buffer,
+                       sp.workers)  # fmt: skip
 
 
 def corpus_size(params: Params) -> int:
@@ -138,20 +177,25 @@ def main(params_path: Path = paths.PARAMS) -> dict:
     clip = clip_lib.create(cp.model, pretrained, seed=params.seed)
     heldout = heldout_set(clip.image_size)
     compute, record = precision.settle(cp.train.precision, par.device, "clip.train.precision")
-    with main_live(STAGE, par.is_main) as live:
+    with (
+        main_live(STAGE, par.is_main) as live,
+        tempfile.TemporaryDirectory(prefix="recaption-corpus-") as tmp,
+    ):
+        scratch = Path(tmp)  # where a streamed corpus's shards live while training
         if pretrained is None:
-            _, pngs, captions = training_pairs(params)
-            pixels = datasets.images_tensor(pngs, clip.image_size)
-            twins: list[tuple[int, int]] = []
-            scenes: list[Scene | None] = [None] * len(pixels)  # the dataset's are not told
+            keys, captions = training_pairs(params)
+            extra, twins = None, []
+            scenes: list[Scene | None] = [None] * len(keys)  # the dataset's are not told
             if n := corpus_size(params):
                 world = world_config(params)
                 extra, extra_captions, extra_twins, extra_scenes = corpus_pairs(
                     world, n, cp.train.corpus_seed, clip.image_size, cp.train.twins
                 )
-                twins = [(len(pixels) + o, len(pixels) + t) for o, t in extra_twins]
-                pixels, captions = torch.cat([pixels, extra]), [*captions, *extra_captions]
+                twins = [(len(keys) + o, len(keys) + t) for o, t in extra_twins]
+                captions += extra_captions
                 scenes += extra_scenes
+            pixels = training_images(params, keys, extra, clip.image_size, scratch, bool(twins))
+            del extra  # held in `pixels`, or written to `scratch`
             config = ClipTrainConfig.of(cp.train, seed=params.seed, precision=compute)
 
             def log_step(step: int, metrics: dict) -> None:
@@ -163,7 +207,8 @@ def main(params_path: Path = paths.PARAMS) -> dict:
             negative = swap_word if cp.train.hard_negatives else None
             captioning = caption_loss(params, clip, captions)
             scene = scene_loss(params, clip, scenes)
-            identity = [clip.model, pixels, captions, *heldout, config, negative is not None]
+            data = pixels.identity() if isinstance(pixels, Stream) else pixels
+            identity = [clip.model, data, captions, *heldout, config, negative is not None]
             if captioning is not None:
                 identity += [captioning.decoder, captioning.weight, captioning.grid]
             if twins:

@@ -2,7 +2,8 @@
 
 train_autoencoder trains `autoencoder.model` (an AutoencoderKL JSON) on every image
 outside the held-out split (on the built-in world, with `autoencoder.corpus` fresh
-renders beside them), then checks that its reconstructions keep the scene: on
+renders beside them; held in memory, or streamed from shards past `data.stream.memory_gb`),
+then checks that its reconstructions keep the scene: on
 the synthetic world the evaluation's oracle reads the held-out reconstructions, and
 the stage fails when fewer than `autoencoder.min_scene_accuracy` of them are read
 exactly right. Outputs: models/autoencoder/ (save_pretrained, lineage.json),
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,7 @@ from recaption import (
     paths,
     precision,
     resume,
+    streaming,
 )
 from recaption.corpus import fresh_renders
 from recaption.errors import UserError
@@ -44,6 +47,7 @@ from recaption.models import autoencoder as ae_lib
 from recaption.models import oracle as oracle_lib
 from recaption.parallel import Parallel
 from recaption.params import Params, load_params
+from recaption.streaming import ImageStream, Stream
 from recaption.synthetic import world_config
 from recaption.world import Scene
 
@@ -56,10 +60,13 @@ class ReconstructionError(UserError):
     """The autoencoder's reconstructions lose what the scene shows."""
 
 
-def _split(params: Params) -> tuple[list[dict], list[dict]]:
-    heldout = datasets.read_splits(paths.SPLITS)["heldout"]
-    rows = datasets.load_rows(paths.DATASET, ["image", "meta"])
-    return [r for r in rows if r["key"] not in heldout], [r for r in rows if r["key"] in heldout]
+def _split() -> tuple[list[str], list[dict]]:
+    """The keys of every image outside the held-out split (their images are not read
+    here), and the held-out rows with their images and scenes."""
+    heldout = set(datasets.read_splits(paths.SPLITS)["heldout"])
+    keys = [r["key"] for r in datasets.load_rows(paths.DATASET, [])]
+    held = datasets.load_rows(paths.DATASET, ["image", "meta"], heldout)
+    return [k for k in keys if k not in heldout], held
 
 
 def corpus_size(params: Params) -> int:
@@ -68,15 +75,34 @@ def corpus_size(params: Params) -> int:
     return params.autoencoder.corpus if params.data.source == "synthetic" else 0
 
 
+def corpus(params: Params) -> torch.Tensor:
+    """uint8 (corpus_size, 3, S, S): the corpus's fresh renders."""
+    seed, size = params.autoencoder.corpus_seed, params.data.image_size
+    renders, _ = fresh_renders(world_config(params), corpus_size(params), seed, size,
+                               "autoencoder corpus")  # fmt: skip
+    return renders
+
+
 def training_images(params: Params, rows: list[dict]) -> torch.Tensor:
     """uint8 (N, 3, S, S): the rows' images, then the corpus's fresh renders."""
-    size = params.data.image_size
-    images = datasets.images_tensor([r["image"] for r in rows], size)
-    if n := corpus_size(params):
-        seed = params.autoencoder.corpus_seed
-        extra, _ = fresh_renders(world_config(params), n, seed, size, "autoencoder corpus")
-        images = torch.cat([images, extra])
-    return images
+    images = datasets.images_tensor([r["image"] for r in rows], params.data.image_size)
+    return torch.cat([images, corpus(params)]) if corpus_size(params) else images
+
+
+def training_data(params: Params, keys: list[str], scratch: Path) -> torch.Tensor | Stream:
+    """What the autoencoder trains on: the images of `keys`, then the corpus's renders.
+    Held in memory, or, when `data.stream` says so, streamed: the dataset's from its
+    shards, the corpus's from shards written to `scratch`, in one seeded order."""
+    size, sp = params.data.image_size, params.data.stream
+    n = len(keys) + corpus_size(params)
+    if not streaming.streams(sp.mode, sp.memory_gb, n * 3 * size**2):  # uint8 RGB
+        return training_images(params, datasets.load_rows(paths.DATASET, ["image"], set(keys)))
+    log.info("train_autoencoder: streaming %d images from %s", n, paths.DATASET)
+    index = streaming.shard_index(paths.DATASET, keys)
+    if corpus_size(params):
+        index = streaming.join(index, streaming.write_images(scratch, corpus(params)))
+    return ImageStream(index, size, params.autoencoder.batch_size, params.seed, sp.buffer,
+                       sp.workers)  # fmt: skip
 
 
 def _scene_accuracy(images: torch.Tensor, recon: torch.Tensor, rows: list[dict]) -> dict:
@@ -124,9 +150,8 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         return _write_none({"model": ap.model})
     recorded = ap.model_dump(exclude={"device"})  # where it ran: in `compute`
     par = Parallel.start(device)
-    train, held = _split(params)
+    keys, held = _split()
     size = params.data.image_size
-    images = training_images(params, train)
     compute, record = precision.settle(ap.precision, par.device, "autoencoder.precision")
     vae = ae_lib.create_builtin(ap.model, size, params.seed)
     config = ae_lib.AutoencoderTrainConfig(  # no weight decay: a reconstruction needs none
@@ -134,12 +159,15 @@ def main(params_path: Path = paths.PARAMS) -> dict:
         weight_decay=0.0, kl_weight=ap.kl_weight, grad_clip=ap.grad_clip, precision=compute,
         seed=params.seed, edge_weight=ap.edge_weight, grad_accumulation=ap.grad_accumulation,
     )  # fmt: skip
-    checkpoints = resume.checkpoints(STAGE, [vae, images, config], record, ap.steps,
-                                     clean=par.is_main)  # fmt: skip
-    with main_live(STAGE, par.is_main) as live:
-        metrics = ae_lib.train_autoencoder(
-            vae, images, config, step_logger(live) if live else None, par, checkpoints
-        )
+    with tempfile.TemporaryDirectory(prefix="recaption-corpus-") as scratch:
+        images = training_data(params, keys, Path(scratch))
+        data = images.identity() if isinstance(images, Stream) else images
+        checkpoints = resume.checkpoints(STAGE, [vae, data, config], record, ap.steps,
+                                         clean=par.is_main)  # fmt: skip
+        with main_live(STAGE, par.is_main) as live:
+            metrics = ae_lib.train_autoencoder(
+                vae, images, config, step_logger(live) if live else None, par, checkpoints
+            )
     if not par.is_main:  # the main process checks and writes the model
         return metrics
     held_images = datasets.images_tensor([r["image"] for r in held], size)
