@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import ast
 import inspect
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -160,3 +163,63 @@ def test_imports_under_type_checking_are_not_run():
     names = imported_names(tree, "recaption.m", runtime_only=True)
     assert {"recaption.a", "recaption.c"} <= names and not {"recaption", "recaption.b"} & names
     assert "recaption.b" in imported_names(tree, "recaption.m")  # the layer rule counts it
+
+
+RUN_CACHE_BLIND = {"size", "nfiles"}  # keys DVC's run cache drops, at any depth
+DVC = Path(sys.executable).parent / "dvc"
+
+
+def _blind(value, path: str):
+    """Dotted paths below `value` whose last key is one the run cache drops."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key in RUN_CACHE_BLIND:
+                yield f"{path}.{key}"
+            yield from _blind(inner, f"{path}.{key}")
+
+
+def test_no_stage_declares_a_params_section_whose_keys_the_run_cache_drops():
+    """DVC hashes a stage's params for its run cache with every key named size or nfiles
+    removed, at any depth (treeverse/dvc#10296). A section declared whole that holds
+    one would let a changed value restore the outputs of another: declare such a key
+    dotted, which the lock names in full."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    found = []
+    for name, stage in STAGES.items():
+        for entry in stage.get("params", []):
+            assert isinstance(entry, str), f"{name}: params from another file: {entry}"
+            value = params
+            for part in entry.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            found += [f"{name}: {entry} holds {path}" for path in _blind(value, entry)]
+    assert not found, "declare these dotted (see dvc.yaml's sample stage): " + "; ".join(found)
+
+
+def test_a_dotted_size_param_reruns_a_stage_the_run_cache_has_seen(tmp_path):
+    """The premise of the test above, on the installed DVC: changed back and forth, a
+    dotted `size` reruns the stage each time; inside a section declared whole it is
+    restored from the run cache with the other value's output."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+
+    def sh(*args: str) -> str:
+        out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    sh("git", "init", "-q")
+    sh(str(DVC), "init", "-q")
+    script = "import yaml; p = yaml.safe_load(open('params.yaml'))['s']; "
+    script += "open('out.txt', 'w').write(str(p['size']))"
+    (tmp_path / "gen.py").write_text(script)
+    stage = {"cmd": f"{sys.executable} gen.py", "deps": ["gen.py"], "outs": ["out.txt"]}
+    for params, expect_rerun in ((["s.size"], True), (["s"], False)):
+        (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"gen": {
+            **stage, "params": params}}}))  # fmt: skip
+        for size in (1, 2, 1):
+            (tmp_path / "params.yaml").write_text(yaml.safe_dump({"s": {"size": size}}))
+            sh(str(DVC), "repro", "-q")
+        # Back at size 1 after 2: the run cache holds size 1's output either way; only a
+        # key it cannot see restores size 2's.
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump({"s": {"size": 2}}))
+        sh(str(DVC), "repro", "-q")
+        assert (tmp_path / "out.txt").read_text() == ("2" if expect_rerun else "1")
